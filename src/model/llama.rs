@@ -1,0 +1,607 @@
+//! A llama-family decoder (llama, qwen2, mistral, SmolLM2, TinyLlama) written on candle, trainable
+//! (weights may be `Var`s, LoRA adapters may be attached) and fast at inference (fused kernels and
+//! a KV cache that a beam search can fork and reorder).
+//!
+//! Weight names follow Hugging Face safetensors keys (`model.layers.0.self_attn.q_proj.weight`), so
+//! a checkpoint saved here loads in any llama implementation and vice versa.
+
+use super::config::Config;
+use super::lora::{LoraAdapter, LoraConfig, Projection};
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// A linear projection `y = x W^T (+ b)`, optionally with a low-rank adapter `+ scale * x A^T B^T`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// HF key prefix, e.g. `model.layers.3.mlp.up_proj`; used to name saved weights.
+    pub name: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    /// Loads `weight` (out, in) and optionally `bias` (out) under the builder's prefix.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            name: vb.prefix(),
+            weight,
+            bias,
+            lora: None,
+        })
+    }
+
+    /// Applies the projection to the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(lora) = &self.lora {
+            y = (y + lora.delta(&x2)?)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// The weight with the adapter folded in, detached from any autograd graph.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.detach()),
+            Some(l) => Ok((self.weight.detach() + l.weight_delta()?)?),
+        }
+    }
+
+    fn detached_merged(&self) -> Result<Self> {
+        Ok(Linear {
+            name: self.name.clone(),
+            weight: self.merged_weight()?,
+            bias: self.bias.as_ref().map(|b| b.detach()),
+            lora: None,
+        })
+    }
+}
+
+/// Root-mean-square layer norm with a learned gain.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub name: String,
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm {
+            name: vb.prefix(),
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    /// `fused` uses candle's single kernel (no backward pass); otherwise basic differentiable ops.
+    pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            return Ok(candle_nn::ops::rms_norm(
+                &x.contiguous()?,
+                &self.weight,
+                self.eps as f32,
+            )?);
+        }
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        Ok(normed.broadcast_mul(&self.weight)?)
+    }
+}
+
+/// Precomputed rotary-embedding tables (half-split form, as in HF's `rotate_half`).
+#[derive(Clone, Debug)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    pub fn new(cfg: &Config, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim() / 2;
+        let max = cfg.max_position_embeddings.max(64);
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim() as f64) as f32)
+            .collect();
+        let inv = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let pos = Tensor::arange(0u32, max as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        Ok(Rotary {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+
+    /// Rotates `x` of shape (batch, heads, seq, head_dim) for positions `offset..offset+seq`.
+    pub fn apply(&self, x: &Tensor, offset: usize, fused: bool) -> Result<Tensor> {
+        let (_, _, t, d) = x.dims4()?;
+        if offset + t > self.cos.dim(0)? {
+            return Err(crate::error::Error::invalid(format!(
+                "sequence of {} tokens exceeds the model's context of {} positions",
+                offset + t,
+                self.cos.dim(0)?
+            )));
+        }
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        if fused {
+            return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?);
+        }
+        let half = d / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+        let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+}
+
+/// Per-layer key/value tensors of shape (batch, kv_heads, seq, head_dim).
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache for a model with `n_layers` layers.
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layers],
+        }
+    }
+
+    /// Number of positions already cached.
+    pub fn seq_len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Number of sequences (beams) held.
+    pub fn batch_size(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(0).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// A cache whose row `i` is this cache's row `rows[i]`: reorders beams, forks one prefix into
+    /// many (`[0, 0, 0]`) or drops finished beams.
+    pub fn select(&self, rows: &[u32]) -> Result<KvCache> {
+        let Some(device) = self
+            .layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.device().clone())
+        else {
+            return Ok(self.clone());
+        };
+        let idx = Tensor::new(rows, &device)?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
+    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// Grouped-query self-attention.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let kv = cfg.num_kv_heads() * hd;
+        let bias = cfg.qkv_bias();
+        Ok(Attention {
+            q_proj: Linear::load(vb.pp("q_proj"), h, cfg.num_attention_heads * hd, bias)?,
+            k_proj: Linear::load(vb.pp("k_proj"), h, kv, bias)?,
+            v_proj: Linear::load(vb.pp("v_proj"), h, kv, bias)?,
+            o_proj: Linear::load(vb.pp("o_proj"), cfg.num_attention_heads * hd, h, false)?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_kv_heads(),
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+        fused: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let q = rotary.apply(&q, offset, fused)?;
+        let k = rotary.apply(&k, offset, fused)?;
+        let v = v.contiguous()?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v)?,
+            None => (k, v),
+        };
+        let s = k.dim(2)?;
+        // Query heads that share a key/value head are stacked along the sequence axis, so keys and
+        // values are never copied per head: (b, nkv, rep*t, hd) x (b, nkv, hd, s).
+        let rep = nh / nkv;
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match mask {
+            Some(m) => att
+                .reshape((b, nkv, rep, t, s))?
+                .broadcast_add(m)?
+                .reshape((b, nkv, rep * t, s))?,
+            None => att,
+        };
+        let att = if fused {
+            candle_nn::ops::softmax_last_dim(&att)?
+        } else {
+            candle_nn::ops::softmax(&att, D::Minus1)?
+        };
+        let y = att.matmul(&v)?; // (b, nkv, rep*t, hd)
+        let y = y
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// SwiGLU feed-forward block.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: Linear::load(vb.pp("gate_proj"), h, i, false)?,
+            up_proj: Linear::load(vb.pp("up_proj"), h, i, false)?,
+            down_proj: Linear::load(vb.pp("down_proj"), i, h, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?.silu()?;
+        let u = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(g * u)?)
+    }
+}
+
+/// One pre-norm transformer layer.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        Ok(Block {
+            input_layernorm: RmsNorm::load(
+                vb.pp("input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            post_attention_layernorm: RmsNorm::load(
+                vb.pp("post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+        })
+    }
+
+    fn linears_mut(&mut self) -> [(Projection, &mut Linear); 7] {
+        [
+            (Projection::Q, &mut self.self_attn.q_proj),
+            (Projection::K, &mut self.self_attn.k_proj),
+            (Projection::V, &mut self.self_attn.v_proj),
+            (Projection::O, &mut self.self_attn.o_proj),
+            (Projection::Gate, &mut self.mlp.gate_proj),
+            (Projection::Up, &mut self.mlp.up_proj),
+            (Projection::Down, &mut self.mlp.down_proj),
+        ]
+    }
+
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.self_attn.q_proj,
+            &self.self_attn.k_proj,
+            &self.self_attn.v_proj,
+            &self.self_attn.o_proj,
+            &self.mlp.gate_proj,
+            &self.mlp.up_proj,
+            &self.mlp.down_proj,
+        ]
+    }
+}
+
+/// The causal language model.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    pub config: Config,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `None` when the output projection is tied to the embedding matrix.
+    pub lm_head: Option<Tensor>,
+    rotary: Rotary,
+    /// Fused kernels are used when no gradient is needed (inference copies).
+    fused: bool,
+}
+
+impl Llama {
+    /// Builds the model from weights named like Hugging Face's safetensors keys.
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        cfg.validate()?;
+        let m = vb.pp("model");
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(m.pp("layers").pp(i.to_string()), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(m.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(
+                vb.pp("lm_head")
+                    .get((cfg.vocab_size, cfg.hidden_size), "weight")?,
+            )
+        };
+        let rotary = Rotary::new(cfg, vb.device())?;
+        Ok(Llama {
+            config: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            fused: false,
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Final-norm hidden states (batch, seq, hidden) for token ids (batch, seq). With a cache, the
+    /// ids continue the cached sequences (all rows have the same cached length).
+    pub fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, offset, self.device())?)
+        } else {
+            None
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x, self.fused)?;
+            let c = cache.as_deref_mut().map(|c| (c, i));
+            let a =
+                layer
+                    .self_attn
+                    .forward(&h, &self.rotary, offset, mask.as_ref(), c, self.fused)?;
+            x = (x + a)?;
+            let h = layer.post_attention_layernorm.forward(&x, self.fused)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        self.norm.forward(&x, self.fused)
+    }
+
+    /// Vocabulary logits for hidden states of any leading shape: applied only where needed, since
+    /// the projection onto the vocabulary dominates the cost of small models.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let dims = hidden.dims().to_vec();
+        let h = dims[dims.len() - 1];
+        let rows = hidden.elem_count() / h;
+        let y = hidden.reshape((rows, h))?.matmul(&w.t()?)?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.config.vocab_size;
+        Ok(y.reshape(out)?)
+    }
+
+    /// Logits at every position (batch, seq, vocab).
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.hidden(ids, cache)?;
+        self.logits(&h)
+    }
+
+    /// Log-probabilities of the next token after the last position of each row (batch, vocab).
+    pub fn next_token_logprobs(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.hidden(ids, cache)?;
+        let t = h.dim(1)?;
+        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let logits = self.logits(&last)?;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    /// An empty KV cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Attaches fresh LoRA adapters (A random, B zero, so the model is unchanged) to the chosen
+    /// projections; their parameters are created through `vb` (normally backed by a `VarMap`).
+    pub fn add_lora(&mut self, lora: &LoraConfig, vb: VarBuilder) -> Result<()> {
+        for layer in self.layers.iter_mut() {
+            for (proj, linear) in layer.linears_mut() {
+                if lora.targets.contains(&proj) {
+                    let (out_dim, in_dim) = linear.weight.dims2()?;
+                    let adapter = LoraAdapter::new(vb.pp(&linear.name), in_dim, out_dim, lora)?;
+                    linear.lora = Some(adapter);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when any projection carries a LoRA adapter.
+    pub fn has_lora(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.linears().iter().any(|x| x.lora.is_some()))
+    }
+
+    /// An inference copy: adapters merged into the base weights, everything detached from autograd
+    /// (so KV caches hold no graph) and fused kernels on. Shares storage with unadapted weights.
+    pub fn for_inference(&self) -> Result<Llama> {
+        let mut m = self.clone();
+        m.fused = true;
+        m.embed_tokens = self.embed_tokens.detach();
+        m.lm_head = self.lm_head.as_ref().map(|t| t.detach());
+        m.norm.weight = self.norm.weight.detach();
+        for layer in m.layers.iter_mut() {
+            layer.input_layernorm.weight = layer.input_layernorm.weight.detach();
+            layer.post_attention_layernorm.weight = layer.post_attention_layernorm.weight.detach();
+            for (_, lin) in layer.linears_mut() {
+                *lin = lin.detached_merged()?;
+            }
+        }
+        Ok(m)
+    }
+
+    /// Whether fused (inference-only) kernels are in use.
+    pub fn is_inference(&self) -> bool {
+        self.fused
+    }
+
+    /// Every base weight under its HF name, with adapters merged, ready to save as safetensors.
+    pub fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.detach(),
+        )];
+        for layer in &self.layers {
+            for norm in [&layer.input_layernorm, &layer.post_attention_layernorm] {
+                out.push((format!("{}.weight", norm.name), norm.weight.detach()));
+            }
+            for lin in layer.linears() {
+                out.push((format!("{}.weight", lin.name), lin.merged_weight()?));
+                if let Some(b) = &lin.bias {
+                    out.push((format!("{}.bias", lin.name), b.detach()));
+                }
+            }
+        }
+        out.push((
+            format!("{}.weight", self.norm.name),
+            self.norm.weight.detach(),
+        ));
+        if let Some(w) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), w.detach()));
+        }
+        Ok(out)
+    }
+
+    /// Only the LoRA adapter parameters, for saving an adapter alone.
+    pub fn lora_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            for lin in layer.linears() {
+                if let Some(l) = &lin.lora {
+                    out.push((format!("{}.lora_a", lin.name), l.a.detach()));
+                    out.push((format!("{}.lora_b", lin.name), l.b.detach()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Additive causal mask (seq, offset + seq): position i may see keys 0..=offset+i.
+pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let s = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (t, s), device)?)
+}

@@ -1,0 +1,96 @@
+//! Tokenizers for every model source: rebuilt from GGUF metadata, read from `tokenizer.json`, or
+//! trained on the corpus for the tiny model.
+
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file;
+use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// The end-of-text marker of the tiny model's tokenizer (id 0).
+pub const TINY_EOS: &str = "<|endoftext|>";
+
+/// Builds a Hugging Face tokenizer equivalent to the one a GGUF file describes.
+pub fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
+    let mut tok = Tokenizer::from_gguf(content)
+        .map_err(|e| Error::Tokenizer(format!("cannot rebuild tokenizer from GGUF: {e}")))?;
+    let pre = content
+        .metadata
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map(|s| s.as_str());
+    // SmolLM's pre-tokenizer ("smollm") splits digits one by one and adds no prefix space; the
+    // generic GPT-2 fallback would add a leading space and produce different ids.
+    if pre == Some("smollm") {
+        let seq = Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ]);
+        tok.with_pre_tokenizer(Some(seq));
+    }
+    Ok(tok)
+}
+
+/// Trains a byte-level BPE tokenizer on the corpus texts, for the from-scratch tiny model.
+pub fn train_tiny_tokenizer<S: AsRef<str> + Send>(
+    texts: impl Iterator<Item = S> + Send,
+    vocab_size: usize,
+) -> Result<Tokenizer> {
+    let mut tok = Tokenizer::new(BPE::default());
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    let alphabet = ByteLevel::alphabet().into_iter().collect();
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(vec![AddedToken::from(TINY_EOS, true)])
+        .initial_alphabet(alphabet)
+        .build()
+        .into();
+    tok.train(&mut trainer, texts)?;
+    Ok(tok)
+}
+
+/// Token ids the engine needs besides the text vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpecialTokens {
+    /// Ends every corpus sequence in the trie and every training target.
+    pub eos: u32,
+    /// Used to pad batches (never attended to, never in the loss).
+    pub pad: u32,
+}
+
+impl SpecialTokens {
+    /// Picks the end-of-text token: the model's declared eos if given, else a known name.
+    pub fn detect(tok: &Tokenizer, declared_eos: Option<u32>) -> Result<Self> {
+        let eos = declared_eos
+            .or_else(|| {
+                [
+                    "<|endoftext|>",
+                    "<|im_end|>",
+                    "</s>",
+                    "<|end_of_text|>",
+                    "<|eot_id|>",
+                ]
+                .iter()
+                .find_map(|t| tok.token_to_id(t))
+            })
+            .ok_or_else(|| Error::Tokenizer("the tokenizer has no end-of-text token".into()))?;
+        Ok(SpecialTokens { eos, pad: eos })
+    }
+}
+
+/// Encodes text to ids without adding special tokens (prompts add their own).
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok.encode(text, false)?.get_ids().to_vec())
+}
+
+/// Decodes ids to text, keeping special tokens visible only if asked.
+pub fn decode(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<String> {
+    Ok(tok.decode(ids, skip_special)?)
+}

@@ -1,0 +1,88 @@
+//! The prompt formats, defined once and shared by training, the corpus trie and retrieval, so the
+//! sequences the model learns are exactly the sequences the trie allows at query time.
+//!
+//! Following the paper's public code, a retrieval sequence is
+//! `Question: {query}\n\n Related document title:` + ` {title}\n Related document content:` +
+//! ` {passage}<eos>`. Each segment is tokenized on its own and the ids concatenated, so a segment
+//! has the same ids in every context.
+
+use crate::error::Result;
+use crate::model::tokenizer::encode;
+use tokenizers::Tokenizer;
+
+/// Opens every query prompt.
+pub const QUERY_PREFIX: &str = "Question: ";
+/// Ends the query prompt; the title follows.
+pub const TITLE_CUE: &str = "\n\n Related document title:";
+/// Ends the title segment; the passage follows.
+pub const CONTENT_CUE: &str = "\n Related document content:";
+/// Asks the model to judge the passage (self-assessment).
+pub const ASSESS_CUE: &str = "\n\n Can the document answer the question?";
+/// Acceptance verdict; the answer follows it.
+pub const ACCEPT: &str = " Yes, it can answer the question. Answer:";
+/// Rejection verdict.
+pub const REJECT: &str = " No, it cannot answer the question.";
+
+/// Tokenized prompt pieces for one tokenizer.
+#[derive(Debug, Clone)]
+pub struct PromptCodec {
+    pub content_cue: Vec<u32>,
+    pub assess_cue: Vec<u32>,
+    pub accept: Vec<u32>,
+    pub reject: Vec<u32>,
+    pub eos: u32,
+}
+
+impl PromptCodec {
+    /// Tokenizes the fixed pieces once.
+    pub fn new(tok: &Tokenizer, eos: u32) -> Result<Self> {
+        Ok(PromptCodec {
+            content_cue: encode(tok, CONTENT_CUE)?,
+            assess_cue: encode(tok, ASSESS_CUE)?,
+            accept: encode(tok, ACCEPT)?,
+            reject: encode(tok, REJECT)?,
+            eos,
+        })
+    }
+
+    /// `Question: {query}\n\n Related document title:`
+    pub fn query(&self, tok: &Tokenizer, query: &str) -> Result<Vec<u32>> {
+        encode(tok, &format!("{QUERY_PREFIX}{}{TITLE_CUE}", clean(query)))
+    }
+
+    /// ` {title}\n Related document content:` (the title trie's items).
+    pub fn title(&self, tok: &Tokenizer, title: &str) -> Result<Vec<u32>> {
+        let mut ids = encode(tok, &format!(" {}", clean(title)))?;
+        ids.extend_from_slice(&self.content_cue);
+        Ok(ids)
+    }
+
+    /// ` {passage}<eos>` (a title's passage trie items).
+    pub fn passage(&self, tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+        let mut ids = encode(tok, &format!(" {}", text.trim()))?;
+        ids.push(self.eos);
+        Ok(ids)
+    }
+
+    /// ` {answer}<eos>` after the acceptance verdict.
+    pub fn answer(&self, tok: &Tokenizer, answer: &str) -> Result<Vec<u32>> {
+        let mut ids = encode(tok, &format!(" {}", clean(answer)))?;
+        ids.push(self.eos);
+        Ok(ids)
+    }
+
+    /// Position of the first token where acceptance and rejection differ: the verdict is read
+    /// from the model's distribution there.
+    pub fn verdict_split(&self) -> usize {
+        self.accept
+            .iter()
+            .zip(&self.reject)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+}
+
+/// Collapses whitespace (titles and queries are single-line in every prompt).
+pub fn clean(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,604 @@
+//! Retrieval with one model: title beams constrained by the title trie, passage beams constrained by
+//! each title's passage trie (auto-completed once unique), self-assessment of every candidate,
+//! reranking, and an answer. Everything is recorded in a [`RetrievalTrace`].
+
+pub mod score;
+
+use crate::corpus::Corpus;
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Llama};
+use crate::prompts::PromptCodec;
+use crate::trie::{CorpusTrie, Cursor, TokenTrie};
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tokenizers::Tokenizer;
+
+/// Beam sizes, temperatures and what to compute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrieveOptions {
+    /// Title beams (i).
+    pub titles: usize,
+    /// Passage beams per title (j).
+    pub passages: usize,
+    pub tau: f64,
+    pub delta: f64,
+    /// Run self-assessment (otherwise P(reject) = 0.5 for all, and S follows titles only).
+    pub assess: bool,
+    /// Generate an answer from the top passage.
+    pub answer: bool,
+    pub max_answer_tokens: usize,
+}
+
+impl Default for RetrieveOptions {
+    fn default() -> Self {
+        RetrieveOptions {
+            titles: 5,
+            passages: 10,
+            tau: 0.4,
+            delta: 0.4,
+            assess: true,
+            answer: true,
+            max_answer_tokens: 24,
+        }
+    }
+}
+
+/// How a generated token came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepKind {
+    /// The model picked it among several tokens the trie allowed.
+    Chosen,
+    /// The trie allowed only this token.
+    Forced,
+    /// Appended without a model call once the prefix identified one item.
+    AutoComplete,
+}
+
+/// One token of a title or passage expansion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenStep {
+    pub token: u32,
+    pub piece: String,
+    pub kind: StepKind,
+    /// The model's log-probability of the token (unconstrained softmax), when it was computed.
+    pub logprob: Option<f32>,
+    /// How many tokens the trie allowed at this point.
+    pub alternatives: u32,
+}
+
+/// A title from the beam search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TitleCandidate {
+    pub title_index: usize,
+    pub title: String,
+    pub steps: Vec<TokenStep>,
+    /// log P(title segment | query), summed over all its tokens.
+    pub logprob: f64,
+    /// exp(mean token log-probability): the length-normalised sequence probability.
+    pub norm_prob: f64,
+    pub s_t: f64,
+}
+
+/// A passage candidate under one of the titles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassageCandidate {
+    pub passage_index: usize,
+    pub passage_id: String,
+    /// Index into `RetrievalTrace::titles`.
+    pub title_rank: usize,
+    pub title: String,
+    pub text: String,
+    pub steps: Vec<TokenStep>,
+    /// Sum of log-probabilities of the tokens the model generated (not auto-completed ones).
+    pub generated_logprob: f64,
+    pub p_reject: f64,
+    pub s_p: f64,
+    pub s: f64,
+    /// 1-based final rank.
+    pub rank: usize,
+}
+
+/// One line of the final ranking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankedPassage {
+    pub passage_id: String,
+    pub title: String,
+    pub text: String,
+    pub s_t: f64,
+    pub s_p: f64,
+    pub s: f64,
+}
+
+/// The generated answer and the passages it was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+    pub cited: Vec<String>,
+}
+
+/// Wall time per stage, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub titles_ms: f64,
+    pub passages_ms: f64,
+    pub assess_ms: f64,
+    pub answer_ms: f64,
+    /// Model forward passes (batched) over all stages.
+    pub forward_calls: usize,
+}
+
+/// Everything retrieval computed for one query, serialisable for export and the GUI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RetrievalTrace {
+    pub query: String,
+    pub tau: f64,
+    pub delta: f64,
+    pub titles: Vec<TitleCandidate>,
+    pub candidates: Vec<PassageCandidate>,
+    /// Best first.
+    pub ranking: Vec<RankedPassage>,
+    pub answer: Option<Answer>,
+    pub timings: Timings,
+}
+
+impl RetrievalTrace {
+    /// Recomputes S_T, S_P, S and the ranking for new temperatures, without the model.
+    pub fn rerank(&mut self, tau: f64, delta: f64) {
+        self.tau = tau;
+        self.delta = delta;
+        let norm: Vec<f64> = self.titles.iter().map(|t| t.norm_prob).collect();
+        let cands: Vec<(usize, f64)> = self
+            .candidates
+            .iter()
+            .map(|c| (c.title_rank, c.p_reject))
+            .collect();
+        let (s_t, s) = score::combined_scores(&norm, &cands, tau, delta);
+        for (t, st) in self.titles.iter_mut().zip(s_t) {
+            t.s_t = st;
+        }
+        for (c, (sp, sc)) in self.candidates.iter_mut().zip(s) {
+            c.s_p = sp;
+            c.s = sc;
+        }
+        let mut order: Vec<usize> = (0..self.candidates.len()).collect();
+        order.sort_by(|&a, &b| {
+            self.candidates[b]
+                .s
+                .total_cmp(&self.candidates[a].s)
+                .then(a.cmp(&b))
+        });
+        self.ranking = order
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| {
+                let c = &mut self.candidates[i];
+                c.rank = r + 1;
+                RankedPassage {
+                    passage_id: c.passage_id.clone(),
+                    title: c.title.clone(),
+                    text: c.text.clone(),
+                    s_t: self.titles[c.title_rank].s_t,
+                    s_p: c.s_p,
+                    s: c.s,
+                }
+            })
+            .collect();
+    }
+
+    /// Passage ids, best first.
+    pub fn ranked_ids(&self) -> Vec<&str> {
+        self.ranking.iter().map(|r| r.passage_id.as_str()).collect()
+    }
+}
+
+/// What retrieval needs: an inference model, its tokenizer, the corpus and its trie.
+pub struct Retriever<'a> {
+    pub model: &'a Llama,
+    pub tokenizer: &'a Tokenizer,
+    pub codec: &'a PromptCodec,
+    pub corpus: &'a Corpus,
+    pub trie: &'a CorpusTrie,
+}
+
+struct Beam {
+    cursor: Cursor,
+    tokens: Vec<u32>,
+    steps: Vec<TokenStep>,
+    score: f64,
+    /// Row in the current KV cache / logprob matrix.
+    row: usize,
+}
+
+fn rows_to_vecs(lp: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(lp.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
+impl Retriever<'_> {
+    fn piece(&self, token: u32) -> String {
+        self.tokenizer
+            .decode(&[token], false)
+            .unwrap_or_else(|_| format!("<{token}>"))
+    }
+
+    fn forward_last(
+        &self,
+        ids: &[Vec<u32>],
+        cache: &mut KvCache,
+        timings: &mut Timings,
+    ) -> Result<Vec<Vec<f32>>> {
+        let t = ids.first().map(|r| r.len()).unwrap_or(0);
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let input = Tensor::from_vec(flat, (ids.len(), t), self.model.device())?;
+        timings.forward_calls += 1;
+        rows_to_vecs(&self.model.next_token_logprobs(&input, Some(cache))?)
+    }
+
+    /// Constrained beam search over `trie` from a cache holding one row (the context), whose
+    /// next-token log-probabilities are `first`. Beams that become unique are auto-completed and
+    /// finished. With `greedy_after_first`, after the first token each beam only follows its best
+    /// allowed token (the public code's passage search); otherwise it is a regular beam search.
+    fn constrained_search(
+        &self,
+        trie: &TokenTrie,
+        context: &KvCache,
+        first: Vec<f32>,
+        width: usize,
+        greedy_after_first: bool,
+        timings: &mut Timings,
+    ) -> Result<Vec<Beam>> {
+        let mut finished: Vec<Beam> = Vec::new();
+        let mut live = vec![Beam {
+            cursor: trie.root(),
+            tokens: Vec::new(),
+            steps: Vec::new(),
+            score: 0.0,
+            row: 0,
+        }];
+        let mut logprobs = vec![first];
+        let mut cache = context.clone();
+        while !live.is_empty() && finished.len() < width {
+            // Beam mode until the beam is full; then (passages) each beam follows its best token.
+            let greedy = greedy_after_first && live.len() + finished.len() >= width;
+            // Expansions: (parent index, token, token logprob, alternatives).
+            let mut expansions: Vec<(usize, u32, f32, u32)> = Vec::new();
+            for (bi, beam) in live.iter().enumerate() {
+                let allowed = trie.allowed(beam.cursor);
+                let lp = &logprobs[beam.row];
+                let alts = allowed.len() as u32;
+                if greedy {
+                    if let Some(&best) = allowed
+                        .iter()
+                        .max_by(|&&a, &&b| lp[a as usize].total_cmp(&lp[b as usize]))
+                    {
+                        expansions.push((bi, best, lp[best as usize], alts));
+                    }
+                } else {
+                    expansions.extend(allowed.iter().map(|&t| (bi, t, lp[t as usize], alts)));
+                }
+            }
+            if !greedy {
+                expansions.sort_by(|a, b| {
+                    let sa = live[a.0].score + a.2 as f64;
+                    let sb = live[b.0].score + b.2 as f64;
+                    sb.total_cmp(&sa)
+                });
+                expansions.truncate(width - finished.len());
+            }
+            let mut next_live: Vec<Beam> = Vec::new();
+            let mut parent_rows: Vec<u32> = Vec::new();
+            for (bi, tok, lp, alts) in expansions {
+                let parent = &live[bi];
+                let Some(cursor) = trie.advance(parent.cursor, tok) else {
+                    continue;
+                };
+                let mut beam = Beam {
+                    cursor,
+                    tokens: parent.tokens.clone(),
+                    steps: parent.steps.clone(),
+                    score: parent.score + lp as f64,
+                    row: 0,
+                };
+                beam.tokens.push(tok);
+                beam.steps.push(TokenStep {
+                    token: tok,
+                    piece: self.piece(tok),
+                    kind: if alts > 1 {
+                        StepKind::Chosen
+                    } else {
+                        StepKind::Forced
+                    },
+                    logprob: Some(lp),
+                    alternatives: alts,
+                });
+                if trie.unique_item(cursor).is_some() || trie.allowed(cursor).is_empty() {
+                    for &t in trie.completion(cursor) {
+                        beam.tokens.push(t);
+                        beam.steps.push(TokenStep {
+                            token: t,
+                            piece: self.piece(t),
+                            kind: StepKind::AutoComplete,
+                            logprob: None,
+                            alternatives: 1,
+                        });
+                    }
+                    finished.push(beam);
+                } else {
+                    parent_rows.push(parent.row as u32);
+                    beam.row = next_live.len();
+                    next_live.push(beam);
+                }
+            }
+            if next_live.is_empty() {
+                break;
+            }
+            cache = cache.select(&parent_rows)?;
+            let ids: Vec<Vec<u32>> = next_live
+                .iter()
+                .map(|b| vec![*b.tokens.last().unwrap_or(&0)])
+                .collect();
+            logprobs = self.forward_last(&ids, &mut cache, timings)?;
+            live = next_live;
+        }
+        finished.sort_by(|a, b| b.score.total_cmp(&a.score));
+        finished.truncate(width);
+        Ok(finished)
+    }
+
+    /// Runs the whole pipeline; `progress` sees the trace after each stage (titles, each title's
+    /// passages, assessment, answer) so a GUI can show results as they arrive.
+    pub fn retrieve(
+        &self,
+        query: &str,
+        opts: &RetrieveOptions,
+        progress: &mut dyn FnMut(&RetrievalTrace),
+    ) -> Result<RetrievalTrace> {
+        if self.corpus.is_empty() {
+            return Err(Error::invalid("the corpus is empty"));
+        }
+        let mut trace = RetrievalTrace {
+            query: query.to_string(),
+            tau: opts.tau,
+            delta: opts.delta,
+            ..Default::default()
+        };
+        let mut timings = Timings::default();
+        let t0 = Instant::now();
+        // Stage 1: title beams from the query prompt.
+        let prompt = self.codec.query(self.tokenizer, query)?;
+        let mut prefix_cache = self.model.new_cache();
+        let prefix_lp = self
+            .forward_last(&[prompt.clone()], &mut prefix_cache, &mut timings)?
+            .remove(0);
+        let title_beams = self.constrained_search(
+            &self.trie.titles,
+            &prefix_cache,
+            prefix_lp.clone(),
+            opts.titles.max(1),
+            false,
+            &mut timings,
+        )?;
+        for beam in title_beams {
+            let title_index = self
+                .trie
+                .titles
+                .find(&beam.tokens)
+                .ok_or_else(|| Error::invalid("title beam left the trie"))?
+                as usize;
+            trace.titles.push(TitleCandidate {
+                title_index,
+                title: self.corpus.titles[title_index].clone(),
+                steps: beam.steps,
+                logprob: beam.score,
+                norm_prob: 0.0,
+                s_t: 0.0,
+            });
+        }
+        timings.titles_ms = t0.elapsed().as_secs_f64() * 1e3;
+        trace.timings = timings;
+        progress(&trace);
+
+        // Stage 2: per title, run the title through the model (exact log-probabilities for every
+        // title token, and the context for its passages), then search its passage trie.
+        let t1 = Instant::now();
+        let mut title_caches = Vec::new();
+        for tr in 0..trace.titles.len() {
+            let tokens: Vec<u32> = trace.titles[tr].steps.iter().map(|s| s.token).collect();
+            let mut cache = prefix_cache.clone();
+            let input = Tensor::from_vec(tokens.clone(), (1, tokens.len()), self.model.device())?;
+            timings.forward_calls += 1;
+            let hidden = self.model.hidden(&input, Some(&mut cache))?;
+            let lp =
+                candle_nn::ops::log_softmax(&self.model.logits(&hidden.squeeze(0)?)?, D::Minus1)?;
+            let lp = rows_to_vecs(&lp)?;
+            let mut total = 0.0f64;
+            for (k, step) in trace.titles[tr].steps.iter_mut().enumerate() {
+                let dist = if k == 0 { &prefix_lp } else { &lp[k - 1] };
+                let v = dist[step.token as usize];
+                step.logprob = Some(v);
+                total += v as f64;
+            }
+            let n = trace.titles[tr].steps.len().max(1) as f64;
+            trace.titles[tr].logprob = total;
+            trace.titles[tr].norm_prob = (total / n).exp();
+            let first = lp.last().cloned().unwrap_or_default();
+            let t_idx = trace.titles[tr].title_index;
+            let ptrie = &self.trie.passages[t_idx];
+            let beams = self.constrained_search(
+                ptrie,
+                &cache,
+                first,
+                opts.passages.max(1),
+                true,
+                &mut timings,
+            )?;
+            for beam in beams {
+                let item = ptrie
+                    .find(&beam.tokens)
+                    .ok_or_else(|| Error::invalid("passage beam left the trie"))?;
+                let pidx = self.corpus.by_title[t_idx][item as usize];
+                let p = &self.corpus.passages[pidx];
+                trace.candidates.push(PassageCandidate {
+                    passage_index: pidx,
+                    passage_id: p.id.clone(),
+                    title_rank: tr,
+                    title: p.title.clone(),
+                    text: p.text.clone(),
+                    steps: beam.steps,
+                    generated_logprob: beam.score,
+                    p_reject: 0.5,
+                    s_p: 0.0,
+                    s: 0.0,
+                    rank: 0,
+                });
+            }
+            title_caches.push(cache);
+            trace.rerank(opts.tau, opts.delta);
+            timings.passages_ms = t1.elapsed().as_secs_f64() * 1e3;
+            trace.timings = timings;
+            progress(&trace);
+        }
+
+        // Stage 3: self-assessment, batched per title from the title's cache.
+        let t2 = Instant::now();
+        if opts.assess {
+            let split = self.codec.verdict_split();
+            let (acc, rej) = (
+                self.codec.accept.get(split).copied(),
+                self.codec.reject.get(split).copied(),
+            );
+            for (tr, cache) in title_caches.iter().enumerate() {
+                let members: Vec<usize> = (0..trace.candidates.len())
+                    .filter(|&i| trace.candidates[i].title_rank == tr)
+                    .collect();
+                if members.is_empty() {
+                    continue;
+                }
+                let rows: Vec<Vec<u32>> = members
+                    .iter()
+                    .map(|&i| {
+                        let mut r: Vec<u32> =
+                            trace.candidates[i].steps.iter().map(|s| s.token).collect();
+                        r.extend_from_slice(&self.codec.assess_cue);
+                        r.extend_from_slice(&self.codec.accept[..split]);
+                        r
+                    })
+                    .collect();
+                let p_rej = self.verdicts(cache, &rows, acc, rej, &mut timings)?;
+                for (&i, p) in members.iter().zip(p_rej) {
+                    trace.candidates[i].p_reject = p;
+                }
+            }
+            trace.rerank(opts.tau, opts.delta);
+        }
+        timings.assess_ms = t2.elapsed().as_secs_f64() * 1e3;
+        trace.timings = timings;
+        progress(&trace);
+
+        // Stage 4: answer from the top passage, continuing its acceptance verdict.
+        if opts.answer {
+            let t3 = Instant::now();
+            if let Some(best) = trace.ranking.first().map(|r| r.passage_id.clone()) {
+                let ci = trace
+                    .candidates
+                    .iter()
+                    .position(|c| c.passage_id == best)
+                    .unwrap_or(0);
+                let c = &trace.candidates[ci];
+                let mut ids: Vec<u32> = c.steps.iter().map(|s| s.token).collect();
+                ids.extend_from_slice(&self.codec.assess_cue);
+                ids.extend_from_slice(&self.codec.accept);
+                let mut cache = title_caches[c.title_rank].clone();
+                let text = self.greedy(&ids, &mut cache, opts.max_answer_tokens, &mut timings)?;
+                trace.answer = Some(Answer {
+                    text,
+                    cited: vec![best],
+                });
+            }
+            timings.answer_ms = t3.elapsed().as_secs_f64() * 1e3;
+        }
+        trace.timings = timings;
+        progress(&trace);
+        Ok(trace)
+    }
+
+    /// P(reject) for each row continuing the (one-row) `cache`: rows are right-padded, run in one
+    /// batch, and read at their own last position.
+    fn verdicts(
+        &self,
+        cache: &KvCache,
+        rows: &[Vec<u32>],
+        accept: Option<u32>,
+        reject: Option<u32>,
+        timings: &mut Timings,
+    ) -> Result<Vec<f64>> {
+        let (Some(acc), Some(rej)) = (accept, reject) else {
+            return Ok(vec![0.5; rows.len()]);
+        };
+        let max = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut flat = Vec::with_capacity(rows.len() * max);
+        for r in rows {
+            flat.extend_from_slice(r);
+            flat.extend(std::iter::repeat_n(self.codec.eos, max - r.len()));
+        }
+        let n = rows.len();
+        let mut c = cache.select(&vec![0u32; n])?;
+        let input = Tensor::from_vec(flat, (n, max), self.model.device())?;
+        timings.forward_calls += 1;
+        let hidden = self.model.hidden(&input, Some(&mut c))?;
+        let h = hidden.dim(2)?;
+        let last: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i * max + r.len() - 1) as u32)
+            .collect();
+        let idx = Tensor::new(last.as_slice(), self.model.device())?;
+        let picked = hidden.reshape((n * max, h))?.index_select(&idx, 0)?;
+        let lp = rows_to_vecs(&candle_nn::ops::log_softmax(
+            &self.model.logits(&picked)?,
+            D::Minus1,
+        )?)?;
+        Ok(lp
+            .iter()
+            .map(|row| {
+                let (a, r) = (row[acc as usize] as f64, row[rej as usize] as f64);
+                let m = a.max(r);
+                let (ea, er) = ((a - m).exp(), (r - m).exp());
+                er / (ea + er)
+            })
+            .collect())
+    }
+
+    /// Greedy decoding after `ids` until end-of-text, a newline or `max_tokens`.
+    fn greedy(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        max_tokens: usize,
+        timings: &mut Timings,
+    ) -> Result<String> {
+        let mut out: Vec<u32> = Vec::new();
+        let mut lp = self
+            .forward_last(&[ids.to_vec()], cache, timings)?
+            .remove(0);
+        for _ in 0..max_tokens {
+            let next = lp
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as u32)
+                .unwrap_or(self.codec.eos);
+            if next == self.codec.eos {
+                break;
+            }
+            out.push(next);
+            let text = self.tokenizer.decode(&out, true)?;
+            if text.contains('\n') {
+                break;
+            }
+            lp = self.forward_last(&[vec![next]], cache, timings)?.remove(0);
+        }
+        let text = self.tokenizer.decode(&out, true)?;
+        Ok(text.lines().next().unwrap_or("").trim().to_string())
+    }
+}

@@ -1,0 +1,264 @@
+//! Training examples for the three tasks, built from the shared prompt codec so training and
+//! retrieval see identical token sequences. Every example is next-token prediction with the loss
+//! masked to its target span.
+
+use crate::corpus::sentences::split_sentences;
+use crate::corpus::Corpus;
+use crate::error::{Error, Result};
+use crate::prompts::PromptCodec;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::io::BufRead;
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// The three things the model learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum Task {
+    /// sentence (or title) -> title + passage: memorise the corpus.
+    Indexing,
+    /// query -> title + passage.
+    Retrieval,
+    /// query + passage -> can answer (+ answer) / cannot answer.
+    Assessment,
+}
+
+impl Task {
+    pub const ALL: [Task; 3] = [Task::Indexing, Task::Retrieval, Task::Assessment];
+
+    /// Lower-case name for logs and plots.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Indexing => "indexing",
+            Task::Retrieval => "retrieval",
+            Task::Assessment => "assessment",
+        }
+    }
+}
+
+/// One training sequence; the loss covers `ids[target_start..]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Example {
+    pub task: Task,
+    pub ids: Vec<u32>,
+    pub target_start: usize,
+}
+
+/// A query with its gold passages, as in `../shared/data/*/train.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    #[serde(default)]
+    pub id: String,
+    pub question: String,
+    #[serde(default)]
+    pub answers: Vec<String>,
+    #[serde(default)]
+    pub positive_ids: Vec<String>,
+    #[serde(default)]
+    pub answer_passage_ids: Vec<String>,
+}
+
+/// Reads a query file; malformed lines are reported with their line number.
+pub fn load_queries(path: &Path) -> Result<Vec<Query>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q: Query = serde_json::from_str(&line).map_err(|e| Error::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: format!("not a query object: {e}"),
+        })?;
+        out.push(q);
+    }
+    Ok(out)
+}
+
+/// How indexing targets are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetLength {
+    /// Title and the whole passage (the paper).
+    Full,
+    /// Title and the first n words of the passage (the public code's cheaper variant).
+    FirstWords(usize),
+}
+
+/// Options of the data builders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataOptions {
+    /// Sentences sampled per passage for indexing.
+    pub sentences_per_passage: usize,
+    pub min_sentence_words: usize,
+    pub max_sentence_words: usize,
+    pub target: TargetLength,
+    /// Also add a title -> passage item per passage.
+    pub title_items: bool,
+    /// Hard negatives per query for self-assessment.
+    pub negatives: usize,
+    pub seed: u64,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            sentences_per_passage: 3,
+            min_sentence_words: 6,
+            max_sentence_words: 49,
+            target: TargetLength::Full,
+            title_items: true,
+            negatives: 3,
+            seed: 17,
+        }
+    }
+}
+
+/// Builds examples with one tokenizer and codec.
+pub struct DataBuilder<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub codec: &'a PromptCodec,
+    pub corpus: &'a Corpus,
+    pub opts: DataOptions,
+}
+
+impl DataBuilder<'_> {
+    fn passage_target(&self, pidx: usize) -> Result<Vec<u32>> {
+        let p = &self.corpus.passages[pidx];
+        let mut ids = self.codec.title(self.tokenizer, &p.title)?;
+        match self.opts.target {
+            TargetLength::Full => ids.extend(self.codec.passage(self.tokenizer, &p.text)?),
+            TargetLength::FirstWords(n) => {
+                let words: Vec<&str> = p.text.split_whitespace().take(n).collect();
+                ids.extend(crate::model::tokenizer::encode(
+                    self.tokenizer,
+                    &format!(" {}", words.join(" ")),
+                )?);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn example(&self, task: Task, prompt: Vec<u32>, target: Vec<u32>) -> Example {
+        let target_start = prompt.len();
+        let mut ids = prompt;
+        ids.extend(target);
+        Example {
+            task,
+            ids,
+            target_start,
+        }
+    }
+
+    /// sentence -> title + passage for sampled sentences of every passage, plus title -> passage.
+    pub fn indexing(&self) -> Result<Vec<Example>> {
+        let mut rng = StdRng::seed_from_u64(self.opts.seed);
+        let mut out = Vec::new();
+        for pidx in 0..self.corpus.len() {
+            let p = &self.corpus.passages[pidx];
+            let target = self.passage_target(pidx)?;
+            let mut sentences: Vec<String> = split_sentences(&p.text)
+                .into_iter()
+                .filter(|s| {
+                    let n = s.split_whitespace().count();
+                    n >= self.opts.min_sentence_words && n <= self.opts.max_sentence_words
+                })
+                .collect();
+            sentences.shuffle(&mut rng);
+            for s in sentences.iter().take(self.opts.sentences_per_passage) {
+                out.push(self.example(
+                    Task::Indexing,
+                    self.codec.query(self.tokenizer, s)?,
+                    target.clone(),
+                ));
+            }
+            if self.opts.title_items {
+                out.push(self.example(
+                    Task::Indexing,
+                    self.codec.query(self.tokenizer, &p.title)?,
+                    target.clone(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// query -> title + passage for every positive passage found in the corpus.
+    pub fn retrieval(&self, queries: &[Query]) -> Result<Vec<Example>> {
+        let mut out = Vec::new();
+        for q in queries {
+            for pid in &q.positive_ids {
+                if let Some(pidx) = self.corpus.index_of(pid) {
+                    out.push(self.example(
+                        Task::Retrieval,
+                        self.codec.query(self.tokenizer, &q.question)?,
+                        self.passage_target(pidx)?,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Self-assessment: the gold passage -> "can answer" + answer; same-title passages without an
+    /// answer string (then random others) -> "cannot answer".
+    pub fn assessment(&self, queries: &[Query]) -> Result<Vec<Example>> {
+        let mut rng = StdRng::seed_from_u64(self.opts.seed ^ 0x5eed);
+        let mut out = Vec::new();
+        for q in queries {
+            let Some(gold) = q.positive_ids.iter().find_map(|p| self.corpus.index_of(p)) else {
+                continue;
+            };
+            let prompt_for = |pidx: usize| -> Result<Vec<u32>> {
+                let p = &self.corpus.passages[pidx];
+                let mut ids = self.codec.query(self.tokenizer, &q.question)?;
+                ids.extend(self.codec.title(self.tokenizer, &p.title)?);
+                ids.extend(self.codec.passage(self.tokenizer, &p.text)?);
+                ids.extend_from_slice(&self.codec.assess_cue);
+                Ok(ids)
+            };
+            let mut accept = self.codec.accept.clone();
+            if let Some(a) = q.answers.first() {
+                accept.extend(self.codec.answer(self.tokenizer, a)?);
+            } else {
+                accept.push(self.codec.eos);
+            }
+            out.push(self.example(Task::Assessment, prompt_for(gold)?, accept));
+            let has_answer = |pidx: usize| {
+                let t = self.corpus.passages[pidx].text.to_lowercase();
+                q.answers
+                    .iter()
+                    .any(|a| !a.is_empty() && t.contains(&a.to_lowercase()))
+            };
+            let positives: Vec<usize> = q
+                .positive_ids
+                .iter()
+                .filter_map(|p| self.corpus.index_of(p))
+                .collect();
+            let title = self.corpus.title_of[gold];
+            let mut negatives: Vec<usize> = self.corpus.by_title[title]
+                .iter()
+                .copied()
+                .filter(|&i| !positives.contains(&i) && !has_answer(i))
+                .collect();
+            negatives.shuffle(&mut rng);
+            let mut guard = 0;
+            while negatives.len() < self.opts.negatives && guard < 50 && self.corpus.len() > 1 {
+                guard += 1;
+                let i = rand::Rng::random_range(&mut rng, 0..self.corpus.len());
+                if !positives.contains(&i) && !negatives.contains(&i) && !has_answer(i) {
+                    negatives.push(i);
+                }
+            }
+            for &n in negatives.iter().take(self.opts.negatives) {
+                let mut reject = self.codec.reject.clone();
+                reject.push(self.codec.eos);
+                out.push(self.example(Task::Assessment, prompt_for(n)?, reject));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,397 @@
+//! Training: masked next-token loss over examples of the three tasks, a deterministic batch
+//! schedule (length-bucketed, token budget per batch), AdamW with warmup + cosine decay and
+//! clipping, checkpoints, and events for whoever watches (GUI, CLI).
+
+pub mod data;
+pub mod optim;
+
+pub use data::{DataBuilder, DataOptions, Example, Query, Task};
+
+use crate::error::{Error, Result};
+use crate::model::{Llama, ModelBundle};
+use candle_core::{Tensor, D};
+use optim::{AdamW, AdamWConfig};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Relative weight of each task in the batch schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TaskMix {
+    pub indexing: f64,
+    pub retrieval: f64,
+    pub assessment: f64,
+}
+
+impl Default for TaskMix {
+    fn default() -> Self {
+        TaskMix {
+            indexing: 1.0,
+            retrieval: 1.0,
+            assessment: 1.0,
+        }
+    }
+}
+
+impl TaskMix {
+    fn weight(&self, t: Task) -> f64 {
+        match t {
+            Task::Indexing => self.indexing,
+            Task::Retrieval => self.retrieval,
+            Task::Assessment => self.assessment,
+        }
+    }
+}
+
+/// Hyperparameters of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimiser steps in total.
+    pub steps: usize,
+    pub lr: f64,
+    /// Fraction of steps with linear warmup.
+    pub warmup: f64,
+    /// Token budget per batch (longest sequence x rows).
+    pub batch_tokens: usize,
+    /// Longest sequence kept (longer examples are cut at the end).
+    pub max_len: usize,
+    pub grad_accum: usize,
+    pub clip: Option<f64>,
+    pub mix: TaskMix,
+    pub seed: u64,
+    pub adamw: AdamWConfig,
+    /// Write a checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 300,
+            lr: 1e-3,
+            warmup: 0.05,
+            batch_tokens: 2048,
+            max_len: 384,
+            grad_accum: 1,
+            clip: Some(1.0),
+            mix: TaskMix::default(),
+            seed: 1,
+            adamw: AdamWConfig::default(),
+            checkpoint_every: 0,
+        }
+    }
+}
+
+/// Learning rate at `step` (0-based): linear warmup then cosine decay to 10% of the peak.
+pub fn lr_at(step: usize, cfg: &TrainConfig) -> f64 {
+    let total = cfg.steps.max(1) as f64;
+    let warm = (cfg.warmup * total).max(1.0);
+    let s = step as f64;
+    if s < warm {
+        return cfg.lr * (s + 1.0) / warm;
+    }
+    let progress = ((s - warm) / (total - warm).max(1.0)).min(1.0);
+    cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+}
+
+/// Plans every batch of the run up front from the seed, so a resumed run sees exactly the batches
+/// an uninterrupted one would. Each batch holds examples of one task (so losses are per task),
+/// of similar length, within the token budget.
+pub fn plan_batches(examples: &[Example], cfg: &TrainConfig) -> Vec<Vec<usize>> {
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let per_task = task_batches(examples, cfg, &mut rng);
+    if per_task.is_empty() {
+        return Vec::new();
+    }
+    // Interleave tasks by weight (smooth weighted round-robin), cycling each task's batches.
+    let mut plan = Vec::with_capacity(cfg.steps * cfg.grad_accum.max(1));
+    let tasks: Vec<Task> = per_task.keys().copied().collect();
+    let weights: Vec<f64> = tasks.iter().map(|&t| cfg.mix.weight(t)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut credit = vec![0f64; tasks.len()];
+    let mut cursor = vec![0usize; tasks.len()];
+    while plan.len() < cfg.steps * cfg.grad_accum.max(1) {
+        for (c, w) in credit.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let k = (0..tasks.len())
+            .max_by(|&a, &b| credit[a].total_cmp(&credit[b]))
+            .unwrap_or(0);
+        credit[k] -= total;
+        let list = &per_task[&tasks[k]];
+        plan.push(list[cursor[k] % list.len()].clone());
+        cursor[k] += 1;
+    }
+    plan
+}
+
+/// Batches in one pass over the examples (for `--epochs`).
+pub fn batches_per_epoch(examples: &[Example], cfg: &TrainConfig) -> usize {
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    task_batches(examples, cfg, &mut rng)
+        .values()
+        .map(|b| b.len())
+        .sum()
+}
+
+fn task_batches(
+    examples: &[Example],
+    cfg: &TrainConfig,
+    rng: &mut StdRng,
+) -> BTreeMap<Task, Vec<Vec<usize>>> {
+    let mut per_task: BTreeMap<Task, Vec<Vec<usize>>> = BTreeMap::new();
+    for task in Task::ALL {
+        let mut idx: Vec<usize> = (0..examples.len())
+            .filter(|&i| examples[i].task == task)
+            .collect();
+        if idx.is_empty() || cfg.mix.weight(task) <= 0.0 {
+            continue;
+        }
+        idx.shuffle(rng);
+        // Length buckets: sort windows of the shuffled list by length, then cut by budget.
+        let mut batches = Vec::new();
+        for window in idx.chunks(256) {
+            let mut w = window.to_vec();
+            w.sort_by_key(|&i| examples[i].ids.len());
+            let mut cur: Vec<usize> = Vec::new();
+            let mut longest = 0;
+            for i in w {
+                let len = examples[i].ids.len().min(cfg.max_len);
+                let new_longest = longest.max(len);
+                if !cur.is_empty() && new_longest * (cur.len() + 1) > cfg.batch_tokens {
+                    batches.push(std::mem::take(&mut cur));
+                    longest = 0;
+                }
+                longest = longest.max(len);
+                cur.push(i);
+            }
+            if !cur.is_empty() {
+                batches.push(cur);
+            }
+        }
+        batches.shuffle(rng);
+        per_task.insert(task, batches);
+    }
+    per_task
+}
+
+/// Mean cross-entropy over the target tokens of a batch. The vocabulary projection runs only at
+/// positions that carry loss.
+pub fn batch_loss(
+    model: &Llama,
+    examples: &[&Example],
+    pad: u32,
+    max_len: usize,
+) -> Result<Tensor> {
+    let len = examples
+        .iter()
+        .map(|e| e.ids.len().min(max_len))
+        .max()
+        .unwrap_or(0);
+    if len < 2 {
+        return Err(Error::invalid("batch of empty examples"));
+    }
+    let t = len - 1;
+    let mut input = Vec::with_capacity(examples.len() * t);
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    for (r, e) in examples.iter().enumerate() {
+        let ids = &e.ids[..e.ids.len().min(max_len)];
+        for p in 0..t {
+            input.push(ids.get(p).copied().unwrap_or(pad));
+            // Position p predicts token p + 1.
+            if p + 1 < ids.len() && p + 1 >= e.target_start {
+                positions.push((r * t + p) as u32);
+                targets.push(ids[p + 1]);
+            }
+        }
+    }
+    if positions.is_empty() {
+        return Err(Error::invalid("batch has no target tokens"));
+    }
+    let dev = model.device();
+    let input = Tensor::from_vec(input, (examples.len(), t), dev)?;
+    let hidden = model.hidden(&input, None)?;
+    let h = hidden.dim(D::Minus1)?;
+    let pos = Tensor::new(positions.as_slice(), dev)?;
+    let picked = hidden
+        .reshape((examples.len() * t, h))?
+        .index_select(&pos, 0)?;
+    let logits = model.logits(&picked)?;
+    let targets = Tensor::new(targets.as_slice(), dev)?;
+    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+}
+
+/// What a training run reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TrainEvent {
+    Started {
+        total_steps: usize,
+        start_step: usize,
+        examples: usize,
+    },
+    Step {
+        step: usize,
+        task: Task,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens_per_s: f64,
+        eta_s: f64,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    Finished {
+        step: usize,
+        cancelled: bool,
+    },
+}
+
+/// Control flags checked between steps.
+pub trait TrainControl {
+    /// True when the run should stop (after saving).
+    fn should_cancel(&mut self) -> bool {
+        false
+    }
+    /// True when a checkpoint should be written now.
+    fn save_requested(&mut self) -> bool {
+        false
+    }
+}
+
+/// Never cancels.
+pub struct NoControl;
+impl TrainControl for NoControl {}
+
+/// Trains `bundle` on `examples` from its current step up to `cfg.steps`, checkpointing into
+/// `out` (if given) every `checkpoint_every` steps, on request and at the end.
+pub fn train(
+    bundle: &mut ModelBundle,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    out: Option<&std::path::Path>,
+    control: &mut dyn TrainControl,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<()> {
+    if matches!(bundle.mode, crate::model::TrainMode::Frozen) {
+        return Err(Error::invalid(
+            "the model is frozen: choose full or LoRA training",
+        ));
+    }
+    let plan = plan_batches(examples, cfg);
+    if plan.is_empty() {
+        return Err(Error::invalid("no training examples"));
+    }
+    let mut opt = AdamW::new(&bundle.varmap, cfg.adamw)?;
+    if let Some(dir) = out {
+        let state_path = dir.join("optimizer.safetensors");
+        if bundle.step > 0 && state_path.is_file() {
+            let state = candle_core::safetensors::load(&state_path, &candle_core::Device::Cpu)
+                .map_err(|e| Error::bad_file(&state_path, e.to_string()))?;
+            opt.load_state(&state)?;
+        }
+    }
+    let start = bundle.step as usize;
+    on_event(TrainEvent::Started {
+        total_steps: cfg.steps,
+        start_step: start,
+        examples: examples.len(),
+    });
+    let accum = cfg.grad_accum.max(1);
+    let t0 = Instant::now();
+    let mut tokens_done = 0usize;
+    let save =
+        |bundle: &ModelBundle, opt: &AdamW, on_event: &mut dyn FnMut(TrainEvent)| -> Result<()> {
+            if let Some(dir) = out {
+                let mut hp = BTreeMap::new();
+                hp.insert("lr".into(), cfg.lr.to_string());
+                hp.insert("steps".into(), cfg.steps.to_string());
+                hp.insert("batch_tokens".into(), cfg.batch_tokens.to_string());
+                bundle.save(dir, None, hp)?;
+                crate::model::checkpoint::save_tensors(
+                    &dir.join("optimizer.safetensors"),
+                    opt.state_tensors()?,
+                )?;
+                on_event(TrainEvent::Checkpoint {
+                    step: bundle.step as usize,
+                    path: dir.to_path_buf(),
+                });
+            }
+            Ok(())
+        };
+    let mut cancelled = false;
+    for step in start..cfg.steps {
+        if control.should_cancel() {
+            cancelled = true;
+            break;
+        }
+        let lr = lr_at(step, cfg);
+        let mut loss_sum = 0f64;
+        let mut task = Task::Indexing;
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        for micro in 0..accum {
+            let batch: Vec<&Example> = plan[step * accum + micro]
+                .iter()
+                .map(|&i| &examples[i])
+                .collect();
+            task = batch[0].task;
+            tokens_done += batch
+                .iter()
+                .map(|e| e.ids.len().min(cfg.max_len))
+                .sum::<usize>();
+            let loss = batch_loss(&bundle.model, &batch, bundle.special.pad, cfg.max_len)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let loss = if accum > 1 {
+                (loss / accum as f64)?
+            } else {
+                loss
+            };
+            let g = loss.backward()?;
+            grads = Some(match grads {
+                None => g,
+                Some(mut acc) => {
+                    for var in bundle.varmap.all_vars() {
+                        if let Some(new) = g.get(var.as_tensor()) {
+                            let sum = match acc.get(var.as_tensor()) {
+                                Some(old) => (old + new)?,
+                                None => new.clone(),
+                            };
+                            acc.insert(var.as_tensor(), sum);
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let grads = grads.ok_or_else(|| Error::invalid("no gradients"))?;
+        let grad_norm = opt.step(&grads, lr, cfg.clip)?;
+        bundle.step = (step + 1) as u64;
+        let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+        let done = (step + 1 - start) as f64;
+        on_event(TrainEvent::Step {
+            step: step + 1,
+            task,
+            loss: loss_sum / accum as f64,
+            lr,
+            grad_norm,
+            tokens_per_s: tokens_done as f64 / elapsed,
+            eta_s: elapsed / done * (cfg.steps - step - 1) as f64,
+        });
+        let periodic = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
+        if periodic || control.save_requested() {
+            save(bundle, &opt, on_event)?;
+        }
+    }
+    save(bundle, &opt, on_event)?;
+    on_event(TrainEvent::Finished {
+        step: bundle.step as usize,
+        cancelled,
+    });
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The two-level trie of a corpus: one over title segments, and per title one over its passages.
+
+use super::TokenTrie;
+use crate::corpus::Corpus;
+use crate::error::Result;
+use crate::prompts::PromptCodec;
+use tokenizers::Tokenizer;
+
+/// Tries over exactly the sequences the model emits at retrieval time.
+#[derive(Debug, Clone, Default)]
+pub struct CorpusTrie {
+    /// Items are title indices (`Corpus::titles`).
+    pub titles: TokenTrie,
+    /// For each title, a trie whose item `k` is the corpus passage `Corpus::by_title[t][k]`.
+    pub passages: Vec<TokenTrie>,
+}
+
+/// Size statistics for the corpus panel and the trie benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrieStats {
+    pub titles: usize,
+    pub passages: usize,
+    pub corpus_tokens: usize,
+    pub nodes: usize,
+    pub bytes: usize,
+    /// Passages that are token-identical to another of the same title.
+    pub duplicates: usize,
+}
+
+impl TrieStats {
+    /// Bytes per corpus token (4 would be storing every token id once).
+    pub fn bytes_per_token(&self) -> f64 {
+        self.bytes as f64 / self.corpus_tokens.max(1) as f64
+    }
+}
+
+impl CorpusTrie {
+    /// Tokenizes every title and passage with the shared prompt codec and builds the tries.
+    /// Tokenization runs in parallel batches (the dominant cost).
+    pub fn build(corpus: &Corpus, tok: &Tokenizer, codec: &PromptCodec) -> Result<CorpusTrie> {
+        let title_seqs = corpus
+            .titles
+            .iter()
+            .map(|t| codec.title(tok, t))
+            .collect::<Result<Vec<_>>>()?;
+        let texts: Vec<String> = corpus
+            .passages
+            .iter()
+            .map(|p| format!(" {}", p.text.trim()))
+            .collect();
+        let encodings = tok.encode_batch(texts, false)?;
+        let mut passage_seqs: Vec<Vec<u32>> = encodings
+            .into_iter()
+            .map(|e| {
+                let mut ids = e.get_ids().to_vec();
+                ids.push(codec.eos);
+                ids
+            })
+            .collect();
+        let passages = corpus
+            .by_title
+            .iter()
+            .map(|members| {
+                let seqs: Vec<Vec<u32>> = members
+                    .iter()
+                    .map(|&i| std::mem::take(&mut passage_seqs[i]))
+                    .collect();
+                TokenTrie::build(&seqs)
+            })
+            .collect();
+        Ok(CorpusTrie {
+            titles: TokenTrie::build(&title_seqs),
+            passages,
+        })
+    }
+
+    /// Sizes of the structure.
+    pub fn stats(&self) -> TrieStats {
+        let mut s = TrieStats {
+            titles: self.titles.len(),
+            corpus_tokens: self.titles.token_count(),
+            nodes: self.titles.node_count(),
+            bytes: self.titles.bytes(),
+            ..Default::default()
+        };
+        for p in &self.passages {
+            s.passages += p.len();
+            s.corpus_tokens += p.token_count();
+            s.nodes += p.node_count();
+            s.bytes += p.bytes();
+            s.duplicates += p.duplicates().len();
+        }
+        s
+    }
+}

@@ -1,0 +1,229 @@
+//! The background worker: one thread that owns the model and runs every long job, talking to its
+//! owner (GUI or CLI) only through crossbeam channels. Jobs come in on one channel; control
+//! (cancel, pause, save now) on another that running jobs poll between steps; events go out.
+
+pub mod session;
+
+use crate::corpus::{load_path, Corpus, LoadOptions};
+use crate::model::ModelSource;
+use crate::retrieve::{RetrievalTrace, RetrieveOptions};
+use crate::train::{TrainControl, TrainEvent};
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use session::{IndexSpec, QuerySession};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A job for the worker.
+#[derive(Debug, Clone)]
+pub enum Job {
+    LoadCorpus(PathBuf, LoadOptions),
+    Index {
+        spec: IndexSpec,
+        run: PathBuf,
+        resume: bool,
+    },
+    OpenRun(PathBuf),
+    OpenUntrained {
+        source: ModelSource,
+        corpus: PathBuf,
+    },
+    Query {
+        text: String,
+        opts: RetrieveOptions,
+    },
+}
+
+/// Control of the running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Cancel,
+    Pause,
+    Resume,
+    SaveNow,
+}
+
+/// What the worker reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A job started (its label, for the status bar).
+    Started(String),
+    CorpusLoaded(Arc<Corpus>),
+    Train(TrainEvent),
+    /// A model is loaded and queryable: a one-line description.
+    SessionReady(String),
+    /// Partial (`done == false`) or final retrieval trace.
+    Trace {
+        trace: RetrievalTrace,
+        done: bool,
+    },
+    Error(String),
+    /// The job ended (successfully, cancelled or failed).
+    Finished,
+}
+
+/// Handle held by the front end.
+pub struct Worker {
+    jobs: Sender<Job>,
+    control: Sender<Control>,
+    events: Receiver<Event>,
+}
+
+struct ChannelControl {
+    rx: Receiver<Control>,
+    paused: bool,
+    save: bool,
+}
+
+impl ChannelControl {
+    fn drain(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Control::Cancel) => return true,
+                Ok(Control::Pause) => self.paused = true,
+                Ok(Control::Resume) => self.paused = false,
+                Ok(Control::SaveNow) => self.save = true,
+                Err(TryRecvError::Empty) => {
+                    if !self.paused {
+                        return false;
+                    }
+                    // Paused: wait for the next control message instead of spinning.
+                    match self.rx.recv() {
+                        Ok(Control::Cancel) | Err(_) => return true,
+                        Ok(Control::Resume) => self.paused = false,
+                        Ok(Control::Pause) => {}
+                        Ok(Control::SaveNow) => self.save = true,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+}
+
+impl TrainControl for ChannelControl {
+    fn should_cancel(&mut self) -> bool {
+        self.drain()
+    }
+    fn save_requested(&mut self) -> bool {
+        std::mem::take(&mut self.save)
+    }
+}
+
+impl Worker {
+    /// Starts the worker thread. `notify` is called after every event (the GUI requests a repaint).
+    pub fn spawn(notify: Box<dyn Fn() + Send>) -> Worker {
+        let (job_tx, job_rx) = unbounded::<Job>();
+        let (ctl_tx, ctl_rx) = unbounded::<Control>();
+        let (ev_tx, ev_rx) = unbounded::<Event>();
+        std::thread::Builder::new()
+            .name("selfret-worker".into())
+            .spawn(move || {
+                let send = |e: Event| {
+                    let _ = ev_tx.send(e);
+                    notify();
+                };
+                let mut session: Option<QuerySession> = None;
+                let mut control = ChannelControl {
+                    rx: ctl_rx,
+                    paused: false,
+                    save: false,
+                };
+                for job in job_rx {
+                    // Stale control messages from an earlier job must not cancel this one.
+                    while control.rx.try_recv().is_ok() {}
+                    control.paused = false;
+                    run_job(job, &mut session, &mut control, &send);
+                    send(Event::Finished);
+                }
+            })
+            .expect("spawning the worker thread");
+        Worker {
+            jobs: job_tx,
+            control: ctl_tx,
+            events: ev_rx,
+        }
+    }
+
+    /// Queues a job.
+    pub fn submit(&self, job: Job) {
+        let _ = self.jobs.send(job);
+    }
+
+    /// Sends a control message to the running job.
+    pub fn control(&self, c: Control) {
+        let _ = self.control.send(c);
+    }
+
+    /// Events since the last call (never blocks).
+    pub fn poll(&self) -> Vec<Event> {
+        self.events.try_iter().collect()
+    }
+
+    /// Blocks for the next event (for the CLI and tests).
+    pub fn recv(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+}
+
+fn run_job(
+    job: Job,
+    session: &mut Option<QuerySession>,
+    control: &mut ChannelControl,
+    send: &dyn Fn(Event),
+) {
+    let result: crate::Result<()> = (|| match job {
+        Job::LoadCorpus(path, opts) => {
+            send(Event::Started(format!("loading {}", path.display())));
+            let c = load_path(&path, &opts)?;
+            send(Event::CorpusLoaded(Arc::new(c)));
+            Ok(())
+        }
+        Job::Index { spec, run, resume } => {
+            send(Event::Started("training".into()));
+            *session = None;
+            session::run_index(&spec, &run, resume, control, &mut |e| send(Event::Train(e)))?;
+            let s = QuerySession::open_run(&run)?;
+            send(Event::SessionReady(format!(
+                "{} (trained, step {})",
+                spec.model, s.bundle.step
+            )));
+            *session = Some(s);
+            Ok(())
+        }
+        Job::OpenRun(run) => {
+            send(Event::Started(format!("opening {}", run.display())));
+            let s = QuerySession::open_run(&run)?;
+            send(Event::SessionReady(format!(
+                "{} (step {})",
+                run.display(),
+                s.bundle.step
+            )));
+            *session = Some(s);
+            Ok(())
+        }
+        Job::OpenUntrained { source, corpus } => {
+            send(Event::Started(format!("loading {source}")));
+            let s = QuerySession::open_untrained(&source, &corpus)?;
+            send(Event::SessionReady(format!("{source} (not fine-tuned)")));
+            *session = Some(s);
+            Ok(())
+        }
+        Job::Query { text, opts } => {
+            send(Event::Started(format!("query: {text}")));
+            let s = session.as_ref().ok_or_else(|| {
+                crate::Error::invalid("no model loaded: train or open a run first")
+            })?;
+            let trace = s.query(&text, &opts, &mut |t| {
+                send(Event::Trace {
+                    trace: t.clone(),
+                    done: false,
+                })
+            })?;
+            send(Event::Trace { trace, done: true });
+            Ok(())
+        }
+    })();
+    if let Err(e) = result {
+        send(Event::Error(e.to_string()));
+    }
+}

@@ -1,0 +1,169 @@
+//! The retrieval path end to end on a tiny model built and trained in the test.
+
+use candle_core::Device;
+use selfret::corpus::sentences::split_sentences;
+use selfret::corpus::{load_path, Corpus, LoadOptions};
+use selfret::model::tiny::{self, TinyOptions};
+use selfret::model::{ModelBundle, ModelSource, TrainMode};
+use selfret::prompts::PromptCodec;
+use selfret::retrieve::{RetrieveOptions, Retriever, StepKind};
+use selfret::train::data::TargetLength;
+use selfret::train::{train, DataBuilder, DataOptions, NoControl, TrainConfig, TrainEvent};
+use selfret::trie::CorpusTrie;
+
+fn demo_corpus() -> Corpus {
+    load_path(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpora/ir_history.jsonl")
+            .as_path(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
+}
+
+fn bundle_for(corpus: &Corpus, mode: TrainMode) -> ModelBundle {
+    let opts = TinyOptions {
+        vocab_size: 800,
+        hidden_size: 128,
+        layers: 2,
+        seed: 11,
+    };
+    let w = tiny::build(corpus.texts(), &opts, &Device::Cpu).unwrap();
+    ModelBundle::from_weights(w, ModelSource::Tiny, mode, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn untrained_model_returns_only_real_passages() {
+    let corpus = demo_corpus();
+    let b = bundle_for(&corpus, TrainMode::Frozen);
+    let codec = PromptCodec::new(&b.tokenizer, b.special.eos).unwrap();
+    let trie = CorpusTrie::build(&corpus, &b.tokenizer, &codec).unwrap();
+    let model = b.inference().unwrap();
+    let r = Retriever {
+        model: &model,
+        tokenizer: &b.tokenizer,
+        codec: &codec,
+        corpus: &corpus,
+        trie: &trie,
+    };
+    let opts = RetrieveOptions {
+        titles: 4,
+        passages: 3,
+        max_answer_tokens: 4,
+        ..Default::default()
+    };
+    for q in [
+        "who invented the inverted index",
+        "",
+        "ÜNICODE ✓ query 123",
+        "BM25",
+    ] {
+        let mut stages = 0;
+        let trace = r.retrieve(q, &opts, &mut |_| stages += 1).unwrap();
+        assert!(stages >= 3, "progress reported {stages} times");
+        assert!(!trace.ranking.is_empty());
+        assert!(trace.titles.len() <= 4);
+        let mut seen = std::collections::HashSet::new();
+        for c in &trace.candidates {
+            let p = &corpus.passages[c.passage_index];
+            assert_eq!(c.text, p.text, "returned text differs from the corpus");
+            assert_eq!(c.passage_id, p.id);
+            assert_eq!(
+                c.title,
+                corpus.titles[trace.titles[c.title_rank].title_index]
+            );
+            assert!(seen.insert(c.passage_id.clone()), "duplicate candidate");
+            // The expansion spells the passage exactly: chosen/forced tokens then auto-complete.
+            let toks: Vec<u32> = c.steps.iter().map(|s| s.token).collect();
+            assert_eq!(toks, codec.passage(&b.tokenizer, &p.text).unwrap());
+            assert!(c.steps.iter().any(|s| s.kind != StepKind::AutoComplete));
+            assert!((0.0..=1.0).contains(&c.p_reject));
+        }
+        let total: f64 = trace.titles.iter().map(|t| t.s_t).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        for w in trace.ranking.windows(2) {
+            assert!(w[0].s >= w[1].s);
+        }
+        // Re-ranking with new temperatures needs no model and keeps the same candidates.
+        let mut t2 = trace.clone();
+        t2.rerank(5.0, 0.05);
+        assert_eq!(t2.candidates.len(), trace.candidates.len());
+        assert!(trace.answer.is_some());
+    }
+}
+
+#[test]
+fn trained_tiny_model_retrieves_its_own_sentences() {
+    let full = demo_corpus();
+    let sub: Vec<_> = full.passages[..20].to_vec();
+    let corpus = Corpus::from_passages(sub, vec![]);
+    let mut b = bundle_for(&corpus, TrainMode::Full);
+    let codec = PromptCodec::new(&b.tokenizer, b.special.eos).unwrap();
+    let data = DataBuilder {
+        tokenizer: &b.tokenizer,
+        codec: &codec,
+        corpus: &corpus,
+        opts: DataOptions {
+            target: TargetLength::FirstWords(12),
+            sentences_per_passage: 8,
+            ..Default::default()
+        },
+    };
+    let examples = data.indexing().unwrap();
+    let cfg = TrainConfig {
+        steps: 250,
+        lr: 3e-3,
+        batch_tokens: 1536,
+        ..Default::default()
+    };
+    let mut losses = Vec::new();
+    train(&mut b, &examples, &cfg, None, &mut NoControl, &mut |e| {
+        if let TrainEvent::Step { loss, .. } = e {
+            losses.push(loss)
+        }
+    })
+    .unwrap();
+    let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
+    let last: f64 = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
+    eprintln!("indexing loss {first:.3} -> {last:.3}");
+    assert!(
+        last < first * 0.3,
+        "loss did not fall enough: {first} -> {last}"
+    );
+
+    let trie = CorpusTrie::build(&corpus, &b.tokenizer, &codec).unwrap();
+    let model = b.inference().unwrap();
+    let r = Retriever {
+        model: &model,
+        tokenizer: &b.tokenizer,
+        codec: &codec,
+        corpus: &corpus,
+        trie: &trie,
+    };
+    let opts = RetrieveOptions {
+        titles: 3,
+        passages: 3,
+        assess: false,
+        answer: false,
+        ..Default::default()
+    };
+    let (mut hits, mut total) = (0, 0);
+    for (i, p) in corpus.passages.iter().enumerate() {
+        let Some(sentence) = split_sentences(&p.text)
+            .into_iter()
+            .find(|s| s.split_whitespace().count() >= 6)
+        else {
+            continue;
+        };
+        let trace = r.retrieve(&sentence, &opts, &mut |_| {}).unwrap();
+        total += 1;
+        if trace.ranking.first().map(|x| x.passage_id.as_str())
+            == Some(corpus.passages[i].id.as_str())
+        {
+            hits += 1;
+        }
+    }
+    let rate = hits as f64 / total as f64;
+    eprintln!("Hits@1 on own sentences: {hits}/{total} = {rate:.2}");
+    assert!(rate >= 0.8, "Hits@1 {rate}");
+}

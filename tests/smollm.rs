@@ -1,0 +1,117 @@
+//! Tests on the real SmolLM2-135M-Instruct GGUF (fetched by scripts/fetch-model.sh, which CI runs).
+
+use candle_core::{Device, Tensor, D};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use selfret::model::source::{load_gguf, read_gguf_header};
+use selfret::model::{ModelBundle, ModelSource, TrainMode};
+use std::path::PathBuf;
+
+fn gguf_path() -> PathBuf {
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p
+}
+
+const CHAT: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+
+fn top_k(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+    idx.truncate(k);
+    idx
+}
+
+#[test]
+fn dequantised_model_matches_quantized_llama_and_speaks_english() {
+    let path = gguf_path();
+    let dev = Device::Cpu;
+    let w = load_gguf(&path, &dev).unwrap();
+    let ids = w.tokenizer.encode(CHAT, false).unwrap().get_ids().to_vec();
+    let bundle =
+        ModelBundle::from_weights(w, ModelSource::Gguf(path.clone()), TrainMode::Frozen, &dev)
+            .unwrap();
+    let model = bundle.inference().unwrap();
+    let input = Tensor::new(ids.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ours: Vec<f32> = model
+        .next_token_logprobs(&input, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+
+    let (content, mut file) = read_gguf_header(&path).unwrap();
+    let mut reference = ModelWeights::from_gguf(content, &mut file, &dev).unwrap();
+    let ref_logits = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
+    let ref_lp: Vec<f32> = candle_nn::ops::log_softmax(&ref_logits, D::Minus1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let max_diff = ours
+        .iter()
+        .zip(&ref_lp)
+        .map(|(a, b)| (a - b).abs())
+        .take(49152)
+        .fold(0f32, f32::max);
+    eprintln!("first-token log-prob max abs diff vs quantized_llama: {max_diff:.4}");
+    assert_eq!(
+        top_k(&ours, 5),
+        top_k(&ref_lp, 5),
+        "top-5 next tokens differ"
+    );
+
+    // Greedy decoding answers in English.
+    let mut cache = model.new_cache();
+    let mut lp = model.next_token_logprobs(&input, Some(&mut cache)).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..12 {
+        let next = lp.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()[0];
+        if next == bundle.special.eos {
+            break;
+        }
+        out.push(next);
+        let t = Tensor::new(&[[next]], &dev).unwrap();
+        lp = model.next_token_logprobs(&t, Some(&mut cache)).unwrap();
+    }
+    let text = bundle.tokenizer.decode(&out, true).unwrap();
+    eprintln!("greedy answer: {text:?}");
+    assert!(text.contains("Paris"), "unexpected answer {text:?}");
+}
+
+#[test]
+fn gguf_tokenizer_round_trips_and_matches_reference_ids() {
+    let path = gguf_path();
+    let w = load_gguf(&path, &Device::Cpu).unwrap();
+    let tok = &w.tokenizer;
+    assert_eq!(
+        tok.encode("Hello world!", false).unwrap().get_ids(),
+        &[19556, 905, 17]
+    );
+    for text in [
+        "plain ASCII text, with punctuation.",
+        "accents: café, naïve, Spärck Jones, Ångström",
+        "emoji 🎉🚀 and CJK 検索",
+        "new\nlines\n\n and  double  spaces\tand tabs",
+        "digits 1234567 and 3.14159",
+    ] {
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    }
+    // Chat-template special tokens are single ids, with no stray leading space after them.
+    let ids = tok.encode(CHAT, false).unwrap().get_ids().to_vec();
+    let im_start = tok.token_to_id("<|im_start|>").unwrap();
+    assert_eq!(ids[0], im_start);
+    let system = tok.encode("system", false).unwrap().get_ids().to_vec();
+    assert_eq!(&ids[1..1 + system.len()], system.as_slice());
+    assert_eq!(w.special.eos, tok.token_to_id("<|im_end|>").unwrap());
+    assert_eq!(w.config.num_hidden_layers, 30);
+    assert_eq!(w.config.hidden_size, 576);
+}

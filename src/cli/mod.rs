@@ -77,6 +77,12 @@ pub struct IndexArgs {
     /// Sentences sampled per passage for indexing.
     #[arg(long)]
     pub sentences: Option<usize>,
+    /// Task weights, e.g. `indexing=1,retrieval=1,assessment=0`.
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Hard negatives per query for self-assessment.
+    #[arg(long)]
+    pub negatives: Option<usize>,
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
@@ -128,6 +134,23 @@ fn parse_target(s: &str) -> Result<TargetLength> {
     bail!("--target must be `full` or `first:N`, not `{s}`")
 }
 
+fn parse_mix(s: &str) -> Result<crate::train::TaskMix> {
+    let mut mix = crate::train::TaskMix::default();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("`{part}`: expected task=weight"))?;
+        let w: f64 = v.trim().parse().with_context(|| format!("`{v}` is not a number"))?;
+        match k.trim() {
+            "indexing" => mix.indexing = w,
+            "retrieval" => mix.retrieval = w,
+            "assessment" => mix.assessment = w,
+            other => bail!("unknown task `{other}` (indexing, retrieval, assessment)"),
+        }
+    }
+    Ok(mix)
+}
+
 /// Runs `index`.
 pub fn index(a: IndexArgs) -> Result<()> {
     let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
@@ -154,6 +177,12 @@ pub fn index(a: IndexArgs) -> Result<()> {
     }
     if let Some(s) = a.sentences {
         spec.data.sentences_per_passage = s;
+    }
+    if let Some(m) = &a.mix {
+        spec.train.mix = parse_mix(m)?;
+    }
+    if let Some(n) = a.negatives {
+        spec.data.negatives = n;
     }
     spec.train.seed = a.seed;
     spec.train.checkpoint_every = a.checkpoint_every;

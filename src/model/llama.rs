@@ -44,7 +44,7 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = super::frozen::linear_2d(&x2, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -475,7 +475,7 @@ impl Llama {
         let dims = hidden.dims().to_vec();
         let h = dims[dims.len() - 1];
         let rows = hidden.elem_count() / h;
-        let y = hidden.reshape((rows, h))?.matmul(&w.t()?)?;
+        let y = super::frozen::linear_2d(&hidden.reshape((rows, h))?, w)?;
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.config.vocab_size;

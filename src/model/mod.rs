@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod frozen;
 pub mod hub;
 pub mod llama;
 pub mod lora;

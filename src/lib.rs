@@ -11,6 +11,7 @@ pub use error::{Error, Result};
 pub mod app;
 pub mod cli;
 pub mod corpus;
+pub mod eval;
 pub mod prompts;
 pub mod retrieve;
 pub mod train;

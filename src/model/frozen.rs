@@ -38,12 +38,19 @@ impl CustomOp1 for FrozenMatmul {
         let shape = y.shape().clone();
         let (storage, layout) = y.storage_and_layout();
         match &*storage {
-            Storage::Cpu(c) if layout.is_contiguous() && layout.start_offset() == 0 => Ok((c.clone(), shape)),
+            Storage::Cpu(c) if layout.is_contiguous() && layout.start_offset() == 0 => {
+                Ok((c.clone(), shape))
+            }
             _ => candle_core::bail!("frozen matmul: unexpected result layout"),
         }
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad_res.matmul(&self.w_t.t()?)?))
     }
 }

@@ -1,0 +1,220 @@
+//! Evaluation: ranking metrics (Hits@k, MRR@k, strict and lenient), answer exact match with
+//! SQuAD-style normalisation, and the BM25 and dense baselines, all over the same passages.
+
+pub mod bm25;
+pub mod dense;
+
+use crate::train::Query;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Lowercase, drop punctuation and the articles a/an/the, collapse whitespace (SQuAD's rule).
+pub fn normalize_answer(s: &str) -> String {
+    let lower = s.to_lowercase();
+    let no_punct: String = lower
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c.is_whitespace() {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    no_punct
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// True when the prediction equals one of the gold answers after normalisation.
+pub fn exact_match(prediction: &str, answers: &[String]) -> bool {
+    let p = normalize_answer(prediction);
+    answers.iter().any(|a| normalize_answer(a) == p)
+}
+
+/// True when a normalised gold answer occurs inside the normalised prediction.
+pub fn answer_contained(prediction: &str, answers: &[String]) -> bool {
+    let p = format!(" {} ", normalize_answer(prediction));
+    answers.iter().any(|a| {
+        let a = normalize_answer(a);
+        !a.is_empty() && p.contains(&format!(" {a} "))
+    })
+}
+
+/// What one system returned for one query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResult {
+    pub id: String,
+    pub question: String,
+    /// Passage ids, best first.
+    pub ranked: Vec<String>,
+    /// 1-based rank of the first gold passage (strict), if retrieved.
+    pub gold_rank: Option<usize>,
+    pub answer: Option<String>,
+    pub latency_ms: f64,
+}
+
+/// Metrics of one system over a query set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemResult {
+    pub system: String,
+    pub metrics: BTreeMap<String, f64>,
+    pub queries: Vec<QueryResult>,
+}
+
+fn rank_of(ranked: &[String], gold: &[String]) -> Option<usize> {
+    ranked
+        .iter()
+        .position(|id| gold.contains(id))
+        .map(|p| p + 1)
+}
+
+/// Computes every metric for ranked results against the queries.
+pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> SystemResult {
+    let n = results.len().max(1) as f64;
+    let mut m = BTreeMap::new();
+    let mut strict = Vec::new();
+    let mut lenient = Vec::new();
+    let mut em = 0usize;
+    let mut contained = 0usize;
+    let mut answered = 0usize;
+    let mut latency = 0.0;
+    let mut out = Vec::with_capacity(results.len());
+    for (q, mut r) in queries.iter().zip(results) {
+        let s = rank_of(&r.ranked, &q.positive_ids);
+        let lenient_gold = if q.answer_passage_ids.is_empty() {
+            &q.positive_ids
+        } else {
+            &q.answer_passage_ids
+        };
+        strict.push(s);
+        lenient.push(rank_of(&r.ranked, lenient_gold));
+        r.gold_rank = s;
+        if let Some(a) = &r.answer {
+            answered += 1;
+            em += exact_match(a, &q.answers) as usize;
+            contained += answer_contained(a, &q.answers) as usize;
+        }
+        latency += r.latency_ms;
+        out.push(r);
+    }
+    for (prefix, ranks) in [("", &strict), ("lenient_", &lenient)] {
+        for k in [1usize, 5, 10] {
+            let hits = ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count();
+            m.insert(format!("{prefix}hits@{k}"), hits as f64 / n);
+        }
+        for k in [5usize, 10] {
+            let mrr: f64 = ranks
+                .iter()
+                .map(|r| match r {
+                    Some(r) if *r <= k => 1.0 / *r as f64,
+                    _ => 0.0,
+                })
+                .sum();
+            m.insert(format!("{prefix}mrr@{k}"), mrr / n);
+        }
+    }
+    if answered > 0 {
+        m.insert("answer_em".into(), em as f64 / answered as f64);
+        m.insert(
+            "answer_contained".into(),
+            contained as f64 / answered as f64,
+        );
+    }
+    m.insert("latency_ms".into(), latency / n);
+    m.insert("queries".into(), out.len() as f64);
+    SystemResult {
+        system: system.to_string(),
+        metrics: m,
+        queries: out,
+    }
+}
+
+/// The columns printed by `selfret eval`.
+pub const TABLE_COLUMNS: [&str; 8] = [
+    "hits@1",
+    "hits@5",
+    "hits@10",
+    "mrr@5",
+    "mrr@10",
+    "lenient_mrr@5",
+    "answer_em",
+    "latency_ms",
+];
+
+/// A Markdown table with one row per system.
+pub fn table(systems: &[SystemResult]) -> String {
+    let mut s = format!(
+        "| system | {} |\n|---|{}\n",
+        TABLE_COLUMNS.join(" | "),
+        "---|".repeat(TABLE_COLUMNS.len())
+    );
+    for sys in systems {
+        let cells: Vec<String> = TABLE_COLUMNS
+            .iter()
+            .map(|c| match sys.metrics.get(*c) {
+                Some(v) if *c == "latency_ms" => format!("{v:.1}"),
+                Some(v) => format!("{v:.3}"),
+                None => "-".into(),
+            })
+            .collect();
+        s.push_str(&format!("| {} | {} |\n", sys.system, cells.join(" | ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squad_normalisation() {
+        assert_eq!(normalize_answer("The  Denver Broncos!"), "denver broncos");
+        assert!(exact_match("an apple", &["Apple".into()]));
+        assert!(!exact_match("apple pie", &["apple".into()]));
+        assert!(answer_contained(
+            "it was the Denver Broncos.",
+            &["Denver Broncos".into()]
+        ));
+        assert!(!answer_contained("fourth", &["four".into()]));
+    }
+
+    #[test]
+    fn hand_computed_metrics() {
+        let q = |id: &str, pos: &str| Query {
+            id: id.into(),
+            question: id.into(),
+            answers: vec!["x".into()],
+            positive_ids: vec![pos.into()],
+            answer_passage_ids: vec![],
+        };
+        let queries = vec![q("a", "p1"), q("b", "p2"), q("c", "p3")];
+        let r = |ranked: &[&str], ans: &str| QueryResult {
+            id: String::new(),
+            question: String::new(),
+            ranked: ranked.iter().map(|s| s.to_string()).collect(),
+            gold_rank: None,
+            answer: Some(ans.into()),
+            latency_ms: 3.0,
+        };
+        // Gold at rank 1, rank 3, and missing.
+        let res = score(
+            "t",
+            &queries,
+            vec![
+                r(&["p1", "p9"], "x"),
+                r(&["p8", "p7", "p2"], "y"),
+                r(&["p5"], "x"),
+            ],
+        );
+        let m = &res.metrics;
+        assert!((m["hits@1"] - 1.0 / 3.0).abs() < 1e-12);
+        assert!((m["hits@5"] - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m["mrr@5"] - (1.0 + 1.0 / 3.0) / 3.0).abs() < 1e-12);
+        assert!((m["answer_em"] - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(res.queries[1].gold_rank, Some(3));
+        assert_eq!(res.queries[2].gold_rank, None);
+    }
+}

@@ -120,7 +120,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         if let Some(i) = corpus.index_of(id) {
             let p = &corpus.passages[i];
             ui.separator();
-            ui.strong(format!("{} — {}", p.id, p.title));
+            ui.strong(format!("{} - {}", p.id, p.title));
             ui.label(&p.text);
         }
     }

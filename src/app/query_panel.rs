@@ -83,7 +83,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
     }
     let t = trace.timings;
     ui.weak(format!(
-        "titles {:.0} ms · passages {:.0} ms · assessment {:.0} ms · answer {:.0} ms · {} forward passes",
+        "titles {:.0} ms | passages {:.0} ms | assessment {:.0} ms | answer {:.0} ms | {} forward passes",
         t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms, t.forward_calls
     ));
     ui.horizontal(|ui| {
@@ -169,10 +169,10 @@ fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
             };
             // Long auto-completed tails are elided after a while to keep the view readable.
             if s.kind == StepKind::AutoComplete && k > 40 {
-                ui.colored_label(AUTO, " …");
+                ui.colored_label(AUTO, " ...");
                 break;
             }
-            let text = egui::RichText::new(s.piece.replace('\n', "⏎"))
+            let text = egui::RichText::new(s.piece.replace('\n', "\\n"))
                 .color(color)
                 .monospace();
             let lp = s
@@ -180,7 +180,7 @@ fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
                 .map(|l| format!("{l:.3}"))
                 .unwrap_or_else(|| "not computed".into());
             ui.label(text).on_hover_text(format!(
-                "{:?} token {} · log p {lp} · {} allowed",
+                "{:?} token {} | log p {lp} | {} allowed",
                 s.kind, s.token, s.alternatives
             ));
         }

@@ -16,6 +16,7 @@ use std::time::Instant;
 pub enum BenchKind {
     Model,
     Trie,
+    Query,
     All,
 }
 
@@ -30,6 +31,16 @@ pub struct BenchArgs {
     /// Folder with the shared evaluation sets.
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
+    /// Also run the PyTorch reference (bench/torch_reference.py, venv made by
+    /// bench/setup-reference.sh) on the same shapes and print the ratio.
+    #[arg(long)]
+    pub reference: bool,
+    /// Run directory for the query bench (default: the un-fine-tuned model over the NQ corpus).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Queries timed by the query bench.
+    #[arg(long, default_value_t = 5)]
+    pub queries: usize,
     /// Timed repetitions per measurement (the median is printed).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
@@ -67,6 +78,71 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if matches!(a.kind, BenchKind::Model | BenchKind::All) {
         bench_model(&a)?;
     }
+    if matches!(a.kind, BenchKind::Query | BenchKind::All) {
+        bench_query(&a)?;
+    }
+    Ok(())
+}
+
+/// Plain f32 matmul throughput at a training-like shape, GFLOP/s.
+pub fn gemm_gflops() -> Result<f64> {
+    let dev = Device::Cpu;
+    let a = Tensor::ones((1024, 576), candle_core::DType::F32, &dev)?;
+    let b = Tensor::ones((576, 1536), candle_core::DType::F32, &dev)?;
+    let s = time(5, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * 1024.0 * 576.0 * 1536.0 / s / 1e9)
+}
+
+fn bench_query(a: &BenchArgs) -> Result<()> {
+    use crate::retrieve::RetrieveOptions;
+    use crate::worker::session::QuerySession;
+    let data = a.data.join("nq_open_oracle");
+    let session = match &a.run {
+        Some(run) => QuerySession::open_run(run)?,
+        None => {
+            let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
+            QuerySession::open_untrained(&source, &data.join("corpus.jsonl"))?
+        }
+    };
+    let queries = crate::train::data::load_queries(&data.join("dev.jsonl"))?;
+    let cfg = &session.model.config;
+    let body = (cfg.parameter_count() - cfg.vocab_size * cfg.hidden_size) as f64;
+    let head = (cfg.vocab_size * cfg.hidden_size) as f64;
+    let gflops = gemm_gflops()?;
+    println!(
+        "\n## query ({} passages; {} queries from nq_open_oracle/dev; matmul {gflops:.0} GFLOP/s)",
+        session.corpus.len(),
+        a.queries
+    );
+    println!("| (i, j) | titles ms | passages ms | assessment ms | answer ms | total ms | model tokens | matmul-only ms | total / matmul-only |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (i, j) in [(5usize, 10usize), (10, 10)] {
+        let opts = RetrieveOptions {
+            titles: i,
+            passages: j,
+            ..Default::default()
+        };
+        let mut rows: Vec<crate::retrieve::Timings> = Vec::new();
+        for q in queries.iter().take(a.queries.max(1)) {
+            rows.push(session.query(&q.question, &opts, &mut |_| {})?.timings);
+        }
+        let med = |f: &dyn Fn(&crate::retrieve::Timings) -> f64| median(rows.iter().map(f).collect());
+        let total = med(&|t| t.titles_ms + t.passages_ms + t.assess_ms + t.answer_ms);
+        let tokens = med(&|t| t.tokens_forwarded as f64);
+        let flops = med(&|t| 2.0 * (t.tokens_forwarded as f64 * body + t.logit_rows as f64 * head));
+        let matmul_ms = flops / (gflops * 1e9) * 1e3;
+        println!(
+            "| ({i}, {j}) | {:.0} | {:.0} | {:.0} | {:.0} | {total:.0} | {tokens:.0} | {matmul_ms:.0} | {:.2} |",
+            med(&|t| t.titles_ms),
+            med(&|t| t.passages_ms),
+            med(&|t| t.assess_ms),
+            med(&|t| t.answer_ms),
+            total / matmul_ms
+        );
+    }
     Ok(())
 }
 
@@ -96,6 +172,7 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
         "| forward (all logits) | 8 x 128 | {s:.2} | {:.0} |",
         1024.0 / s
     );
+    let mut ours = vec![("forward", 1024.0 / s)];
     let s = time(a.reps, || {
         inf.hidden(&x, None)?;
         Ok(())
@@ -129,6 +206,7 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
         s / 16.0,
         160.0 / s
     );
+    ours.push(("decode", 160.0 / s));
     drop(inf);
     drop(frozen);
     let train_ids: Vec<Vec<u32>> = (0..4)
@@ -143,10 +221,11 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
         })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
-    for (label, mode) in [
-        ("train step, full", TrainMode::Full),
+    for (label, key, mode) in [
+        ("train step, full", "train_full", TrainMode::Full),
         (
             "train step, LoRA r8 all",
+            "train_lora",
             TrainMode::Lora(LoraConfig::default()),
         ),
     ] {
@@ -159,11 +238,52 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
             Ok(())
         })?;
         println!("| {label} | 4 x 128 | {s:.2} | {:.0} |", 512.0 / s);
+        ours.push((key, 512.0 / s));
     }
     if let Some(rss) = peak_rss_mb() {
         println!("peak RSS: {rss:.0} MB");
     }
+    if a.reference {
+        let ModelSource::Gguf(path) = &source else {
+            anyhow::bail!("the PyTorch reference needs a GGUF model");
+        };
+        let reference = torch_reference(path)?;
+        println!("\n| work | selfret tokens/s | PyTorch tokens/s | selfret / PyTorch |");
+        println!("|---|---|---|---|");
+        for (key, v) in &ours {
+            if let Some(t) = reference.get(*key).and_then(|x| x.as_f64()) {
+                println!("| {key} | {v:.0} | {t:.0} | {:.2} |", v / t);
+            }
+        }
+    }
     Ok(())
+}
+
+fn torch_reference(gguf: &std::path::Path) -> Result<serde_json::Value> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let setup = std::process::Command::new("bash")
+        .arg(root.join("bench/setup-reference.sh"))
+        .output()
+        .context("running bench/setup-reference.sh")?;
+    if !setup.status.success() {
+        anyhow::bail!("reference setup failed: {}", String::from_utf8_lossy(&setup.stderr));
+    }
+    let python = String::from_utf8_lossy(&setup.stdout).trim().lines().last().unwrap_or("python3").to_string();
+    let dir = gguf.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let name = gguf.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let out = std::process::Command::new(python)
+        .arg(root.join("bench/torch_reference.py"))
+        .arg(&dir)
+        .arg(&name)
+        .arg(candle_core::utils::get_num_threads().to_string())
+        .output()
+        .context("running bench/torch_reference.py")?;
+    if !out.status.success() {
+        anyhow::bail!("torch reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("{}");
+    Ok(serde_json::from_str(line)?)
 }
 
 fn scaled_corpus(sources: &[Corpus], n: usize) -> Corpus {

@@ -126,6 +126,10 @@ pub struct Timings {
     pub answer_ms: f64,
     /// Model forward passes (batched) over all stages.
     pub forward_calls: usize,
+    /// Token positions run through the transformer body, over all stages.
+    pub tokens_forwarded: usize,
+    /// Positions projected onto the vocabulary.
+    pub logit_rows: usize,
 }
 
 /// Everything retrieval computed for one query, serialisable for export and the GUI.
@@ -231,6 +235,8 @@ impl Retriever<'_> {
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let input = Tensor::from_vec(flat, (ids.len(), t), self.model.device())?;
         timings.forward_calls += 1;
+        timings.tokens_forwarded += ids.len() * t;
+        timings.logit_rows += ids.len();
         rows_to_vecs(&self.model.next_token_logprobs(&input, Some(cache))?)
     }
 
@@ -407,6 +413,8 @@ impl Retriever<'_> {
             let mut cache = prefix_cache.clone();
             let input = Tensor::from_vec(tokens.clone(), (1, tokens.len()), self.model.device())?;
             timings.forward_calls += 1;
+            timings.tokens_forwarded += tokens.len();
+            timings.logit_rows += tokens.len();
             let hidden = self.model.hidden(&input, Some(&mut cache))?;
             let lp =
                 candle_nn::ops::log_softmax(&self.model.logits(&hidden.squeeze(0)?)?, D::Minus1)?;
@@ -545,6 +553,8 @@ impl Retriever<'_> {
         let mut c = cache.select(&vec![0u32; n])?;
         let input = Tensor::from_vec(flat, (n, max), self.model.device())?;
         timings.forward_calls += 1;
+        timings.tokens_forwarded += n * max;
+        timings.logit_rows += n;
         let hidden = self.model.hidden(&input, Some(&mut c))?;
         let h = hidden.dim(2)?;
         let last: Vec<u32> = rows

@@ -8,10 +8,18 @@ use egui_kittest::Harness;
 use selfret::app::{PanelKind, SelfretApp};
 use std::time::{Duration, Instant};
 
-fn wait_until(h: &mut Harness<'_, SelfretApp>, what: &str, secs: u64, done: impl Fn(&SelfretApp) -> bool) {
+fn wait_until(
+    h: &mut Harness<'_, SelfretApp>,
+    what: &str,
+    secs: u64,
+    done: impl Fn(&SelfretApp) -> bool,
+) {
     let t0 = Instant::now();
     while !done(h.state()) {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -51,7 +59,8 @@ fn corpus_train_cancel_query_and_rerank() {
     h.get_by_role_and_label(Role::Button, "Start").click();
     h.run_ok();
     wait_until(&mut h, "loss points", 240, |a| a.train.losses.len() >= 3);
-    h.get_by_role_and_label(Role::Button, "Stop training").click();
+    h.get_by_role_and_label(Role::Button, "Stop training")
+        .click();
     h.run_ok();
     wait_until(&mut h, "the run to stop and the model to load", 240, |a| {
         !a.is_busy() && a.session_info.is_some()
@@ -60,7 +69,10 @@ fn corpus_train_cancel_query_and_rerank() {
     assert!(steps < 400, "cancel did not stop the run ({steps} steps)");
     assert!(matches!(
         h.state().train.last,
-        Some(selfret::train::TrainEvent::Finished { cancelled: true, .. })
+        Some(selfret::train::TrainEvent::Finished {
+            cancelled: true,
+            ..
+        })
     ));
 
     // Query: ranked candidates and a score table.
@@ -73,20 +85,60 @@ fn corpus_train_cancel_query_and_rerank() {
     h.run_ok();
     h.get_by_role_and_label(Role::Button, "Search").click();
     h.run_ok();
-    wait_until(&mut h, "the retrieval trace", 120, |a| a.trace_done && a.trace.is_some());
+    wait_until(&mut h, "the retrieval trace", 120, |a| {
+        a.trace_done && a.trace.is_some()
+    });
     let trace = h.state().trace.clone().unwrap();
     assert!(!trace.ranking.is_empty());
-    assert!(h.query_by_label("P(reject)").is_some(), "score table header missing");
+    assert!(
+        h.query_by_label("P(reject)").is_some(),
+        "score table header missing"
+    );
     assert!(h.query_by_label(&trace.ranking[0].passage_id).is_some());
 
     // Moving tau re-scores without the model (no job starts) and changes S_T.
     let before: Vec<f64> = trace.titles.iter().map(|t| t.s_t).collect();
-    h.get_by_role_and_label(Role::Slider, "tau").set_value_accesskit(4.0);
+    h.get_by_role_and_label(Role::Slider, "tau")
+        .set_value_accesskit(4.0);
     h.run_ok();
     assert!(!h.state().is_busy());
-    let after: Vec<f64> = h.state().trace.as_ref().unwrap().titles.iter().map(|t| t.s_t).collect();
+    let after: Vec<f64> = h
+        .state()
+        .trace
+        .as_ref()
+        .unwrap()
+        .titles
+        .iter()
+        .map(|t| t.s_t)
+        .collect();
     assert_eq!(h.state().trace.as_ref().unwrap().tau, 4.0);
     if before.len() > 1 {
         assert_ne!(before, after, "tau did not change the title scores");
     }
+
+    // Evaluate: Self-Retrieval and BM25 over a few demo queries, then click into one.
+    h.get_by_role_and_label(Role::Button, "Evaluate").click();
+    h.run_ok();
+    h.state_mut().project.eval.limit = 4;
+    h.get_by_role_and_label(Role::Button, "Run evaluation")
+        .click();
+    h.run_ok();
+    wait_until(&mut h, "evaluation results", 240, |a| {
+        !a.is_busy() && !a.eval_results.is_empty()
+    });
+    let systems: Vec<String> = h
+        .state()
+        .eval_results
+        .iter()
+        .map(|s| s.system.clone())
+        .collect();
+    assert_eq!(systems, ["bm25", "self-retrieval"]);
+    assert!(h.query_by_label("mrr@5").is_some());
+    let first_q = h.state().eval_results[1].queries[0].question.clone();
+    h.get_by_label(&first_q).click();
+    h.run_ok();
+    assert_eq!(h.state().project.panel, PanelKind::Query);
+    wait_until(&mut h, "the clicked query", 120, |a| {
+        a.trace_done && a.trace.as_ref().is_some_and(|t| t.query == first_q)
+    });
 }

@@ -7,7 +7,10 @@ use selfret::model::tiny::{self, TinyOptions};
 use selfret::model::{ModelBundle, ModelSource, TrainMode};
 use selfret::prompts::PromptCodec;
 use selfret::train::data::{load_queries, TargetLength};
-use selfret::train::{train, DataBuilder, DataOptions, Example, NoControl, Task, TrainConfig, TrainControl, TrainEvent};
+use selfret::train::{
+    train, DataBuilder, DataOptions, Example, NoControl, Task, TrainConfig, TrainControl,
+    TrainEvent,
+};
 use std::path::Path;
 
 fn root() -> &'static Path {
@@ -15,7 +18,11 @@ fn root() -> &'static Path {
 }
 
 fn demo_corpus() -> Corpus {
-    load_path(&root().join("corpora/ir_history.jsonl"), &LoadOptions::default()).unwrap()
+    load_path(
+        &root().join("corpora/ir_history.jsonl"),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn opts() -> TinyOptions {
@@ -50,7 +57,9 @@ fn losses_of(events: &[TrainEvent]) -> Vec<(usize, Task, f64)> {
     events
         .iter()
         .filter_map(|e| match e {
-            TrainEvent::Step { step, task, loss, .. } => Some((*step, *task, *loss)),
+            TrainEvent::Step {
+                step, task, loss, ..
+            } => Some((*step, *task, *loss)),
             _ => None,
         })
         .collect()
@@ -60,7 +69,8 @@ fn losses_of(events: &[TrainEvent]) -> Vec<(usize, Task, f64)> {
 fn loss_falls_on_every_task() {
     let corpus = demo_corpus();
     let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let mut b = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let mut b =
+        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
     let ex = examples(&corpus, &b);
     let cfg = TrainConfig {
         steps: 150,
@@ -69,7 +79,10 @@ fn loss_falls_on_every_task() {
         ..Default::default()
     };
     let mut events = Vec::new();
-    train(&mut b, &ex, &cfg, None, &mut NoControl, &mut |e| events.push(e)).unwrap();
+    train(&mut b, &ex, &cfg, None, &mut NoControl, &mut |e| {
+        events.push(e)
+    })
+    .unwrap();
     let l = losses_of(&events);
     for task in Task::ALL {
         let per: Vec<f64> = l.iter().filter(|x| x.1 == task).map(|x| x.2).collect();
@@ -95,7 +108,8 @@ fn cancel_then_resume_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     // One initial model, saved, so both runs start from identical weights and tokenizer.
     let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let b0 = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let b0 =
+        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
     let init = dir.path().join("init");
     b0.save(&init, None, Default::default()).unwrap();
     let ex = examples(&corpus, &b0);
@@ -106,30 +120,71 @@ fn cancel_then_resume_matches_an_uninterrupted_run() {
         ..Default::default()
     };
 
-    let mut full = ModelBundle::load_checkpoint(&init, Some(TrainMode::Full), &Device::Cpu).unwrap();
+    let mut full =
+        ModelBundle::load_checkpoint(&init, Some(TrainMode::Full), &Device::Cpu).unwrap();
     let mut ev_full = Vec::new();
     let out_full = dir.path().join("full");
-    train(&mut full, &ex, &cfg, Some(&out_full), &mut NoControl, &mut |e| ev_full.push(e)).unwrap();
+    train(
+        &mut full,
+        &ex,
+        &cfg,
+        Some(&out_full),
+        &mut NoControl,
+        &mut |e| ev_full.push(e),
+    )
+    .unwrap();
 
     let out = dir.path().join("interrupted");
-    let mut part = ModelBundle::load_checkpoint(&init, Some(TrainMode::Full), &Device::Cpu).unwrap();
+    let mut part =
+        ModelBundle::load_checkpoint(&init, Some(TrainMode::Full), &Device::Cpu).unwrap();
     let mut ev1 = Vec::new();
-    train(&mut part, &ex, &cfg, Some(&out), &mut CancelAt(10, 0), &mut |e| ev1.push(e)).unwrap();
-    assert!(matches!(ev1.last(), Some(TrainEvent::Finished { step: 10, cancelled: true })));
+    train(
+        &mut part,
+        &ex,
+        &cfg,
+        Some(&out),
+        &mut CancelAt(10, 0),
+        &mut |e| ev1.push(e),
+    )
+    .unwrap();
+    assert!(matches!(
+        ev1.last(),
+        Some(TrainEvent::Finished {
+            step: 10,
+            cancelled: true
+        })
+    ));
     drop(part);
     // The cancelled run left a loadable checkpoint at step 10; resume it to the end.
     let mut resumed = ModelBundle::load_checkpoint(&out, None, &Device::Cpu).unwrap();
     assert_eq!(resumed.step, 10);
     let mut ev2 = Vec::new();
-    train(&mut resumed, &ex, &cfg, Some(&out), &mut NoControl, &mut |e| ev2.push(e)).unwrap();
+    train(
+        &mut resumed,
+        &ex,
+        &cfg,
+        Some(&out),
+        &mut NoControl,
+        &mut |e| ev2.push(e),
+    )
+    .unwrap();
     let l_full = losses_of(&ev_full);
     let mut l_split = losses_of(&ev1);
     l_split.extend(losses_of(&ev2));
     assert_eq!(l_split.first().map(|x| x.0), Some(1));
-    assert_eq!(l_split.iter().map(|x| x.0).collect::<Vec<_>>(), (1..=24).collect::<Vec<_>>());
+    assert_eq!(
+        l_split.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (1..=24).collect::<Vec<_>>()
+    );
     for (a, b) in l_full.iter().zip(&l_split) {
         assert_eq!(a.1, b.1, "different batches at step {}", a.0);
-        assert!((a.2 - b.2).abs() < 1e-3 * a.2.max(1.0), "step {}: {} vs {}", a.0, a.2, b.2);
+        assert!(
+            (a.2 - b.2).abs() < 1e-3 * a.2.max(1.0),
+            "step {}: {} vs {}",
+            a.0,
+            a.2,
+            b.2
+        );
     }
 }
 
@@ -138,7 +193,8 @@ fn interrupted_checkpoint_write_leaves_the_run_loadable() {
     let corpus = demo_corpus();
     let dir = tempfile::tempdir().unwrap();
     let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let mut b = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let mut b =
+        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
     let ckpt = dir.path().join("checkpoint");
     b.step = 7;
     b.save(&ckpt, None, Default::default()).unwrap();
@@ -146,12 +202,21 @@ fn interrupted_checkpoint_write_leaves_the_run_loadable() {
     // half-written weights file (as the atomic writers name their temporaries).
     let partial = dir.path().join("checkpoint.tmp-99999");
     std::fs::create_dir_all(&partial).unwrap();
-    std::fs::write(partial.join("model.safetensors"), b"\x10\x00\x00\x00partial").unwrap();
+    std::fs::write(
+        partial.join("model.safetensors"),
+        b"\x10\x00\x00\x00partial",
+    )
+    .unwrap();
     std::fs::write(ckpt.join("model.safetensors.tmp-99999"), b"half").unwrap();
     let re = ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu).unwrap();
     assert_eq!(re.step, 7);
     // And the next save still succeeds and replaces the checkpoint.
     b.step = 8;
     b.save(&ckpt, None, Default::default()).unwrap();
-    assert_eq!(ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu).unwrap().step, 8);
+    assert_eq!(
+        ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu)
+            .unwrap()
+            .step,
+        8
+    );
 }

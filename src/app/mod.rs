@@ -2,6 +2,7 @@
 //! [`AppCommand`]s applied once per frame, and a background [`Worker`] polled every frame.
 
 mod corpus_panel;
+mod evaluate_panel;
 mod model_panel;
 mod query_panel;
 mod train_panel;
@@ -24,14 +25,16 @@ pub enum PanelKind {
     Model,
     Train,
     Query,
+    Evaluate,
 }
 
 impl PanelKind {
-    const ALL: [PanelKind; 4] = [
+    const ALL: [PanelKind; 5] = [
         PanelKind::Corpus,
         PanelKind::Model,
         PanelKind::Train,
         PanelKind::Query,
+        PanelKind::Evaluate,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -39,6 +42,7 @@ impl PanelKind {
             PanelKind::Model => "Model",
             PanelKind::Train => "Train",
             PanelKind::Query => "Query",
+            PanelKind::Evaluate => "Evaluate",
         }
     }
 }
@@ -59,6 +63,33 @@ pub struct Project {
     pub retrieve: RetrieveOptions,
     pub panel: PanelKind,
     pub query_history: Vec<String>,
+    #[serde(default)]
+    pub eval: EvalSettings,
+}
+
+/// The Evaluate panel's choices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    pub queries_path: String,
+    pub limit: usize,
+    pub bm25: bool,
+    pub dense: bool,
+    pub self_retrieval: bool,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            queries_path: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("corpora/ir_history.queries.jsonl")
+                .display()
+                .to_string(),
+            limit: 50,
+            bm25: true,
+            dense: false,
+            self_retrieval: true,
+        }
+    }
 }
 
 impl Default for Project {
@@ -78,6 +109,7 @@ impl Default for Project {
             retrieve: RetrieveOptions::default(),
             panel: PanelKind::Corpus,
             query_history: Vec::new(),
+            eval: EvalSettings::default(),
         }
     }
 }
@@ -86,13 +118,18 @@ impl Default for Project {
 #[derive(Debug, Clone)]
 pub enum AppCommand {
     LoadCorpus,
-    StartTraining { resume: bool },
+    StartTraining {
+        resume: bool,
+    },
     Control(Control),
     OpenRun,
     OpenUntrained,
     Query(String),
     ShowPassage(String),
     SwitchPanel(PanelKind),
+    RunEval,
+    /// Put a question in the Query panel and run it.
+    AskQuestion(String),
     SaveProject(PathBuf),
     OpenProject(PathBuf),
 }
@@ -125,6 +162,8 @@ pub struct SelfretApp {
     pub corpus_page: usize,
     pub selected_passage: Option<String>,
     pub project_file: String,
+    pub eval_progress: Option<(String, usize, usize)>,
+    pub eval_results: Vec<crate::eval::SystemResult>,
 }
 
 const STORAGE_KEY: &str = "selfret-project";
@@ -153,6 +192,8 @@ impl SelfretApp {
             corpus_page: 0,
             selected_passage: None,
             project_file: String::new(),
+            eval_progress: None,
+            eval_results: Vec::new(),
         };
         app.apply(AppCommand::LoadCorpus);
         app
@@ -179,6 +220,15 @@ impl SelfretApp {
                 Event::Trace { trace, done } => {
                     self.trace = Some(trace);
                     self.trace_done = done;
+                }
+                Event::EvalProgress {
+                    system,
+                    done,
+                    total,
+                } => self.eval_progress = Some((system, done, total)),
+                Event::EvalDone(results) => {
+                    self.eval_results = results;
+                    self.eval_progress = None;
                 }
                 Event::Error(e) => self.error = Some(e),
                 Event::Finished => {
@@ -302,6 +352,35 @@ impl SelfretApp {
                 self.project.panel = PanelKind::Corpus;
             }
             AppCommand::SwitchPanel(p) => self.project.panel = p,
+            AppCommand::RunEval => {
+                let e = &self.project.eval;
+                let mut baselines = Vec::new();
+                if e.bm25 {
+                    baselines.push("bm25".to_string());
+                }
+                if e.dense {
+                    baselines.push("dense".to_string());
+                }
+                let plan = crate::eval::run::EvalPlan {
+                    baselines,
+                    retrieve: self.project.retrieve.clone(),
+                    dense_model: crate::eval::dense::default_dir(),
+                };
+                self.eval_results.clear();
+                self.busy = Some("evaluating".into());
+                self.worker.submit(Job::Eval {
+                    queries: PathBuf::from(e.queries_path.trim()),
+                    corpus: PathBuf::from(self.project.corpus_path.trim()),
+                    limit: (e.limit > 0).then_some(e.limit),
+                    plan,
+                    self_retrieval: e.self_retrieval,
+                });
+            }
+            AppCommand::AskQuestion(q) => {
+                self.query_text = q.clone();
+                self.project.panel = PanelKind::Query;
+                self.apply(AppCommand::Query(q));
+            }
             AppCommand::SaveProject(path) => {
                 let text = ron::ser::to_string_pretty(&self.project, Default::default())
                     .unwrap_or_default();
@@ -416,6 +495,7 @@ impl eframe::App for SelfretApp {
             PanelKind::Model => model_panel::show(self, ui, &mut cmds),
             PanelKind::Train => train_panel::show(self, ui, &mut cmds),
             PanelKind::Query => query_panel::show(self, ui, &mut cmds),
+            PanelKind::Evaluate => evaluate_panel::show(self, ui, &mut cmds),
         });
         let dropped: Vec<PathBuf> = ui.input(|i| {
             i.raw

@@ -129,7 +129,8 @@ fn bench_query(a: &BenchArgs) -> Result<()> {
         for q in queries.iter().take(a.queries.max(1)) {
             rows.push(session.query(&q.question, &opts, &mut |_| {})?.timings);
         }
-        let med = |f: &dyn Fn(&crate::retrieve::Timings) -> f64| median(rows.iter().map(f).collect());
+        let med =
+            |f: &dyn Fn(&crate::retrieve::Timings) -> f64| median(rows.iter().map(f).collect());
         let total = med(&|t| t.titles_ms + t.passages_ms + t.assess_ms + t.answer_ms);
         let tokens = med(&|t| t.tokens_forwarded as f64);
         let flops = med(&|t| 2.0 * (t.tokens_forwarded as f64 * body + t.logit_rows as f64 * head));
@@ -266,11 +267,22 @@ fn torch_reference(gguf: &std::path::Path) -> Result<serde_json::Value> {
         .output()
         .context("running bench/setup-reference.sh")?;
     if !setup.status.success() {
-        anyhow::bail!("reference setup failed: {}", String::from_utf8_lossy(&setup.stderr));
+        anyhow::bail!(
+            "reference setup failed: {}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
     }
-    let python = String::from_utf8_lossy(&setup.stdout).trim().lines().last().unwrap_or("python3").to_string();
+    let python = String::from_utf8_lossy(&setup.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("python3")
+        .to_string();
     let dir = gguf.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    let name = gguf.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = gguf
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let out = std::process::Command::new(python)
         .arg(root.join("bench/torch_reference.py"))
         .arg(&dir)
@@ -279,7 +291,10 @@ fn torch_reference(gguf: &std::path::Path) -> Result<serde_json::Value> {
         .output()
         .context("running bench/torch_reference.py")?;
     if !out.status.success() {
-        anyhow::bail!("torch reference failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!(
+            "torch reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or("{}");

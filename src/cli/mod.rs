@@ -166,7 +166,6 @@ pub struct EvalArgs {
 
 /// Runs `eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    use crate::eval::{score, QueryResult};
     let mut queries = crate::train::data::load_queries(&a.queries)?;
     if let Some(n) = a.limit {
         queries.truncate(n);
@@ -181,71 +180,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         (None, None) => bail!("give --run DIR or --corpus FILE"),
     };
     eprintln!("{} queries over {} passages", queries.len(), corpus.len());
-    let mut systems = Vec::new();
-    let ids = |idx: Vec<usize>| -> Vec<String> {
-        idx.into_iter()
-            .map(|i| corpus.passages[i].id.clone())
-            .collect()
-    };
-    for b in a
-        .baselines
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let mut results = Vec::new();
-        match b {
-            "bm25" => {
-                let index = crate::eval::bm25::Bm25Index::new(&corpus, 0.9, 0.4);
-                for q in &queries {
-                    let t = std::time::Instant::now();
-                    let ranked = ids(index.search(&q.question, 10));
-                    results.push(QueryResult {
-                        id: q.id.clone(),
-                        question: q.question.clone(),
-                        ranked,
-                        gold_rank: None,
-                        answer: None,
-                        latency_ms: t.elapsed().as_secs_f64() * 1e3,
-                    });
-                }
-            }
-            "dense" => {
-                let dir = a
-                    .dense_model
-                    .clone()
-                    .unwrap_or_else(crate::eval::dense::default_dir);
-                let t0 = std::time::Instant::now();
-                let index =
-                    crate::eval::dense::DenseIndex::new(&dir, &corpus).with_context(|| {
-                        format!(
-                            "dense baseline (run scripts/fetch-dense.sh to get {})",
-                            dir.display()
-                        )
-                    })?;
-                eprintln!(
-                    "dense: corpus embedded in {:.1}s",
-                    t0.elapsed().as_secs_f64()
-                );
-                for q in &queries {
-                    let t = std::time::Instant::now();
-                    let ranked = ids(index.search(&q.question, 10)?);
-                    results.push(QueryResult {
-                        id: q.id.clone(),
-                        question: q.question.clone(),
-                        ranked,
-                        gold_rank: None,
-                        answer: None,
-                        latency_ms: t.elapsed().as_secs_f64() * 1e3,
-                    });
-                }
-            }
-            other => bail!("unknown baseline `{other}` (bm25, dense)"),
-        }
-        systems.push(score(b, &queries, results));
-    }
-    if let Some(s) = &session {
-        let opts = RetrieveOptions {
+    let plan = crate::eval::run::EvalPlan {
+        baselines: a
+            .baselines
+            .split(',')
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .collect(),
+        retrieve: RetrieveOptions {
             titles: a.titles,
             passages: a.passages,
             tau: a.tau,
@@ -253,25 +195,26 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             assess: !a.no_assess,
             answer: !a.no_answer,
             ..Default::default()
-        };
-        let bar = indicatif::ProgressBar::new(queries.len() as u64);
-        let mut results = Vec::new();
-        for q in &queries {
-            let t = std::time::Instant::now();
-            let trace = s.query(&q.question, &opts, &mut |_| {})?;
-            results.push(QueryResult {
-                id: q.id.clone(),
-                question: q.question.clone(),
-                ranked: trace.ranking.iter().map(|r| r.passage_id.clone()).collect(),
-                gold_rank: None,
-                answer: trace.answer.map(|x| x.text),
-                latency_ms: t.elapsed().as_secs_f64() * 1e3,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        systems.push(score("self-retrieval", &queries, results));
-    }
+        },
+        dense_model: a
+            .dense_model
+            .clone()
+            .unwrap_or_else(crate::eval::dense::default_dir),
+    };
+    let bar = indicatif::ProgressBar::new(queries.len() as u64);
+    let systems = crate::eval::run::run_eval(
+        session.as_ref(),
+        &corpus,
+        &queries,
+        &plan,
+        &mut |system, done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(system.to_string());
+        },
+        &mut || false,
+    )?;
+    bar.finish_and_clear();
     println!("{}", crate::eval::table(&systems));
     if let Some(out) = &a.json {
         let json = serde_json::json!({

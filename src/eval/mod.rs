@@ -3,6 +3,7 @@
 
 pub mod bm25;
 pub mod dense;
+pub mod run;
 
 use crate::train::Query;
 use serde::{Deserialize, Serialize};

@@ -31,6 +31,15 @@ pub enum Job {
         text: String,
         opts: RetrieveOptions,
     },
+    /// Evaluate the loaded model (if any) and baselines over a query file. Without a loaded
+    /// model the baselines run over `corpus`.
+    Eval {
+        queries: PathBuf,
+        corpus: PathBuf,
+        limit: Option<usize>,
+        plan: crate::eval::run::EvalPlan,
+        self_retrieval: bool,
+    },
 }
 
 /// Control of the running job.
@@ -56,6 +65,12 @@ pub enum Event {
         trace: RetrievalTrace,
         done: bool,
     },
+    EvalProgress {
+        system: String,
+        done: usize,
+        total: usize,
+    },
+    EvalDone(Vec<crate::eval::SystemResult>),
     Error(String),
     /// The job ended (successfully, cancelled or failed).
     Finished,
@@ -220,6 +235,51 @@ fn run_job(
                 })
             })?;
             send(Event::Trace { trace, done: true });
+            Ok(())
+        }
+        Job::Eval {
+            queries,
+            corpus,
+            limit,
+            plan,
+            self_retrieval,
+        } => {
+            send(Event::Started(format!("evaluating {}", queries.display())));
+            let mut qs = crate::train::data::load_queries(&queries)?;
+            if let Some(n) = limit {
+                qs.truncate(n);
+            }
+            let s = if self_retrieval {
+                session.as_ref()
+            } else {
+                None
+            };
+            let loaded;
+            let corpus = match s {
+                Some(s) => &s.corpus,
+                None => {
+                    loaded = load_path(&corpus, &LoadOptions::default())?;
+                    &loaded
+                }
+            };
+            let systems = crate::eval::run::run_eval(
+                s,
+                corpus,
+                &qs,
+                &plan,
+                &mut |system, done, total| {
+                    // Every query would flood the GUI; report in steps.
+                    if done == total || done % 5 == 0 {
+                        send(Event::EvalProgress {
+                            system: system.to_string(),
+                            done,
+                            total,
+                        })
+                    }
+                },
+                &mut || control.drain(),
+            )?;
+            send(Event::EvalDone(systems));
             Ok(())
         }
     })();

@@ -1,0 +1,123 @@
+//! Evaluate panel: Self-Retrieval against BM25 (and dense) on a query file, side by side.
+
+use super::{AppCommand, SelfretApp};
+use egui_plot::{Bar, BarChart, Legend, Plot};
+
+const METRICS: [&str; 5] = ["hits@1", "hits@5", "hits@10", "mrr@5", "answer_em"];
+
+/// Draws the panel.
+pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+    ui.heading("Evaluate");
+    let e = &mut app.project.eval;
+    ui.horizontal(|ui| {
+        let l = ui.label("Query file");
+        ui.add(egui::TextEdit::singleline(&mut e.queries_path).desired_width(460.0))
+            .labelled_by(l.id);
+    });
+    ui.weak("JSONL with question, answers, positive_ids (e.g. ../shared/data/nq_open_oracle/dev.jsonl).");
+    ui.add(egui::Slider::new(&mut e.limit, 0..=2000).text("Queries (0 = all)"));
+    ui.horizontal(|ui| {
+        ui.checkbox(&mut e.self_retrieval, "Self-Retrieval (loaded model)");
+        ui.checkbox(&mut e.bm25, "BM25");
+        ui.checkbox(&mut e.dense, "Dense (MiniLM)");
+    });
+    if ui
+        .add_enabled(!app.is_busy(), egui::Button::new("Run evaluation"))
+        .clicked()
+    {
+        cmds.push(AppCommand::RunEval);
+    }
+    if let Some((system, done, total)) = &app.eval_progress {
+        ui.add(
+            egui::ProgressBar::new(*done as f32 / (*total).max(1) as f32)
+                .text(format!("{system}: {done}/{total}")),
+        );
+    }
+    if app.eval_results.is_empty() {
+        return;
+    }
+    ui.separator();
+    ui.columns(2, |cols| {
+        egui::Grid::new("metrics-table")
+            .striped(true)
+            .show(&mut cols[0], |ui| {
+                ui.strong("system");
+                for m in METRICS {
+                    ui.strong(m);
+                }
+                ui.strong("ms/query");
+                ui.end_row();
+                for s in &app.eval_results {
+                    ui.label(&s.system);
+                    for m in METRICS {
+                        ui.label(
+                            s.metrics
+                                .get(m)
+                                .map(|v| format!("{v:.3}"))
+                                .unwrap_or("-".into()),
+                        );
+                    }
+                    ui.label(format!(
+                        "{:.1}",
+                        s.metrics.get("latency_ms").copied().unwrap_or(0.0)
+                    ));
+                    ui.end_row();
+                }
+            });
+        Plot::new("metrics-chart")
+            .legend(Legend::default())
+            .height(200.0)
+            .include_y(0.0)
+            .include_y(1.0)
+            .show(&mut cols[1], |p| {
+                let n = app.eval_results.len() as f64;
+                for (k, s) in app.eval_results.iter().enumerate() {
+                    let bars: Vec<Bar> = METRICS
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, m)| {
+                            s.metrics.get(*m).map(|v| {
+                                Bar::new(i as f64 + (k as f64 - (n - 1.0) / 2.0) * 0.8 / n, *v)
+                                    .name(*m)
+                            })
+                        })
+                        .collect();
+                    p.bar_chart(BarChart::new(s.system.clone(), bars).width(0.8 / n));
+                }
+            });
+    });
+    ui.separator();
+    let Some(sr) = app
+        .eval_results
+        .iter()
+        .find(|s| s.system == "self-retrieval")
+        .or_else(|| app.eval_results.first())
+    else {
+        return;
+    };
+    ui.strong(format!(
+        "Per query ({}); click a question to inspect it",
+        sr.system
+    ));
+    egui::ScrollArea::vertical()
+        .id_salt("per-query")
+        .show(ui, |ui| {
+            egui::Grid::new("per-query-grid")
+                .striped(true)
+                .show(ui, |ui| {
+                    for q in &sr.queries {
+                        let (mark, color) = match q.gold_rank {
+                            Some(1) => ("hit@1".to_string(), egui::Color32::from_rgb(60, 150, 80)),
+                            Some(r) => (format!("rank {r}"), egui::Color32::from_rgb(190, 140, 40)),
+                            None => ("miss".to_string(), egui::Color32::from_rgb(200, 60, 60)),
+                        };
+                        ui.colored_label(color, mark);
+                        if ui.link(&q.question).clicked() {
+                            cmds.push(AppCommand::AskQuestion(q.question.clone()));
+                        }
+                        ui.label(q.answer.clone().unwrap_or_default());
+                        ui.end_row();
+                    }
+                });
+        });
+}

@@ -1,0 +1,112 @@
+//! Runs every system of an evaluation over one query file: the baselines and, when a model is
+//! loaded, Self-Retrieval through the real retrieval path. Shared by the CLI and the GUI.
+
+use super::{score, QueryResult, SystemResult};
+use crate::corpus::Corpus;
+use crate::error::{Error, Result};
+use crate::retrieve::RetrieveOptions;
+use crate::train::Query;
+use crate::worker::session::QuerySession;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalPlan {
+    /// `bm25`, `dense`.
+    pub baselines: Vec<String>,
+    pub retrieve: RetrieveOptions,
+    pub dense_model: PathBuf,
+}
+
+/// Progress: (system, queries done, queries in all).
+pub type EvalProgress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+fn timed(
+    q: &Query,
+    f: impl FnOnce() -> Result<(Vec<String>, Option<String>)>,
+) -> Result<QueryResult> {
+    let t = Instant::now();
+    let (ranked, answer) = f()?;
+    Ok(QueryResult {
+        id: q.id.clone(),
+        question: q.question.clone(),
+        ranked,
+        gold_rank: None,
+        answer,
+        latency_ms: t.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Evaluates the baselines over `corpus` and Self-Retrieval over `session` (if any).
+/// `cancel` is polled between queries.
+pub fn run_eval(
+    session: Option<&QuerySession>,
+    corpus: &Corpus,
+    queries: &[Query],
+    plan: &EvalPlan,
+    progress: EvalProgress<'_>,
+    cancel: &mut dyn FnMut() -> bool,
+) -> Result<Vec<SystemResult>> {
+    let ids = |idx: Vec<usize>| -> Vec<String> {
+        idx.into_iter()
+            .map(|i| corpus.passages[i].id.clone())
+            .collect()
+    };
+    let mut systems = Vec::new();
+    let n = queries.len();
+    for b in &plan.baselines {
+        let mut results = Vec::with_capacity(n);
+        match b.as_str() {
+            "bm25" => {
+                let index = super::bm25::Bm25Index::new(corpus, 0.9, 0.4);
+                for (k, q) in queries.iter().enumerate() {
+                    results.push(timed(q, || Ok((ids(index.search(&q.question, 10)), None)))?);
+                    progress("bm25", k + 1, n);
+                }
+            }
+            "dense" => {
+                progress("dense (embedding the corpus)", 0, n);
+                let index =
+                    super::dense::DenseIndex::new(&plan.dense_model, corpus).map_err(|e| {
+                        Error::invalid(format!(
+                            "dense baseline: {e} (scripts/fetch-dense.sh fetches the model)"
+                        ))
+                    })?;
+                for (k, q) in queries.iter().enumerate() {
+                    if cancel() {
+                        return Err(Error::Cancelled);
+                    }
+                    results.push(timed(q, || {
+                        Ok((ids(index.search(&q.question, 10)?), None))
+                    })?);
+                    progress("dense", k + 1, n);
+                }
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown baseline `{other}` (bm25, dense)"
+                )))
+            }
+        }
+        systems.push(score(b, queries, results));
+    }
+    if let Some(s) = session {
+        let mut results = Vec::with_capacity(n);
+        for (k, q) in queries.iter().enumerate() {
+            if cancel() {
+                return Err(Error::Cancelled);
+            }
+            results.push(timed(q, || {
+                let trace = s.query(&q.question, &plan.retrieve, &mut |_| {})?;
+                Ok((
+                    trace.ranking.iter().map(|r| r.passage_id.clone()).collect(),
+                    trace.answer.map(|a| a.text),
+                ))
+            })?);
+            progress("self-retrieval", k + 1, n);
+        }
+        systems.push(score("self-retrieval", queries, results));
+    }
+    Ok(systems)
+}

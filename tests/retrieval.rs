@@ -167,3 +167,40 @@ fn trained_tiny_model_retrieves_its_own_sentences() {
     eprintln!("Hits@1 on own sentences: {hits}/{total} = {rate:.2}");
     assert!(rate >= 0.8, "Hits@1 {rate}");
 }
+
+#[test]
+fn single_item_tries_are_auto_completed() {
+    // Title "Solo" has one passage (its passage trie is unique at the root) and the corpus has
+    // two titles; every candidate must still come back whole.
+    let p = |id: &str, title: &str, text: &str| selfret::corpus::Passage {
+        id: id.into(),
+        title: title.into(),
+        text: text.into(),
+    };
+    let corpus = Corpus::from_passages(
+        vec![
+            p("a", "Solo", "The only passage under this title talks about lighthouses."),
+            p("b", "Pair", "First of two passages, about harbours and ships."),
+            p("c", "Pair", "Second of two passages, about tides and moons."),
+        ],
+        vec![],
+    );
+    let b = bundle_for(&demo_corpus(), TrainMode::Frozen);
+    let codec = PromptCodec::new(&b.tokenizer, b.special.eos).unwrap();
+    let trie = CorpusTrie::build(&corpus, &b.tokenizer, &codec).unwrap();
+    let model = b.inference().unwrap();
+    let r = Retriever {
+        model: &model,
+        tokenizer: &b.tokenizer,
+        codec: &codec,
+        corpus: &corpus,
+        trie: &trie,
+    };
+    let trace = r.retrieve("lighthouses", &RetrieveOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(trace.titles.len(), 2);
+    let mut ids: Vec<&str> = trace.ranked_ids();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let solo = trace.candidates.iter().find(|c| c.passage_id == "a").unwrap();
+    assert!(solo.steps.iter().all(|s| s.kind == StepKind::AutoComplete));
+}

@@ -240,6 +240,21 @@ impl Retriever<'_> {
         rows_to_vecs(&self.model.next_token_logprobs(&input, Some(cache))?)
     }
 
+    /// Appends the rest of the unique item under the beam's cursor, without model calls.
+    fn auto_complete(&self, trie: &TokenTrie, mut beam: Beam) -> Beam {
+        for &t in trie.completion(beam.cursor) {
+            beam.tokens.push(t);
+            beam.steps.push(TokenStep {
+                token: t,
+                piece: self.piece(t),
+                kind: StepKind::AutoComplete,
+                logprob: None,
+                alternatives: 1,
+            });
+        }
+        beam
+    }
+
     /// Constrained beam search over `trie` from a cache holding one row (the context), whose
     /// next-token log-probabilities are `first`. Beams that become unique are auto-completed and
     /// finished. With `greedy_after_first`, after the first token each beam only follows its best
@@ -254,13 +269,18 @@ impl Retriever<'_> {
         timings: &mut Timings,
     ) -> Result<Vec<Beam>> {
         let mut finished: Vec<Beam> = Vec::new();
-        let mut live = vec![Beam {
+        let root = Beam {
             cursor: trie.root(),
             tokens: Vec::new(),
             steps: Vec::new(),
             score: 0.0,
             row: 0,
-        }];
+        };
+        if trie.unique_item(root.cursor).is_some() {
+            // A single item (e.g. a title with one passage): nothing to choose, all auto-complete.
+            return Ok(vec![self.auto_complete(trie, root)]);
+        }
+        let mut live = vec![root];
         let mut logprobs = vec![first];
         let mut cache = context.clone();
         while !live.is_empty() && finished.len() < width {
@@ -318,17 +338,7 @@ impl Retriever<'_> {
                     alternatives: alts,
                 });
                 if trie.unique_item(cursor).is_some() || trie.allowed(cursor).is_empty() {
-                    for &t in trie.completion(cursor) {
-                        beam.tokens.push(t);
-                        beam.steps.push(TokenStep {
-                            token: t,
-                            piece: self.piece(t),
-                            kind: StepKind::AutoComplete,
-                            logprob: None,
-                            alternatives: 1,
-                        });
-                    }
-                    finished.push(beam);
+                    finished.push(self.auto_complete(trie, beam));
                 } else {
                     parent_rows.push(parent.row as u32);
                     beam.row = next_live.len();

@@ -10,7 +10,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Cli::parse();
     match args.command {
-        None => selfret::app::run(),
+        None => selfret::app::run(Default::default()),
+        Some(Command::Gui(a)) => selfret::app::run(a.startup()),
         Some(Command::Index(a)) => cli::index(a),
         Some(Command::Query(a)) => cli::query(a),
         Some(Command::FetchModel) => cli::fetch_model(),

@@ -179,9 +179,21 @@ fn single_item_tries_are_auto_completed() {
     };
     let corpus = Corpus::from_passages(
         vec![
-            p("a", "Solo", "The only passage under this title talks about lighthouses."),
-            p("b", "Pair", "First of two passages, about harbours and ships."),
-            p("c", "Pair", "Second of two passages, about tides and moons."),
+            p(
+                "a",
+                "Solo",
+                "The only passage under this title talks about lighthouses.",
+            ),
+            p(
+                "b",
+                "Pair",
+                "First of two passages, about harbours and ships.",
+            ),
+            p(
+                "c",
+                "Pair",
+                "Second of two passages, about tides and moons.",
+            ),
         ],
         vec![],
     );
@@ -196,11 +208,17 @@ fn single_item_tries_are_auto_completed() {
         corpus: &corpus,
         trie: &trie,
     };
-    let trace = r.retrieve("lighthouses", &RetrieveOptions::default(), &mut |_| {}).unwrap();
+    let trace = r
+        .retrieve("lighthouses", &RetrieveOptions::default(), &mut |_| {})
+        .unwrap();
     assert_eq!(trace.titles.len(), 2);
     let mut ids: Vec<&str> = trace.ranked_ids();
     ids.sort();
     assert_eq!(ids, ["a", "b", "c"]);
-    let solo = trace.candidates.iter().find(|c| c.passage_id == "a").unwrap();
+    let solo = trace
+        .candidates
+        .iter()
+        .find(|c| c.passage_id == "a")
+        .unwrap();
     assert!(solo.steps.iter().all(|s| s.kind == StepKind::AutoComplete));
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The panels of the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 pub enum PanelKind {
     #[default]
     Corpus,
@@ -168,9 +168,26 @@ pub struct SelfretApp {
 
 const STORAGE_KEY: &str = "selfret-project";
 
+/// What to do right after the window opens (from `selfret gui ...`): jobs are queued in order on
+/// the worker, so a run opens before the question is asked.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    pub project: Option<PathBuf>,
+    pub corpus: Option<PathBuf>,
+    pub run: Option<PathBuf>,
+    pub ask: Option<String>,
+    pub evaluate: Option<PathBuf>,
+    pub panel: Option<PanelKind>,
+}
+
 impl SelfretApp {
     /// Creates the app, reopening the last project when one was saved.
     pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        Self::with_startup(cc, Startup::default())
+    }
+
+    /// Creates the app and performs the startup actions.
+    pub fn with_startup(cc: &eframe::CreationContext<'_>, startup: Startup) -> Self {
         let project = cc
             .storage
             .and_then(|s| eframe::get_value::<Project>(s, STORAGE_KEY))
@@ -195,7 +212,30 @@ impl SelfretApp {
             eval_progress: None,
             eval_results: Vec::new(),
         };
-        app.apply(AppCommand::LoadCorpus);
+        if let Some(p) = &startup.project {
+            app.project_file = p.display().to_string();
+            app.apply(AppCommand::OpenProject(p.clone()));
+        } else {
+            if let Some(c) = &startup.corpus {
+                app.project.corpus_path = c.display().to_string();
+            }
+            app.apply(AppCommand::LoadCorpus);
+        }
+        if let Some(r) = &startup.run {
+            app.project.run_dir = r.display().to_string();
+            app.apply(AppCommand::OpenRun);
+        }
+        if let Some(q) = &startup.ask {
+            app.query_text = q.clone();
+            app.apply(AppCommand::Query(q.clone()));
+        }
+        if let Some(e) = &startup.evaluate {
+            app.project.eval.queries_path = e.display().to_string();
+            app.apply(AppCommand::RunEval);
+        }
+        if let Some(p) = startup.panel {
+            app.project.panel = p;
+        }
         app
     }
 
@@ -519,18 +559,18 @@ impl eframe::App for SelfretApp {
 }
 
 /// Opens the window.
-pub fn run() -> anyhow::Result<()> {
+pub fn run(startup: Startup) -> anyhow::Result<()> {
     let opts = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("selfret")
-            .with_inner_size([1200.0, 800.0])
+            .with_inner_size([1280.0, 800.0])
             .with_min_inner_size([700.0, 450.0]),
         ..Default::default()
     };
     eframe::run_native(
         "selfret",
         opts,
-        Box::new(|cc| Ok(Box::new(SelfretApp::new(cc)))),
+        Box::new(move |cc| Ok(Box::new(SelfretApp::with_startup(cc, startup)))),
     )
     .map_err(|e| {
         anyhow::anyhow!("cannot open the window: {e} (no display? use the CLI: selfret --help)")

@@ -119,6 +119,7 @@ fn bench_query(a: &BenchArgs) -> Result<()> {
     );
     println!("| (i, j) | titles ms | passages ms | assessment ms | answer ms | total ms | model tokens | matmul-only ms | total / matmul-only |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut totals = Vec::new();
     for (i, j) in [(5usize, 10usize), (10, 10)] {
         let opts = RetrieveOptions {
             titles: i,
@@ -143,8 +144,58 @@ fn bench_query(a: &BenchArgs) -> Result<()> {
             med(&|t| t.answer_ms),
             total / matmul_ms
         );
+        totals.push((format!("({i}, {j})"), total));
+    }
+    if a.reference {
+        let ModelSource::Gguf(path) = a.model.parse().map_err(anyhow::Error::msg)? else {
+            anyhow::bail!("the reference pipeline needs a GGUF model");
+        };
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = reference_python()?;
+        let out = std::process::Command::new(python)
+            .arg(root.join("bench/hf_reference.py"))
+            .arg(path.parent().unwrap_or(std::path::Path::new(".")))
+            .arg(path.file_name().unwrap_or_default())
+            .arg(data.join("corpus.jsonl"))
+            .arg(data.join("dev.jsonl"))
+            .arg(a.queries.to_string())
+            .arg(candle_core::utils::get_num_threads().to_string())
+            .output()
+            .context("running bench/hf_reference.py")?;
+        if !out.status.success() {
+            anyhow::bail!("reference failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))?;
+        println!("\n| (i, j) | selfret total ms | HF reference total ms | speed-up |");
+        println!("|---|---|---|---|");
+        for (k, ours) in totals {
+            if let Some(t) = r[&k]["total_ms"].as_f64() {
+                println!("| {k} | {ours:.0} | {t:.0} | {:.2}x |", t / ours);
+            }
+        }
     }
     Ok(())
+}
+
+fn reference_python() -> Result<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let setup = std::process::Command::new("bash")
+        .arg(root.join("bench/setup-reference.sh"))
+        .output()
+        .context("running bench/setup-reference.sh")?;
+    if !setup.status.success() {
+        anyhow::bail!(
+            "reference setup failed: {}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&setup.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("python3")
+        .to_string())
 }
 
 fn bench_model(a: &BenchArgs) -> Result<()> {
@@ -262,22 +313,7 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
 
 fn torch_reference(gguf: &std::path::Path) -> Result<serde_json::Value> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let setup = std::process::Command::new("bash")
-        .arg(root.join("bench/setup-reference.sh"))
-        .output()
-        .context("running bench/setup-reference.sh")?;
-    if !setup.status.success() {
-        anyhow::bail!(
-            "reference setup failed: {}",
-            String::from_utf8_lossy(&setup.stderr)
-        );
-    }
-    let python = String::from_utf8_lossy(&setup.stdout)
-        .trim()
-        .lines()
-        .last()
-        .unwrap_or("python3")
-        .to_string();
+    let python = reference_python()?;
     let dir = gguf.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let name = gguf
         .file_name()

@@ -26,6 +26,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the desktop app (the default), optionally at a run, a question or a panel.
+    Gui(GuiArgs),
     /// Train a model to internalise a corpus (indexing, retrieval, self-assessment).
     Index(IndexArgs),
     /// Retrieve passages for a question and answer it.
@@ -122,6 +124,43 @@ pub struct QueryArgs {
     /// Print the whole retrieval trace as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `gui`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuiArgs {
+    /// Open this project file (.ron).
+    #[arg(long)]
+    pub project: Option<PathBuf>,
+    /// Load this corpus.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Open this run directory's model.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Ask this question once the model is loaded.
+    #[arg(long)]
+    pub ask: Option<String>,
+    /// Evaluate on this query file once the model is loaded.
+    #[arg(long)]
+    pub evaluate: Option<PathBuf>,
+    /// Panel to show.
+    #[arg(long, value_enum)]
+    pub panel: Option<crate::app::PanelKind>,
+}
+
+impl GuiArgs {
+    /// The app's startup actions.
+    pub fn startup(self) -> crate::app::Startup {
+        crate::app::Startup {
+            project: self.project,
+            corpus: self.corpus,
+            run: self.run,
+            ask: self.ask,
+            evaluate: self.evaluate,
+            panel: self.panel,
+        }
+    }
 }
 
 /// Arguments of `eval`.

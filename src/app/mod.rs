@@ -138,6 +138,8 @@ pub enum AppCommand {
 #[derive(Debug, Clone, Default)]
 pub struct TrainView {
     pub losses: Vec<(Task, usize, f64)>,
+    /// Held-out losses: (task name, step, loss).
+    pub eval_losses: Vec<(String, usize, f64)>,
     pub lr: Vec<[f64; 2]>,
     pub last: Option<TrainEvent>,
     pub total_steps: usize,
@@ -300,6 +302,11 @@ impl SelfretApp {
                 .train
                 .checkpoints
                 .push(format!("step {step}: {}", path.display())),
+            TrainEvent::Eval { step, losses } => {
+                for (k, v) in losses {
+                    self.train.eval_losses.push((k.clone(), *step, *v));
+                }
+            }
             TrainEvent::Finished { .. } => self.train.running = false,
         }
         self.train.last = Some(e);
@@ -317,6 +324,7 @@ impl SelfretApp {
         spec.train.lr = self.project.lr;
         spec.train.batch_tokens = self.project.batch_tokens;
         spec.train.checkpoint_every = 50;
+        spec.train.eval_every = 25;
         if !self.project.queries_path.trim().is_empty() {
             spec.queries = Some(PathBuf::from(self.project.queries_path.trim()));
         }

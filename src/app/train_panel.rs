@@ -3,7 +3,7 @@
 use super::{AppCommand, SelfretApp};
 use crate::train::{Task, TrainEvent};
 use crate::worker::Control;
-use egui_plot::{Legend, Line, Plot};
+use egui_plot::{Legend, Line, Plot, Points};
 
 /// Draws the panel.
 pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
@@ -131,6 +131,16 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     .collect();
                 if !pts.is_empty() {
                     p.line(Line::new(task.name(), pts));
+                }
+                let held: Vec<[f64; 2]> = app
+                    .train
+                    .eval_losses
+                    .iter()
+                    .filter(|(t, _, _)| t == task.name())
+                    .map(|(_, s, l)| [*s as f64, *l])
+                    .collect();
+                if !held.is_empty() {
+                    p.points(Points::new(format!("{} (held-out)", task.name()), held).radius(3.0));
                 }
             }
         });

@@ -87,6 +87,9 @@ pub struct IndexArgs {
     /// Hard negatives per query for self-assessment.
     #[arg(long)]
     pub negatives: Option<usize>,
+    /// Held-out loss per task every N steps (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
@@ -337,6 +340,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
     }
     spec.train.seed = a.seed;
     spec.train.checkpoint_every = a.checkpoint_every;
+    spec.train.eval_every = a.eval_every;
     if let Some(s) = a.steps {
         spec.train.steps = s;
     }
@@ -405,6 +409,14 @@ pub fn index(a: IndexArgs) -> Result<()> {
                     eta_s
                 ));
             }
+            TrainEvent::Eval { step, losses } => bar.println(format!(
+                "held-out loss at step {step}: {}",
+                losses
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
             TrainEvent::Checkpoint { step, path } => {
                 bar.println(format!("checkpoint at step {step}: {}", path.display()))
             }

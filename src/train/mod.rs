@@ -66,6 +66,10 @@ pub struct TrainConfig {
     pub adamw: AdamWConfig,
     /// Write a checkpoint every N steps (0: only at the end).
     pub checkpoint_every: usize,
+    /// Evaluate the loss per task on held-out examples every N steps (0: never). Held-out
+    /// examples (every 50th, at most 64 per task) are then left out of training.
+    #[serde(default)]
+    pub eval_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -82,6 +86,7 @@ impl Default for TrainConfig {
             seed: 1,
             adamw: AdamWConfig::default(),
             checkpoint_every: 0,
+            eval_every: 0,
         }
     }
 }
@@ -226,6 +231,49 @@ pub fn batch_loss(
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
+/// Splits off the held-out slice (only when periodic evaluation is on).
+fn split_held_out(examples: &[Example], cfg: &TrainConfig) -> (Vec<Example>, Vec<Example>) {
+    if cfg.eval_every == 0 {
+        return (examples.to_vec(), Vec::new());
+    }
+    let mut per_task: BTreeMap<Task, usize> = BTreeMap::new();
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for (i, e) in examples.iter().enumerate() {
+        let n = per_task.entry(e.task).or_default();
+        if i % 50 == 25 && *n < 64 {
+            *n += 1;
+            held.push(e.clone());
+        } else {
+            train.push(e.clone());
+        }
+    }
+    (train, held)
+}
+
+/// Mean loss per task over held-out examples (no gradient).
+fn held_out_losses(
+    model: &Llama,
+    held: &[Example],
+    pad: u32,
+    cfg: &TrainConfig,
+) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for task in Task::ALL {
+        let ex: Vec<&Example> = held.iter().filter(|e| e.task == task).collect();
+        if ex.is_empty() {
+            continue;
+        }
+        let (mut sum, mut n) = (0.0, 0usize);
+        for chunk in ex.chunks(16) {
+            let l = batch_loss(model, chunk, pad, cfg.max_len)?.detach();
+            sum += l.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            n += chunk.len();
+        }
+        out.insert(task.name().to_string(), sum / n as f64);
+    }
+    Ok(out)
+}
+
 /// What a training run reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TrainEvent {
@@ -246,6 +294,11 @@ pub enum TrainEvent {
     Checkpoint {
         step: usize,
         path: PathBuf,
+    },
+    /// Mean loss per task on the held-out examples.
+    Eval {
+        step: usize,
+        losses: BTreeMap<String, f64>,
     },
     Finished {
         step: usize,
@@ -284,6 +337,8 @@ pub fn train(
             "the model is frozen: choose full or LoRA training",
         ));
     }
+    let (train_set, held_out) = split_held_out(examples, cfg);
+    let examples = train_set.as_slice();
     let plan = plan_batches(examples, cfg);
     if plan.is_empty() {
         return Err(Error::invalid("no training examples"));
@@ -383,6 +438,12 @@ pub fn train(
             tokens_per_s: tokens_done as f64 / elapsed,
             eta_s: elapsed / done * (cfg.steps - step - 1) as f64,
         });
+        if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && !held_out.is_empty() {
+            on_event(TrainEvent::Eval {
+                step: step + 1,
+                losses: held_out_losses(&bundle.model, &held_out, bundle.special.pad, cfg)?,
+            });
+        }
         let periodic = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
         if periodic || control.save_requested() {
             save(bundle, &opt, on_event)?;

@@ -134,20 +134,7 @@ fn snapshot(bundle: &ModelBundle) -> Vec<(String, Vec<f32>)> {
 
 fn base_only(bundle: &ModelBundle) -> Vec<(String, Vec<f32>)> {
     // Base weights with adapters NOT merged.
-    let mut m = bundle.model.clone();
-    for l in m.layers.iter_mut() {
-        for lin in [
-            &mut l.self_attn.q_proj,
-            &mut l.self_attn.k_proj,
-            &mut l.self_attn.v_proj,
-            &mut l.self_attn.o_proj,
-            &mut l.mlp.gate_proj,
-            &mut l.mlp.up_proj,
-            &mut l.mlp.down_proj,
-        ] {
-            lin.lora = None;
-        }
-    }
+    let m = bundle.model.without_lora();
     let mut v: Vec<(String, Vec<f32>)> = m
         .named_weights()
         .unwrap()

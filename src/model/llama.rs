@@ -542,6 +542,17 @@ impl Llama {
         Ok(m)
     }
 
+    /// A copy with every adapter removed: the frozen base as it was loaded.
+    pub fn without_lora(&self) -> Llama {
+        let mut m = self.clone();
+        for layer in m.layers.iter_mut() {
+            for (_, lin) in layer.linears_mut() {
+                lin.lora = None;
+            }
+        }
+        m
+    }
+
     /// Whether fused (inference-only) kernels are in use.
     pub fn is_inference(&self) -> bool {
         self.fused

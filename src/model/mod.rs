@@ -157,20 +157,7 @@ impl ModelBundle {
                         std::fs::copy(&previous_base, tmp.join(WEIGHTS))
                             .map_err(|e| Error::io(&previous_base, e))?;
                     } else {
-                        let mut base = self.model.clone();
-                        for layer in base.layers.iter_mut() {
-                            for lin in [
-                                &mut layer.self_attn.q_proj,
-                                &mut layer.self_attn.k_proj,
-                                &mut layer.self_attn.v_proj,
-                                &mut layer.self_attn.o_proj,
-                                &mut layer.mlp.gate_proj,
-                                &mut layer.mlp.up_proj,
-                                &mut layer.mlp.down_proj,
-                            ] {
-                                lin.lora = None;
-                            }
-                        }
+                        let base = self.model.without_lora();
                         checkpoint::save_tensors(&tmp.join(WEIGHTS), base.named_weights()?)?;
                     }
                     checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())

@@ -4,7 +4,7 @@
 # trained demo run (made here with the tiny model if runs/demo is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release/selfret
+bin=${SELFRET_BIN:-target/release/selfret}
 [ -x "$bin" ] || cargo build --release
 if [ ! -f runs/demo/checkpoint/manifest.ron ]; then
   "$bin" index --corpus corpora/ir_history.jsonl --model tiny --out runs/demo \
@@ -26,6 +26,6 @@ shoot() { # panel seconds extra-args...
 shoot corpus 4
 shoot model 4
 shoot train 4 --run runs/demo
-shoot query 12 --run runs/demo --ask "Who introduced inverse document frequency?"
-shoot evaluate 40 --run runs/demo --evaluate corpora/ir_history.queries.jsonl
+shoot query 20 --run runs/demo --ask "Who introduced inverse document frequency?"
+shoot evaluate 75 --run runs/demo --evaluate corpora/ir_history.queries.jsonl
 echo "screenshots written to docs/screenshots/"

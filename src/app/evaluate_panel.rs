@@ -69,6 +69,14 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             .height(200.0)
             .include_y(0.0)
             .include_y(1.0)
+            .x_axis_formatter(|mark, _| {
+                let i = mark.value.round();
+                if (mark.value - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < METRICS.len() {
+                    METRICS[i as usize].to_string()
+                } else {
+                    String::new()
+                }
+            })
             .show(&mut cols[1], |p| {
                 let n = app.eval_results.len() as f64;
                 for (k, s) in app.eval_results.iter().enumerate() {

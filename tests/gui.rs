@@ -96,6 +96,20 @@ fn corpus_train_cancel_query_and_rerank() {
     );
     assert!(h.query_by_label(&trace.ranking[0].passage_id).is_some());
 
+    // Sort the score table by P(reject), then export the trace as JSON.
+    h.get_by_label("P(reject)").click();
+    h.run_ok();
+    assert_eq!(h.state().score_sort, (4, true));
+    let export = run_dir.path().join("trace.json");
+    h.state_mut().export_path = export.display().to_string();
+    h.get_by_role_and_label(Role::Button, "Export trace JSON")
+        .click();
+    h.run_ok();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    assert_eq!(json["query"], "Who founded Google?");
+    assert!(json["ranking"].as_array().is_some_and(|r| !r.is_empty()));
+
     // Moving tau re-scores without the model (no job starts) and changes S_T.
     let before: Vec<f64> = trace.titles.iter().map(|t| t.s_t).collect();
     h.get_by_role_and_label(Role::Slider, "tau")

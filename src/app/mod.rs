@@ -165,6 +165,10 @@ pub struct SelfretApp {
     pub selected_passage: Option<String>,
     pub project_file: String,
     pub eval_progress: Option<(String, usize, usize)>,
+    /// Score table sort: (column, descending).
+    pub score_sort: (usize, bool),
+    pub export_path: String,
+    pub export_status: Option<String>,
     pub eval_results: Vec<crate::eval::SystemResult>,
 }
 
@@ -212,6 +216,9 @@ impl SelfretApp {
             selected_passage: None,
             project_file: String::new(),
             eval_progress: None,
+            score_sort: (0, false),
+            export_path: "trace.json".into(),
+            export_status: None,
             eval_results: Vec::new(),
         };
         if let Some(p) = &startup.project {

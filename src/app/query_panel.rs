@@ -94,32 +94,93 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
     egui::ScrollArea::vertical()
         .id_salt("trace")
         .show(ui, |ui| {
-            ui.strong("Ranking");
+            ui.horizontal(|ui| {
+                ui.strong("Ranking");
+                ui.weak("(click a column to sort)");
+                let l = ui.label("Export to");
+                ui.add(egui::TextEdit::singleline(&mut app.export_path).desired_width(200.0))
+                    .labelled_by(l.id);
+                if ui.button("Export trace JSON").clicked() {
+                    let result = serde_json::to_string_pretty(&*trace)
+                        .map_err(|e| e.to_string())
+                        .and_then(|json| {
+                            crate::model::checkpoint::write_atomic(
+                                std::path::Path::new(app.export_path.trim()),
+                                json.as_bytes(),
+                            )
+                            .map_err(|e| e.to_string())
+                        });
+                    app.export_status = Some(match result {
+                        Ok(()) => format!("wrote {}", app.export_path.trim()),
+                        Err(e) => format!("export failed: {e}"),
+                    });
+                }
+                if let Some(st) = &app.export_status {
+                    ui.weak(st);
+                }
+            });
+            const COLUMNS: [&str; 8] = [
+                "rank",
+                "passage",
+                "title",
+                "log P(title)",
+                "P(reject)",
+                "S_T",
+                "S_P",
+                "S",
+            ];
+            let mut rows: Vec<&crate::retrieve::PassageCandidate> =
+                trace.candidates.iter().collect();
+            let key = |c: &crate::retrieve::PassageCandidate, col: usize| -> f64 {
+                match col {
+                    3 => trace.titles[c.title_rank].logprob,
+                    4 => c.p_reject,
+                    5 => trace.titles[c.title_rank].s_t,
+                    6 => c.s_p,
+                    7 => c.s,
+                    _ => c.rank as f64,
+                }
+            };
+            let (col, desc) = app.score_sort;
+            rows.sort_by(|a, b| {
+                let o = match col {
+                    1 => a.passage_id.cmp(&b.passage_id),
+                    2 => a.title.cmp(&b.title),
+                    _ => key(a, col).total_cmp(&key(b, col)),
+                };
+                if desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            });
             egui::Grid::new("score-table")
                 .striped(true)
-                .num_columns(7)
+                .num_columns(8)
                 .show(ui, |ui| {
-                    for h in [
-                        "rank",
-                        "passage",
-                        "title",
-                        "log P(title)",
-                        "P(reject)",
-                        "S_T",
-                        "S_P",
-                        "S",
-                    ] {
-                        ui.strong(h);
+                    for (k, h) in COLUMNS.iter().enumerate() {
+                        let arrow = if app.score_sort.0 == k {
+                            if app.score_sort.1 {
+                                " v"
+                            } else {
+                                " ^"
+                            }
+                        } else {
+                            ""
+                        };
+                        if ui
+                            .selectable_label(app.score_sort.0 == k, format!("{h}{arrow}"))
+                            .clicked()
+                        {
+                            app.score_sort = if app.score_sort.0 == k {
+                                (k, !app.score_sort.1)
+                            } else {
+                                (k, k >= 3)
+                            };
+                        }
                     }
                     ui.end_row();
-                    for r in &trace.ranking {
-                        let Some(c) = trace
-                            .candidates
-                            .iter()
-                            .find(|c| c.passage_id == r.passage_id)
-                        else {
-                            continue;
-                        };
+                    for c in rows {
                         ui.label(c.rank.to_string());
                         if ui.link(&c.passage_id).clicked() {
                             cmds.push(AppCommand::ShowPassage(c.passage_id.clone()));
@@ -127,9 +188,9 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                         ui.label(&c.title);
                         ui.label(format!("{:.3}", trace.titles[c.title_rank].logprob));
                         ui.label(format!("{:.3}", c.p_reject));
-                        ui.label(format!("{:.3}", r.s_t));
-                        ui.label(format!("{:.3}", r.s_p));
-                        ui.label(format!("{:.4}", r.s));
+                        ui.label(format!("{:.3}", trace.titles[c.title_rank].s_t));
+                        ui.label(format!("{:.3}", c.s_p));
+                        ui.label(format!("{:.4}", c.s));
                         ui.end_row();
                     }
                 });

@@ -65,6 +65,9 @@ fn corpus_train_cancel_query_and_rerank() {
     wait_until(&mut h, "the run to stop and the model to load", 240, |a| {
         !a.is_busy() && a.session_info.is_some()
     });
+    h.get_by_label("Log scale").click();
+    h.run_ok();
+    assert!(h.state().train.log_scale);
     let steps = h.state().train.losses.len();
     assert!(steps < 400, "cancel did not stop the run ({steps} steps)");
     assert!(matches!(
@@ -74,6 +77,14 @@ fn corpus_train_cancel_query_and_rerank() {
             ..
         })
     ));
+
+    // The model panel shows the loaded model's facts; the corpus panel the trie size.
+    h.get_by_role_and_label(Role::Button, "Model").click();
+    h.run_ok();
+    assert!(h.query_by_label("parameters").is_some());
+    h.get_by_role_and_label(Role::Button, "Corpus").click();
+    h.run_ok();
+    assert!(h.query_by_label_contains("trie: 35 titles").is_some());
 
     // Query: ranked candidates and a score table.
     h.get_by_role_and_label(Role::Button, "Query").click();

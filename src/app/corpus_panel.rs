@@ -32,6 +32,18 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         words,
         corpus.skipped_count()
     ));
+    if let Some(info) = &app.session {
+        let t = &info.trie;
+        ui.label(format!(
+            "trie: {} titles, {} passages, {} tokens, {} nodes, {:.1} MB ({:.2} bytes/token)",
+            t.titles,
+            t.passages,
+            t.corpus_tokens,
+            t.nodes,
+            t.bytes as f64 / 1e6,
+            t.bytes_per_token()
+        ));
+    }
     egui::CollapsingHeader::new("Files")
         .default_open(corpus.skipped_count() > 0)
         .show(ui, |ui| {

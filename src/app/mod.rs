@@ -140,6 +140,8 @@ pub struct TrainView {
     pub losses: Vec<(Task, usize, f64)>,
     /// Held-out losses: (task name, step, loss).
     pub eval_losses: Vec<(String, usize, f64)>,
+    /// Plot losses on a log10 axis.
+    pub log_scale: bool,
     pub lr: Vec<[f64; 2]>,
     pub last: Option<TrainEvent>,
     pub total_steps: usize,
@@ -154,6 +156,8 @@ pub struct SelfretApp {
     worker: Worker,
     pub corpus: Option<Arc<Corpus>>,
     pub session_info: Option<String>,
+    /// Details of the loaded model (parameters, trie size).
+    pub session: Option<crate::worker::SessionInfo>,
     pub busy: Option<String>,
     pub error: Option<String>,
     pub train: TrainView,
@@ -205,6 +209,7 @@ impl SelfretApp {
             worker,
             corpus: None,
             session_info: None,
+            session: None,
             busy: None,
             error: None,
             train: TrainView::default(),
@@ -265,7 +270,10 @@ impl SelfretApp {
                     self.corpus_page = 0;
                 }
                 Event::Train(e) => self.on_train_event(e),
-                Event::SessionReady(info) => self.session_info = Some(info),
+                Event::SessionReady(info) => {
+                    self.session_info = Some(info.description.clone());
+                    self.session = Some(info);
+                }
                 Event::Trace { trace, done } => {
                     self.trace = Some(trace);
                     self.trace_done = done;

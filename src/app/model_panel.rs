@@ -52,8 +52,34 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             cmds.push(AppCommand::OpenUntrained);
         }
     });
-    if let Some(info) = &app.session_info {
-        ui.label(format!("loaded: {info}"));
+    if let Some(info) = &app.session {
+        ui.label(format!("loaded: {}", info.description));
+        egui::Grid::new("model-facts").show(ui, |ui| {
+            for (k, v) in [
+                (
+                    "parameters",
+                    format!("{:.1} M", info.parameters as f64 / 1e6),
+                ),
+                ("vocabulary", info.vocab_size.to_string()),
+                ("context", format!("{} tokens", info.context)),
+                (
+                    "weights in memory",
+                    format!("{:.0} MB (f32)", info.weight_bytes as f64 / 1e6),
+                ),
+                (
+                    "training memory (estimate)",
+                    format!(
+                        "~{:.1} GB full, ~{:.1} GB LoRA",
+                        info.weight_bytes as f64 * 8.0 / 1e9,
+                        info.weight_bytes as f64 * 6.0 / 1e9
+                    ),
+                ),
+            ] {
+                ui.label(k);
+                ui.label(v);
+                ui.end_row();
+            }
+        });
     }
     if let Some(c) = &app.corpus {
         let est_tiny = crate::model::Config::tiny(4096).parameter_count();

@@ -114,12 +114,24 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             ui.label("not started");
         }
     }
-    ui.label(format!("loss points: {}", app.train.losses.len()));
+    ui.horizontal(|ui| {
+        ui.label(format!("loss points: {}", app.train.losses.len()));
+        ui.checkbox(&mut app.train.log_scale, "Log scale");
+    });
+    let log = app.train.log_scale;
+    let y = move |l: f64| if log { l.max(1e-6).log10() } else { l };
     Plot::new("loss-plot")
         .legend(Legend::default())
         .height(260.0)
         .x_axis_label("step")
-        .y_axis_label("loss")
+        .y_axis_label(if log { "loss (log10)" } else { "loss" })
+        .y_axis_formatter(move |m, _| {
+            if log {
+                format!("{:.3}", 10f64.powf(m.value))
+            } else {
+                format!("{:.2}", m.value)
+            }
+        })
         .show(ui, |p| {
             for task in Task::ALL {
                 let pts: Vec<[f64; 2]> = app
@@ -127,7 +139,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     .losses
                     .iter()
                     .filter(|(t, _, _)| *t == task)
-                    .map(|(_, s, l)| [*s as f64, *l])
+                    .map(|(_, s, l)| [*s as f64, y(*l)])
                     .collect();
                 if !pts.is_empty() {
                     p.line(Line::new(task.name(), pts));
@@ -137,7 +149,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     .eval_losses
                     .iter()
                     .filter(|(t, _, _)| t == task.name())
-                    .map(|(_, s, l)| [*s as f64, *l])
+                    .map(|(_, s, l)| [*s as f64, y(*l)])
                     .collect();
                 if !held.is_empty() {
                     p.points(Points::new(format!("{} (held-out)", task.name()), held).radius(3.0));

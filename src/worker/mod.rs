@@ -58,8 +58,8 @@ pub enum Event {
     Started(String),
     CorpusLoaded(Arc<Corpus>),
     Train(TrainEvent),
-    /// A model is loaded and queryable: a one-line description.
-    SessionReady(String),
+    /// A model is loaded and queryable.
+    SessionReady(SessionInfo),
     /// Partial (`done == false`) or final retrieval trace.
     Trace {
         trace: RetrievalTrace,
@@ -74,6 +74,35 @@ pub enum Event {
     Error(String),
     /// The job ended (successfully, cancelled or failed).
     Finished,
+}
+
+/// What the front end shows about the loaded model and its corpus trie.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// One line: source and training state.
+    pub description: String,
+    pub parameters: usize,
+    pub trainable_parameters: usize,
+    pub vocab_size: usize,
+    pub context: usize,
+    /// Bytes of f32 weights (inference copy).
+    pub weight_bytes: usize,
+    pub trie: crate::trie::corpus_trie::TrieStats,
+}
+
+impl SessionInfo {
+    fn of(s: &QuerySession, description: String) -> Self {
+        let cfg = &s.model.config;
+        SessionInfo {
+            description,
+            parameters: cfg.parameter_count(),
+            trainable_parameters: s.bundle.trainable_parameters(),
+            vocab_size: cfg.vocab_size,
+            context: cfg.max_position_embeddings,
+            weight_bytes: cfg.parameter_count() * 4,
+            trie: s.trie.stats(),
+        }
+    }
 }
 
 /// Handle held by the front end.
@@ -198,28 +227,24 @@ fn run_job(
             *session = None;
             session::run_index(&spec, &run, resume, control, &mut |e| send(Event::Train(e)))?;
             let s = QuerySession::open_run(&run)?;
-            send(Event::SessionReady(format!(
-                "{} (trained, step {})",
-                spec.model, s.bundle.step
-            )));
+            let d = format!("{} (trained, step {})", spec.model, s.bundle.step);
+            send(Event::SessionReady(SessionInfo::of(&s, d)));
             *session = Some(s);
             Ok(())
         }
         Job::OpenRun(run) => {
             send(Event::Started(format!("opening {}", run.display())));
             let s = QuerySession::open_run(&run)?;
-            send(Event::SessionReady(format!(
-                "{} (step {})",
-                run.display(),
-                s.bundle.step
-            )));
+            let d = format!("{} (step {})", run.display(), s.bundle.step);
+            send(Event::SessionReady(SessionInfo::of(&s, d)));
             *session = Some(s);
             Ok(())
         }
         Job::OpenUntrained { source, corpus } => {
             send(Event::Started(format!("loading {source}")));
             let s = QuerySession::open_untrained(&source, &corpus)?;
-            send(Event::SessionReady(format!("{source} (not fine-tuned)")));
+            let d = format!("{source} (not fine-tuned)");
+            send(Event::SessionReady(SessionInfo::of(&s, d)));
             *session = Some(s);
             Ok(())
         }

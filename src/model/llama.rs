@@ -517,13 +517,6 @@ impl Llama {
         Ok(())
     }
 
-    /// True when any projection carries a LoRA adapter.
-    pub fn has_lora(&self) -> bool {
-        self.layers
-            .iter()
-            .any(|l| l.linears().iter().any(|x| x.lora.is_some()))
-    }
-
     /// An inference copy: adapters merged into the base weights, everything detached from autograd
     /// (so KV caches hold no graph) and fused kernels on. Shares storage with unadapted weights.
     pub fn for_inference(&self) -> Result<Llama> {
@@ -551,11 +544,6 @@ impl Llama {
             }
         }
         m
-    }
-
-    /// Whether fused (inference-only) kernels are in use.
-    pub fn is_inference(&self) -> bool {
-        self.fused
     }
 
     /// Every base weight under its HF name, with adapters merged, ready to save as safetensors.

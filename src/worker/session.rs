@@ -10,7 +10,7 @@ use crate::prompts::PromptCodec;
 use crate::retrieve::{RetrievalTrace, RetrieveOptions, Retriever};
 use crate::train::data::{load_queries, TargetLength};
 use crate::train::{
-    train, DataBuilder, DataOptions, Example, Task, TrainConfig, TrainControl, TrainEvent,
+    train, DataBuilder, DataOptions, Example, TrainConfig, TrainControl, TrainEvent,
 };
 use crate::trie::CorpusTrie;
 use candle_core::Device;
@@ -164,15 +164,6 @@ pub fn run_index(
         control,
         &mut sink,
     )
-}
-
-/// Counts examples per task, for progress displays.
-pub fn task_counts(examples: &[Example]) -> Vec<(Task, usize)> {
-    Task::ALL
-        .iter()
-        .map(|&t| (t, examples.iter().filter(|e| e.task == t).count()))
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 /// A model, its corpus and trie, ready to answer queries.

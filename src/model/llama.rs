@@ -19,6 +19,9 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
+    /// Inference copies keep the weight transposed and contiguous (`weight` is then a view of
+    /// it): candle's matmul is ~3x faster on the few-row inputs of beam decoding that way.
+    pub weight_t: Option<Tensor>,
 }
 
 impl Linear {
@@ -35,6 +38,7 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            weight_t: None,
         })
     }
 
@@ -44,7 +48,10 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = super::frozen::linear_2d(&x2, &self.weight)?;
+        let mut y = match &self.weight_t {
+            Some(wt) => x2.matmul(wt)?,
+            None => super::frozen::linear_2d(&x2, &self.weight)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -66,11 +73,13 @@ impl Linear {
     }
 
     fn detached_merged(&self) -> Result<Self> {
+        let weight_t = self.merged_weight()?.t()?.contiguous()?;
         Ok(Linear {
             name: self.name.clone(),
-            weight: self.merged_weight()?,
+            weight: weight_t.t()?,
             bias: self.bias.as_ref().map(|b| b.detach()),
             lora: None,
+            weight_t: Some(weight_t),
         })
     }
 }
@@ -557,7 +566,10 @@ impl Llama {
                 out.push((format!("{}.weight", norm.name), norm.weight.detach()));
             }
             for lin in layer.linears() {
-                out.push((format!("{}.weight", lin.name), lin.merged_weight()?));
+                out.push((
+                    format!("{}.weight", lin.name),
+                    lin.merged_weight()?.contiguous()?,
+                ));
                 if let Some(b) = &lin.bias {
                     out.push((format!("{}.bias", lin.name), b.detach()));
                 }

@@ -6,10 +6,10 @@ use selfret::corpus::{load_path, Corpus, LoadOptions};
 use selfret::model::tiny::{self, TinyOptions};
 use selfret::model::{ModelBundle, ModelSource, TrainMode};
 use selfret::prompts::PromptCodec;
-use selfret::retrieve::{RetrieveOptions, Retriever, StepKind};
+use selfret::retrieve::{RetrieveOptions, StepKind};
 use selfret::train::data::TargetLength;
 use selfret::train::{train, DataBuilder, DataOptions, NoControl, TrainConfig, TrainEvent};
-use selfret::trie::CorpusTrie;
+use selfret::worker::session::QuerySession;
 
 fn demo_corpus() -> Corpus {
     load_path(
@@ -35,17 +35,8 @@ fn bundle_for(corpus: &Corpus, mode: TrainMode) -> ModelBundle {
 #[test]
 fn untrained_model_returns_only_real_passages() {
     let corpus = demo_corpus();
-    let b = bundle_for(&corpus, TrainMode::Frozen);
-    let codec = PromptCodec::new(&b.tokenizer, b.special.eos).unwrap();
-    let trie = CorpusTrie::build(&corpus, &b.tokenizer, &codec).unwrap();
-    let model = b.inference().unwrap();
-    let r = Retriever {
-        model: &model,
-        tokenizer: &b.tokenizer,
-        codec: &codec,
-        corpus: &corpus,
-        trie: &trie,
-    };
+    let s = QuerySession::new(bundle_for(&corpus, TrainMode::Frozen), corpus.clone()).unwrap();
+    let (b, codec) = (&s.bundle, &s.codec);
     let opts = RetrieveOptions {
         titles: 4,
         passages: 3,
@@ -59,7 +50,7 @@ fn untrained_model_returns_only_real_passages() {
         "BM25",
     ] {
         let mut stages = 0;
-        let trace = r.retrieve(q, &opts, &mut |_| stages += 1).unwrap();
+        let trace = s.query(q, &opts, &mut |_| stages += 1).unwrap();
         assert!(stages >= 3, "progress reported {stages} times");
         assert!(!trace.ranking.is_empty());
         assert!(trace.titles.len() <= 4);
@@ -131,15 +122,7 @@ fn trained_tiny_model_retrieves_its_own_sentences() {
         "loss did not fall enough: {first} -> {last}"
     );
 
-    let trie = CorpusTrie::build(&corpus, &b.tokenizer, &codec).unwrap();
-    let model = b.inference().unwrap();
-    let r = Retriever {
-        model: &model,
-        tokenizer: &b.tokenizer,
-        codec: &codec,
-        corpus: &corpus,
-        trie: &trie,
-    };
+    let s = QuerySession::new(b, corpus.clone()).unwrap();
     let opts = RetrieveOptions {
         titles: 3,
         passages: 3,
@@ -155,7 +138,7 @@ fn trained_tiny_model_retrieves_its_own_sentences() {
         else {
             continue;
         };
-        let trace = r.retrieve(&sentence, &opts, &mut |_| {}).unwrap();
+        let trace = s.query(&sentence, &opts, &mut |_| {}).unwrap();
         total += 1;
         if trace.ranking.first().map(|x| x.passage_id.as_str())
             == Some(corpus.passages[i].id.as_str())
@@ -198,18 +181,9 @@ fn single_item_tries_are_auto_completed() {
         vec![],
     );
     let b = bundle_for(&demo_corpus(), TrainMode::Frozen);
-    let codec = PromptCodec::new(&b.tokenizer, b.special.eos).unwrap();
-    let trie = CorpusTrie::build(&corpus, &b.tokenizer, &codec).unwrap();
-    let model = b.inference().unwrap();
-    let r = Retriever {
-        model: &model,
-        tokenizer: &b.tokenizer,
-        codec: &codec,
-        corpus: &corpus,
-        trie: &trie,
-    };
-    let trace = r
-        .retrieve("lighthouses", &RetrieveOptions::default(), &mut |_| {})
+    let s = QuerySession::new(b, corpus.clone()).unwrap();
+    let trace = s
+        .query("lighthouses", &RetrieveOptions::default(), &mut |_| {})
         .unwrap();
     assert_eq!(trace.titles.len(), 2);
     let mut ids: Vec<&str> = trace.ranked_ids();

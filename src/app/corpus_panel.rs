@@ -73,17 +73,26 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             app.corpus_page = 0;
         }
     });
-    let needle = app.corpus_filter.to_lowercase();
-    let matches: Vec<usize> = (0..corpus.len())
-        .filter(|&i| {
-            let p = &corpus.passages[i];
-            needle.is_empty()
-                || p.id.to_lowercase().contains(&needle)
-                || p.title.to_lowercase().contains(&needle)
-                || p.text.to_lowercase().contains(&needle)
-        })
-        .collect();
-    let pages = matches.len().div_ceil(PAGE).max(1);
+    // The scan over every passage runs only when the filter or the corpus changes.
+    let stale = app
+        .corpus_matches
+        .as_ref()
+        .is_none_or(|(f, n, _)| *f != app.corpus_filter || *n != corpus.len());
+    if stale {
+        let needle = app.corpus_filter.to_lowercase();
+        let matches: Vec<usize> = (0..corpus.len())
+            .filter(|&i| {
+                let p = &corpus.passages[i];
+                needle.is_empty()
+                    || p.id.to_lowercase().contains(&needle)
+                    || p.title.to_lowercase().contains(&needle)
+                    || p.text.to_lowercase().contains(&needle)
+            })
+            .collect();
+        app.corpus_matches = Some((app.corpus_filter.clone(), corpus.len(), matches));
+    }
+    let total = app.corpus_matches.as_ref().map_or(0, |m| m.2.len());
+    let pages = total.div_ceil(PAGE).max(1);
     app.corpus_page = app.corpus_page.min(pages - 1);
     ui.horizontal(|ui| {
         if ui
@@ -95,7 +104,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         ui.label(format!(
             "page {} of {pages} ({} matches)",
             app.corpus_page + 1,
-            matches.len()
+            total
         ));
         if ui
             .add_enabled(app.corpus_page + 1 < pages, egui::Button::new("Next page"))
@@ -104,6 +113,17 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             app.corpus_page += 1;
         }
     });
+    let page: Vec<usize> = app
+        .corpus_matches
+        .as_ref()
+        .map(|m| {
+            m.2.iter()
+                .skip(app.corpus_page * PAGE)
+                .take(PAGE)
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default();
     egui::ScrollArea::vertical()
         .id_salt("passages")
         .max_height(300.0)
@@ -116,7 +136,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     ui.strong("title");
                     ui.strong("words");
                     ui.end_row();
-                    for &i in matches.iter().skip(app.corpus_page * PAGE).take(PAGE) {
+                    for &i in &page {
                         let p = &corpus.passages[i];
                         let selected = app.selected_passage.as_deref() == Some(p.id.as_str());
                         if ui.selectable_label(selected, &p.id).clicked() {

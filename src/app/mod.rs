@@ -166,6 +166,8 @@ pub struct SelfretApp {
     pub query_text: String,
     pub corpus_filter: String,
     pub corpus_page: usize,
+    /// Passage indices matching the corpus filter: (filter, corpus size, matches).
+    pub corpus_matches: Option<(String, usize, Vec<usize>)>,
     pub selected_passage: Option<String>,
     pub project_file: String,
     pub eval_progress: Option<(String, usize, usize)>,
@@ -218,6 +220,7 @@ impl SelfretApp {
             query_text: String::new(),
             corpus_filter: String::new(),
             corpus_page: 0,
+            corpus_matches: None,
             selected_passage: None,
             project_file: String::new(),
             eval_progress: None,
@@ -267,6 +270,7 @@ impl SelfretApp {
                 }
                 Event::CorpusLoaded(c) => {
                     self.corpus = Some(c);
+                    self.corpus_matches = None;
                     self.corpus_page = 0;
                 }
                 Event::Train(e) => self.on_train_event(e),

@@ -240,13 +240,22 @@ impl Retriever<'_> {
         rows_to_vecs(&self.model.next_token_logprobs(&input, Some(cache))?)
     }
 
+    /// Decodes token texts only for the beams that survive (not inside the search loop).
+    fn fill_pieces(&self, beams: &mut [Beam]) {
+        for b in beams {
+            for st in &mut b.steps {
+                st.piece = self.piece(st.token);
+            }
+        }
+    }
+
     /// Appends the rest of the unique item under the beam's cursor, without model calls.
     fn auto_complete(&self, trie: &TokenTrie, mut beam: Beam) -> Beam {
         for &t in trie.completion(beam.cursor) {
             beam.tokens.push(t);
             beam.steps.push(TokenStep {
                 token: t,
-                piece: self.piece(t),
+                piece: String::new(),
                 kind: StepKind::AutoComplete,
                 logprob: None,
                 alternatives: 1,
@@ -278,7 +287,9 @@ impl Retriever<'_> {
         };
         if trie.unique_item(root.cursor).is_some() {
             // A single item (e.g. a title with one passage): nothing to choose, all auto-complete.
-            return Ok(vec![self.auto_complete(trie, root)]);
+            let mut only = vec![self.auto_complete(trie, root)];
+            self.fill_pieces(&mut only);
+            return Ok(only);
         }
         let mut live = vec![root];
         let mut logprobs = vec![first];
@@ -328,7 +339,7 @@ impl Retriever<'_> {
                 beam.tokens.push(tok);
                 beam.steps.push(TokenStep {
                     token: tok,
-                    piece: self.piece(tok),
+                    piece: String::new(),
                     kind: if alts > 1 {
                         StepKind::Chosen
                     } else {
@@ -358,6 +369,7 @@ impl Retriever<'_> {
         }
         finished.sort_by(|a, b| b.score.total_cmp(&a.score));
         finished.truncate(width);
+        self.fill_pieces(&mut finished);
         Ok(finished)
     }
 

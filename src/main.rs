@@ -17,5 +17,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::FetchModel) => cli::fetch_model(),
         Some(Command::Eval(a)) => cli::eval(a),
         Some(Command::Bench(a)) => cli::bench::run(a),
+        Some(Command::PseudoQueries(a)) => cli::pseudo_queries(a),
+        Some(Command::Titles(a)) => cli::titles(a),
     }
 }

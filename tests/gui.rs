@@ -39,6 +39,10 @@ fn corpus_train_cancel_query_and_rerank() {
     assert!(h.state().corpus.as_ref().unwrap().len() >= 60);
     h.get_by_label_contains("passages,").hover();
 
+    // Every path field has a file-dialog button beside it.
+    assert!(h.query_by_label("Browse corpus file").is_some());
+    assert!(h.query_by_label("Browse corpus folder").is_some());
+
     // Search the passage table.
     h.get_by_label("Search passages").click();
     h.run_ok();
@@ -77,6 +81,48 @@ fn corpus_train_cancel_query_and_rerank() {
             ..
         })
     ));
+
+    // Pseudo-queries: the loaded (tiny) model writes questions for a few passages; the kept
+    // ones are saved as the query file training will use.
+    h.get_by_label("Pseudo-queries (corpus without queries)")
+        .click();
+    h.run_ok();
+    h.state_mut().pseudo.opts.max_passages = 3;
+    h.state_mut().pseudo.opts.keep_top = 10;
+    h.get_by_role_and_label(Role::Button, "Write pseudo-queries")
+        .click();
+    h.run_ok();
+    wait_until(&mut h, "pseudo-queries", 120, |a| {
+        !a.is_busy() && a.pseudo.status.is_some()
+    });
+    let pseudo_file = run_dir.path().join("pseudo.jsonl");
+    h.state_mut().pseudo.path = pseudo_file.display().to_string();
+    h.state_mut()
+        .pseudo
+        .items
+        .push(selfret::train::pseudo::PseudoQuery {
+            query: selfret::train::data::Query {
+                id: "typed".into(),
+                question: "Who wrote the first web crawler?".into(),
+                answers: vec![],
+                positive_ids: vec!["web-crawlers-1".into()],
+                answer_passage_ids: vec![],
+            },
+            rank: None,
+            keep: true,
+        });
+    h.run_ok();
+    h.get_by_role_and_label(Role::Button, "Save and train with them")
+        .click();
+    h.run_ok();
+    let saved = selfret::train::data::load_queries(&pseudo_file).unwrap();
+    assert!(saved
+        .iter()
+        .any(|q| q.question == "Who wrote the first web crawler?"));
+    assert_eq!(
+        h.state().project.queries_path,
+        pseudo_file.display().to_string()
+    );
 
     // The model panel shows the loaded model's facts; the corpus panel the trie size.
     h.get_by_role_and_label(Role::Button, "Model").click();

@@ -115,3 +115,54 @@ fn gguf_tokenizer_round_trips_and_matches_reference_ids() {
     assert_eq!(w.config.num_hidden_layers, 30);
     assert_eq!(w.config.hidden_size, 576);
 }
+
+/// The pretrained model writes titles for title-less passages and questions for passages; kept
+/// questions are exactly those its own retrieval ranks within `keep_top`.
+#[test]
+fn model_writes_titles_and_filtered_pseudo_queries() {
+    use selfret::train::pseudo::{save_pseudo_queries, PseudoOptions};
+    use selfret::worker::session::QuerySession;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpora/ir_history.jsonl");
+    let untitled = dir.path().join("untitled.jsonl");
+    let mut lines = String::new();
+    for line in std::fs::read_to_string(&demo).unwrap().lines().take(3) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        lines.push_str(&serde_json::json!({"id": v["id"], "text": v["text"]}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&untitled, lines).unwrap();
+    let source = ModelSource::Gguf(gguf_path());
+    let s = QuerySession::open_untrained(&source, &untitled, None).unwrap();
+    assert_eq!(s.corpus.untitled().len(), 3);
+    let titled = dir.path().join("titled.jsonl");
+    let n = s.write_titled_corpus(&titled, &mut |_, _| false).unwrap();
+    assert_eq!(n, 3);
+    let c = selfret::corpus::load_path(&titled, &Default::default()).unwrap();
+    assert_eq!(c.len(), 3);
+    assert!(c.untitled().is_empty(), "titles: {:?}", c.titles);
+    for (p, orig) in c.passages.iter().zip(&s.corpus.passages) {
+        assert_eq!(p.text, orig.text, "texts must be unchanged");
+        assert!(p.title.split_whitespace().count() <= 12);
+    }
+
+    let opts = PseudoOptions {
+        per_passage: 2,
+        keep_top: 2,
+        ..Default::default()
+    };
+    let qs = s.pseudo_queries(&opts, &mut |_, _| false).unwrap();
+    assert!(!qs.is_empty(), "no questions written");
+    for q in &qs {
+        assert!(q.query.question.split_whitespace().count() >= 3);
+        assert_eq!(q.keep, q.rank.is_some_and(|r| r <= 2), "{q:?}");
+        assert_eq!(q.query.positive_ids.len(), 1);
+    }
+    let out = dir.path().join("pq.jsonl");
+    let kept = save_pseudo_queries(&out, &qs).unwrap();
+    assert_eq!(kept, qs.iter().filter(|q| q.keep).count());
+    assert_eq!(
+        selfret::train::data::load_queries(&out).unwrap().len(),
+        kept
+    );
+}

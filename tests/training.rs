@@ -49,7 +49,7 @@ fn examples(corpus: &Corpus, b: &ModelBundle) -> Vec<Example> {
     let queries = load_queries(&root().join("corpora/ir_history.queries.jsonl")).unwrap();
     let mut ex = builder.indexing().unwrap();
     ex.extend(builder.retrieval(&queries).unwrap());
-    ex.extend(builder.assessment(&queries).unwrap());
+    ex.extend(builder.assessment(&queries, &Default::default()).unwrap());
     ex
 }
 
@@ -219,4 +219,60 @@ fn interrupted_checkpoint_write_leaves_the_run_loadable() {
             .step,
         8
     );
+}
+
+/// A run with queries mines assessment negatives from the model's own wrong retrievals (kept in
+/// the run for resume), holds out queries, and reports Hits@1/@5 through the retrieval path at
+/// each evaluation; an epoch budget is turned into steps.
+#[test]
+fn run_mines_negatives_and_reports_hits_during_training() {
+    use selfret::worker::session::{run_index, IndexSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
+    spec.tiny = opts();
+    spec.queries = Some(root().join("corpora/ir_history.queries.jsonl"));
+    spec.data.mine_queries = 6;
+    spec.data.sentences_per_passage = 1;
+    spec.train.eval_every = 2;
+    spec.train.eval_queries = 4;
+    spec.train.epochs = Some(0.05);
+    spec.train.batch_tokens = 512;
+    let run = dir.path().join("run");
+    let mut events = Vec::new();
+    run_index(
+        &spec,
+        &run,
+        false,
+        &mut NoControl,
+        &mut |e| events.push(e),
+        None,
+    )
+    .unwrap();
+
+    let mined: std::collections::HashMap<String, Vec<String>> =
+        serde_json::from_str(&std::fs::read_to_string(run.join("mined_negatives.json")).unwrap())
+            .unwrap();
+    assert!(!mined.is_empty(), "no negatives mined");
+    let queries = load_queries(spec.queries.as_ref().unwrap()).unwrap();
+    for (question, ids) in &mined {
+        let q = queries.iter().find(|q| &q.question == question).unwrap();
+        assert!(ids.iter().all(|id| !q.positive_ids.contains(id)));
+    }
+    let Some(TrainEvent::Started { total_steps, .. }) = events.first() else {
+        panic!("no start event");
+    };
+    assert!(*total_steps >= 1);
+    let manifest = std::fs::read_to_string(run.join("run.ron")).unwrap();
+    assert!(manifest.contains(&format!("steps: {total_steps},")));
+    let hits: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Eval { metrics, .. } => metrics.get("hits@1").copied(),
+            _ => None,
+        })
+        .collect();
+    if *total_steps >= 2 {
+        assert!(!hits.is_empty(), "no Hits@1 during training");
+        assert!(hits.iter().all(|h| (0.0..=1.0).contains(h)));
+    }
 }

@@ -1,5 +1,6 @@
 //! Corpus panel: choose and load a collection, see what was skipped, browse passages.
 
+use super::dialogs::{path_row, PathField};
 use super::{AppCommand, SelfretApp};
 
 const PAGE: usize = 25;
@@ -8,9 +9,15 @@ const PAGE: usize = 25;
 pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
     ui.heading("Corpus");
     ui.horizontal(|ui| {
-        let l = ui.label("Corpus path");
-        ui.add(egui::TextEdit::singleline(&mut app.project.corpus_path).desired_width(420.0))
-            .labelled_by(l.id);
+        path_row(
+            ui,
+            "Corpus path",
+            &mut app.project.corpus_path,
+            "corpus.jsonl, a BEIR folder or a folder of documents",
+            &[PathField::CorpusFile, PathField::CorpusFolder],
+            &app.dialogs,
+            cmds,
+        );
         if ui
             .add_enabled(!app.is_busy(), egui::Button::new("Load"))
             .clicked()
@@ -32,6 +39,29 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         words,
         corpus.skipped_count()
     ));
+    let untitled = corpus.untitled().len();
+    if untitled > 0 || app.titles_status.is_some() {
+        ui.horizontal(|ui| {
+            if untitled > 0 {
+                ui.label(format!(
+                    "{untitled} documents have no title (their first words stand in)."
+                ));
+                if ui
+                    .add_enabled(
+                        !app.is_busy() && app.session.is_some(),
+                        egui::Button::new("Generate titles with the model"),
+                    )
+                    .on_disabled_hover_text("load a pretrained model in the Model panel first")
+                    .clicked()
+                {
+                    cmds.push(AppCommand::GenerateTitles);
+                }
+            }
+            if let Some(s) = &app.titles_status {
+                ui.weak(s.as_str());
+            }
+        });
+    }
     if let Some(info) = &app.session {
         let t = &info.trie;
         ui.label(format!(

@@ -1,5 +1,6 @@
 //! Evaluate panel: Self-Retrieval against BM25 (and dense) on a query file, side by side.
 
+use super::dialogs::{path_row, PathField};
 use super::{AppCommand, SelfretApp};
 use egui_plot::{Bar, BarChart, Legend, Plot};
 
@@ -9,11 +10,15 @@ const METRICS: [&str; 5] = ["hits@1", "hits@5", "hits@10", "mrr@5", "answer_em"]
 pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
     ui.heading("Evaluate");
     let e = &mut app.project.eval;
-    ui.horizontal(|ui| {
-        let l = ui.label("Query file");
-        ui.add(egui::TextEdit::singleline(&mut e.queries_path).desired_width(460.0))
-            .labelled_by(l.id);
-    });
+    path_row(
+        ui,
+        "Query file",
+        &mut e.queries_path,
+        "dev.jsonl",
+        &[PathField::EvalQueries],
+        &app.dialogs,
+        cmds,
+    );
     ui.weak("JSONL with question, answers, positive_ids (e.g. ../shared/data/nq_open_oracle/dev.jsonl).");
     ui.add(egui::Slider::new(&mut e.limit, 0..=2000).text("Queries (0 = all)"));
     ui.horizontal(|ui| {

@@ -2,6 +2,7 @@
 //! [`AppCommand`]s applied once per frame, and a background [`Worker`] polled every frame.
 
 mod corpus_panel;
+pub mod dialogs;
 mod evaluate_panel;
 mod model_panel;
 mod query_panel;
@@ -13,6 +14,7 @@ use crate::retrieve::{RetrievalTrace, RetrieveOptions};
 use crate::train::{Task, TrainEvent};
 use crate::worker::session::IndexSpec;
 use crate::worker::{Control, Event, Job, Worker};
+use dialogs::{Dialogs, PathField};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +67,14 @@ pub struct Project {
     pub query_history: Vec<String>,
     #[serde(default)]
     pub eval: EvalSettings,
+    #[serde(default)]
+    pub mix: crate::train::TaskMix,
+    /// Indexing target: words of the passage after the title (0: the whole passage).
+    #[serde(default)]
+    pub target_words: usize,
+    /// Budget in passes over the data instead of steps (0: use `steps`).
+    #[serde(default)]
+    pub epochs: f64,
 }
 
 /// The Evaluate panel's choices.
@@ -110,6 +120,9 @@ impl Default for Project {
             panel: PanelKind::Corpus,
             query_history: Vec::new(),
             eval: EvalSettings::default(),
+            mix: Default::default(),
+            target_words: 0,
+            epochs: 0.0,
         }
     }
 }
@@ -132,6 +145,35 @@ pub enum AppCommand {
     AskQuestion(String),
     SaveProject(PathBuf),
     OpenProject(PathBuf),
+    /// Open a file dialog that fills in a path.
+    Browse(PathField),
+    GeneratePseudoQueries,
+    /// Save the kept pseudo-queries and train with them.
+    SavePseudoQueries,
+    GenerateTitles,
+}
+
+/// Pseudo-queries being reviewed before they are saved as a query file.
+#[derive(Debug, Clone)]
+pub struct PseudoView {
+    pub path: String,
+    pub opts: crate::train::pseudo::PseudoOptions,
+    pub items: Vec<crate::train::pseudo::PseudoQuery>,
+    pub status: Option<String>,
+}
+
+impl Default for PseudoView {
+    fn default() -> Self {
+        PseudoView {
+            path: "pseudo_queries.jsonl".into(),
+            opts: crate::train::pseudo::PseudoOptions {
+                max_passages: 30,
+                ..Default::default()
+            },
+            items: Vec::new(),
+            status: None,
+        }
+    }
 }
 
 /// Training progress gathered from worker events.
@@ -143,6 +185,12 @@ pub struct TrainView {
     /// Plot losses on a log10 axis.
     pub log_scale: bool,
     pub lr: Vec<[f64; 2]>,
+    /// Tokens per second by step.
+    pub speed: Vec<[f64; 2]>,
+    /// Seconds left by step.
+    pub eta: Vec<[f64; 2]>,
+    /// Retrieval metrics on held-out queries: (name, step, value).
+    pub eval_metrics: Vec<(String, usize, f64)>,
     pub last: Option<TrainEvent>,
     pub total_steps: usize,
     pub checkpoints: Vec<String>,
@@ -176,6 +224,14 @@ pub struct SelfretApp {
     pub export_path: String,
     pub export_status: Option<String>,
     pub eval_results: Vec<crate::eval::SystemResult>,
+    pub dialogs: Dialogs,
+    pub pseudo: PseudoView,
+    pub titles_status: Option<String>,
+    /// Progress of other jobs: (label, done, total).
+    pub progress: Option<(String, usize, usize)>,
+    /// Hub download progress: (file, bytes so far, total bytes).
+    pub download: Option<(String, u64, u64)>,
+    ctx: egui::Context,
 }
 
 const STORAGE_KEY: &str = "selfret-project";
@@ -228,6 +284,12 @@ impl SelfretApp {
             export_path: "trace.json".into(),
             export_status: None,
             eval_results: Vec::new(),
+            dialogs: Dialogs::default(),
+            pseudo: PseudoView::default(),
+            titles_status: None,
+            progress: None,
+            download: None,
+            ctx: cc.egui_ctx.clone(),
         };
         if let Some(p) = &startup.project {
             app.project_file = p.display().to_string();
@@ -262,6 +324,9 @@ impl SelfretApp {
     }
 
     fn poll(&mut self) {
+        for (field, path) in self.dialogs.poll() {
+            self.on_path_chosen(field, path);
+        }
         for ev in self.worker.poll() {
             match ev {
                 Event::Started(label) => {
@@ -291,13 +356,73 @@ impl SelfretApp {
                     self.eval_results = results;
                     self.eval_progress = None;
                 }
+                Event::Progress { label, done, total } => {
+                    self.progress = Some((label, done, total))
+                }
+                Event::PseudoQueries(items) => {
+                    let kept = items.iter().filter(|q| q.keep).count();
+                    self.pseudo.status = Some(format!(
+                        "{} questions written, {kept} kept (found again by retrieval)",
+                        items.len()
+                    ));
+                    self.pseudo.items = items;
+                }
+                Event::TitledCorpus { path, generated } => {
+                    self.project.corpus_path = path.display().to_string();
+                    self.titles_status = Some(format!(
+                        "{generated} titles written by the model; corpus saved to {}",
+                        path.display()
+                    ));
+                    self.apply(AppCommand::LoadCorpus);
+                }
+                Event::Download { file, done, total } => self.download = Some((file, done, total)),
                 Event::Error(e) => self.error = Some(e),
                 Event::Finished => {
+                    self.download = None;
+                    self.progress = None;
                     self.busy = None;
                     self.train.running = false;
                     self.train.paused = false;
                 }
             }
+        }
+    }
+
+    fn on_path_chosen(&mut self, field: PathField, path: PathBuf) {
+        let text = path.display().to_string();
+        match field {
+            PathField::CorpusFile | PathField::CorpusFolder => {
+                self.project.corpus_path = text;
+                self.apply(AppCommand::LoadCorpus);
+            }
+            PathField::ModelFile | PathField::ModelFolder => self.project.model_source = text,
+            PathField::QueriesFile => self.project.queries_path = text,
+            PathField::RunDir => self.project.run_dir = text,
+            PathField::EvalQueries => self.project.eval.queries_path = text,
+            PathField::OpenProject => {
+                self.project_file = text;
+                self.apply(AppCommand::OpenProject(path));
+            }
+            PathField::SaveProject => {
+                self.project_file = text;
+                self.apply(AppCommand::SaveProject(path));
+            }
+            PathField::ExportTrace => self.export_path = text,
+            PathField::PseudoQueries => self.pseudo.path = text,
+        }
+    }
+
+    /// The path currently typed in `field` (where its dialog starts).
+    fn field_text(&self, field: PathField) -> &str {
+        match field {
+            PathField::CorpusFile | PathField::CorpusFolder => &self.project.corpus_path,
+            PathField::ModelFile | PathField::ModelFolder => &self.project.model_source,
+            PathField::QueriesFile => &self.project.queries_path,
+            PathField::RunDir => &self.project.run_dir,
+            PathField::EvalQueries => &self.project.eval.queries_path,
+            PathField::OpenProject | PathField::SaveProject => &self.project_file,
+            PathField::ExportTrace => &self.export_path,
+            PathField::PseudoQueries => &self.pseudo.path,
         }
     }
 
@@ -312,18 +437,29 @@ impl SelfretApp {
                 task,
                 loss,
                 lr,
+                tokens_per_s,
+                eta_s,
                 ..
             } => {
                 self.train.losses.push((*task, *step, *loss));
                 self.train.lr.push([*step as f64, *lr]);
+                self.train.speed.push([*step as f64, *tokens_per_s]);
+                self.train.eta.push([*step as f64, *eta_s]);
             }
             TrainEvent::Checkpoint { step, path } => self
                 .train
                 .checkpoints
                 .push(format!("step {step}: {}", path.display())),
-            TrainEvent::Eval { step, losses } => {
+            TrainEvent::Eval {
+                step,
+                losses,
+                metrics,
+            } => {
                 for (k, v) in losses {
                     self.train.eval_losses.push((k.clone(), *step, *v));
+                }
+                for (k, v) in metrics {
+                    self.train.eval_metrics.push((k.clone(), *step, *v));
                 }
             }
             TrainEvent::Finished { .. } => self.train.running = false,
@@ -340,6 +476,12 @@ impl SelfretApp {
             ..Default::default()
         });
         spec.train.steps = self.project.steps;
+        spec.train.epochs = (self.project.epochs > 0.0).then_some(self.project.epochs);
+        spec.train.mix = self.project.mix;
+        spec.data.target = match self.project.target_words {
+            0 => crate::train::data::TargetLength::Full,
+            n => crate::train::data::TargetLength::FirstWords(n),
+        };
         spec.train.lr = self.project.lr;
         spec.train.batch_tokens = self.project.batch_tokens;
         spec.train.checkpoint_every = 50;
@@ -466,6 +608,43 @@ impl SelfretApp {
                 }
                 Err(e) => self.error = Some(e),
             },
+            AppCommand::GeneratePseudoQueries => {
+                self.busy = Some("writing pseudo-queries".into());
+                self.pseudo.items.clear();
+                self.pseudo.status = None;
+                self.worker
+                    .submit(Job::PseudoQueries(self.pseudo.opts.clone()));
+            }
+            AppCommand::SavePseudoQueries => {
+                let path = PathBuf::from(self.pseudo.path.trim());
+                match crate::train::pseudo::save_pseudo_queries(&path, &self.pseudo.items) {
+                    Ok(n) => {
+                        self.project.queries_path = path.display().to_string();
+                        self.pseudo.status = Some(format!(
+                            "saved {n} questions to {}; training will use them",
+                            path.display()
+                        ));
+                    }
+                    Err(e) => self.error = Some(e.to_string()),
+                }
+            }
+            AppCommand::GenerateTitles => {
+                let src = PathBuf::from(self.project.corpus_path.trim());
+                let stem = src
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_else(|| "corpus".into());
+                let out = src
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join(format!("{stem}.titled.jsonl"));
+                self.busy = Some("writing titles".into());
+                self.worker.submit(Job::GenerateTitles(out));
+            }
+            AppCommand::Browse(field) => {
+                let start = dialogs::start_dir(self.field_text(field));
+                self.dialogs.request(field, start, &self.ctx);
+            }
         }
     }
 
@@ -488,6 +667,16 @@ impl SelfretApp {
             match &self.busy {
                 Some(label) => {
                     let frac = match &self.train.last {
+                        _ if self.progress.is_some() => self
+                            .progress
+                            .as_ref()
+                            .map(|(_, d, t)| *d as f32 / (*t).max(1) as f32)
+                            .unwrap_or(0.0),
+                        _ if self.download.is_some() => self
+                            .download
+                            .as_ref()
+                            .map(|(_, d, t)| *d as f32 / (*t).max(1) as f32)
+                            .unwrap_or(0.0),
                         Some(TrainEvent::Step { step, .. })
                             if self.train.running && self.train.total_steps > 0 =>
                         {
@@ -511,6 +700,9 @@ impl SelfretApp {
         });
         if let Some(e) = &self.error {
             ui.colored_label(egui::Color32::from_rgb(200, 60, 60), format!("error: {e}"));
+        }
+        if let Some(n) = &self.dialogs.notice {
+            ui.weak(n.as_str());
         }
     }
 }
@@ -556,6 +748,11 @@ impl eframe::App for SelfretApp {
                         cmds.push(AppCommand::OpenProject(PathBuf::from(&self.project_file)));
                     }
                 });
+                for field in [PathField::OpenProject, PathField::SaveProject] {
+                    if dialogs::browse_button(ui, field, &self.dialogs) {
+                        cmds.push(AppCommand::Browse(field));
+                    }
+                }
             });
         egui::CentralPanel::default().show(ui, |ui| match self.project.panel {
             PanelKind::Corpus => corpus_panel::show(self, ui, &mut cmds),

@@ -6,11 +6,18 @@ use crate::model::ModelSource;
 /// Draws the panel.
 pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
     ui.heading("Model");
-    ui.horizontal(|ui| {
-        let l = ui.label("Model source");
-        ui.add(egui::TextEdit::singleline(&mut app.project.model_source).desired_width(420.0))
-            .labelled_by(l.id);
-    });
+    super::dialogs::path_row(
+        ui,
+        "Model source",
+        &mut app.project.model_source,
+        "tiny, model.gguf, a folder or hf:OWNER/NAME",
+        &[
+            super::dialogs::PathField::ModelFile,
+            super::dialogs::PathField::ModelFolder,
+        ],
+        &app.dialogs,
+        cmds,
+    );
     ui.weak("`tiny` (trained from scratch on the corpus, no download), a .gguf file, a Hugging Face folder, or hf:OWNER/NAME.");
     ui.horizontal(|ui| {
         for (label, src) in [
@@ -52,6 +59,17 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             cmds.push(AppCommand::OpenUntrained);
         }
     });
+    if let Some((file, done, total)) = &app.download {
+        ui.add(
+            egui::ProgressBar::new(*done as f32 / (*total).max(1) as f32)
+                .desired_width(420.0)
+                .text(format!(
+                    "downloading {file}: {:.1} / {:.1} MB",
+                    *done as f64 / 1e6,
+                    *total as f64 / 1e6
+                )),
+        );
+    }
     if let Some(info) = &app.session {
         ui.label(format!("loaded: {}", info.description));
         egui::Grid::new("model-facts").show(ui, |ui| {

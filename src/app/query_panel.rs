@@ -100,6 +100,10 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                 let l = ui.label("Export to");
                 ui.add(egui::TextEdit::singleline(&mut app.export_path).desired_width(200.0))
                     .labelled_by(l.id);
+                let field = super::dialogs::PathField::ExportTrace;
+                if super::dialogs::browse_button(ui, field, &app.dialogs) {
+                    cmds.push(AppCommand::Browse(field));
+                }
                 if ui.button("Export trace JSON").clicked() {
                     let result = serde_json::to_string_pretty(&*trace)
                         .map_err(|e| e.to_string())

@@ -1,5 +1,6 @@
 //! Train panel: hyperparameters, Start / Pause / Cancel / Save now, live loss curves per task.
 
+use super::dialogs::{path_row, PathField};
 use super::{AppCommand, SelfretApp};
 use crate::train::{Task, TrainEvent};
 use crate::worker::Control;
@@ -8,25 +9,61 @@ use egui_plot::{Legend, Line, Plot, Points};
 /// Draws the panel.
 pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
     ui.heading("Train");
-    ui.horizontal(|ui| {
-        let l = ui.label("Run directory");
-        ui.add(egui::TextEdit::singleline(&mut app.project.run_dir).desired_width(380.0))
-            .labelled_by(l.id);
-    });
-    ui.horizontal(|ui| {
-        let l = ui.label("Query file (optional)");
-        ui.add(
-            egui::TextEdit::singleline(&mut app.project.queries_path)
-                .hint_text("train.jsonl with question/answers/positive_ids")
-                .desired_width(380.0),
-        )
-        .labelled_by(l.id);
-    });
-    ui.add(
-        egui::Slider::new(&mut app.project.steps, 10..=5000)
-            .logarithmic(true)
-            .text("Steps"),
+    path_row(
+        ui,
+        "Run directory",
+        &mut app.project.run_dir,
+        "runs/my-run",
+        &[PathField::RunDir],
+        &app.dialogs,
+        cmds,
     );
+    path_row(
+        ui,
+        "Query file (optional)",
+        &mut app.project.queries_path,
+        "train.jsonl with question/answers/positive_ids",
+        &[PathField::QueriesFile],
+        &app.dialogs,
+        cmds,
+    );
+    ui.horizontal(|ui| {
+        let mut by_epochs = app.project.epochs > 0.0;
+        ui.label("Budget");
+        if ui.radio(!by_epochs, "steps").clicked() {
+            by_epochs = false;
+            app.project.epochs = 0.0;
+        }
+        if ui.radio(by_epochs, "epochs").clicked() && !by_epochs {
+            app.project.epochs = 1.0;
+        }
+        if app.project.epochs > 0.0 {
+            ui.add(egui::Slider::new(&mut app.project.epochs, 0.1..=20.0).text("Epochs"));
+        } else {
+            ui.add(
+                egui::Slider::new(&mut app.project.steps, 10..=5000)
+                    .logarithmic(true)
+                    .text("Steps"),
+            );
+        }
+    });
+    ui.horizontal(|ui| {
+        ui.label("Task mix");
+        let mix = &mut app.project.mix;
+        ui.add(egui::Slider::new(&mut mix.indexing, 0.0..=4.0).text("Indexing"));
+        ui.add(egui::Slider::new(&mut mix.retrieval, 0.0..=4.0).text("Retrieval"));
+        ui.add(egui::Slider::new(&mut mix.assessment, 0.0..=4.0).text("Assessment"));
+    });
+    ui.horizontal(|ui| {
+        ui.add(
+            egui::Slider::new(&mut app.project.target_words, 0..=200)
+                .text("Indexing target words (0 = whole passage)"),
+        );
+        ui.add_enabled(
+            app.project.lora,
+            egui::Slider::new(&mut app.project.lora_rank, 1..=64).text("LoRA rank"),
+        );
+    });
     ui.add(
         egui::Slider::new(&mut app.project.lr, 1e-5..=1e-2)
             .logarithmic(true)
@@ -85,6 +122,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             cmds.push(AppCommand::OpenRun);
         }
     });
+    pseudo_section(app, ui, cmds);
     match &app.train.last {
         Some(TrainEvent::Step {
             step,
@@ -156,7 +194,125 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                 }
             }
         });
+    if !app.train.eval_metrics.is_empty() {
+        let last: Vec<String> = ["hits@1", "hits@5"]
+            .iter()
+            .filter_map(|k| {
+                app.train
+                    .eval_metrics
+                    .iter()
+                    .rev()
+                    .find(|(n, _, _)| n == k)
+                    .map(|(n, s, v)| format!("{n} {v:.2} (step {s})"))
+            })
+            .collect();
+        ui.label(format!("held-out retrieval: {}", last.join(", ")));
+    }
+    ui.columns(3, |cols| {
+        small_plot(&mut cols[0], "lr-plot", "learning rate", &app.train.lr);
+        small_plot(&mut cols[1], "speed-plot", "tokens/s", &app.train.speed);
+        let hits: Vec<[f64; 2]> = app
+            .train
+            .eval_metrics
+            .iter()
+            .filter(|(n, _, _)| n == "hits@1")
+            .map(|(_, s, v)| [*s as f64, *v])
+            .collect();
+        if hits.is_empty() {
+            small_plot(&mut cols[2], "eta-plot", "ETA (s)", &app.train.eta);
+        } else {
+            small_plot(&mut cols[2], "hits-plot", "held-out Hits@1", &hits);
+        }
+    });
     for c in app.train.checkpoints.iter().rev().take(3) {
         ui.weak(format!("checkpoint {c}"));
     }
+}
+
+/// A compact line plot of one series against the step.
+fn small_plot(ui: &mut egui::Ui, id: &str, name: &str, points: &[[f64; 2]]) {
+    ui.label(name);
+    Plot::new(id)
+        .height(120.0)
+        .x_axis_label("step")
+        .allow_scroll(false)
+        .show(ui, |p| {
+            if !points.is_empty() {
+                p.line(Line::new(name.to_string(), points.to_vec()));
+            }
+        });
+}
+
+/// Pseudo-queries: written by the loaded model, filtered by its own retrieval, reviewed and
+/// edited here, then saved as the query file training uses.
+fn pseudo_section(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+    egui::CollapsingHeader::new("Pseudo-queries (corpus without queries)")
+        .default_open(!app.pseudo.items.is_empty())
+        .show(ui, |ui| {
+            ui.weak(
+                "The loaded model writes questions for passages; a question is kept when the \
+                 model's own retrieval finds its passage again. Load a pretrained model first.",
+            );
+            let o = &mut app.pseudo.opts;
+            ui.horizontal(|ui| {
+                ui.add(egui::Slider::new(&mut o.per_passage, 1..=5).text("Questions per passage"));
+                ui.add(egui::Slider::new(&mut o.max_passages, 0..=500).text("Passages (0 = all)"));
+                ui.add(egui::Slider::new(&mut o.keep_top, 1..=10).text("Keep if found in top"));
+            });
+            ui.horizontal(|ui| {
+                if ui
+                    .add_enabled(
+                        !app.is_busy() && app.session.is_some(),
+                        egui::Button::new("Write pseudo-queries"),
+                    )
+                    .clicked()
+                {
+                    cmds.push(AppCommand::GeneratePseudoQueries);
+                }
+                if let Some((label, done, total)) = &app.progress {
+                    ui.label(format!("{label}: {done}/{total} passages"));
+                }
+            });
+            if let Some(s) = &app.pseudo.status {
+                ui.label(s.as_str());
+            }
+            if app.pseudo.items.is_empty() {
+                return;
+            }
+            egui::ScrollArea::vertical()
+                .id_salt("pseudo")
+                .max_height(200.0)
+                .show(ui, |ui| {
+                    egui::Grid::new("pseudo-grid").striped(true).show(ui, |ui| {
+                        ui.strong("");
+                        ui.strong("passage");
+                        ui.strong("question (editable)");
+                        ui.strong("rank");
+                        ui.end_row();
+                        for q in app.pseudo.items.iter_mut() {
+                            ui.checkbox(&mut q.keep, "keep");
+                            let l = ui.label(q.query.positive_ids.join(", "));
+                            ui.add(
+                                egui::TextEdit::singleline(&mut q.query.question)
+                                    .desired_width(420.0),
+                            )
+                            .labelled_by(l.id);
+                            ui.label(q.rank.map(|r| r.to_string()).unwrap_or("-".into()));
+                            ui.end_row();
+                        }
+                    });
+                });
+            path_row(
+                ui,
+                "Save to",
+                &mut app.pseudo.path,
+                "pseudo_queries.jsonl",
+                &[PathField::PseudoQueries],
+                &app.dialogs,
+                cmds,
+            );
+            if ui.button("Save and train with them").clicked() {
+                cmds.push(AppCommand::SavePseudoQueries);
+            }
+        });
 }

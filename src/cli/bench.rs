@@ -104,7 +104,7 @@ fn bench_query(a: &BenchArgs) -> Result<()> {
         Some(run) => QuerySession::open_run(run)?,
         None => {
             let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
-            QuerySession::open_untrained(&source, &data.join("corpus.jsonl"))?
+            QuerySession::open_untrained(&source, &data.join("corpus.jsonl"), None)?
         }
     };
     let queries = crate::train::data::load_queries(&data.join("dev.jsonl"))?;

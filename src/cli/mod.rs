@@ -36,8 +36,122 @@ pub enum Command {
     FetchModel,
     /// Measure Self-Retrieval against BM25 and dense retrieval on a query file.
     Eval(EvalArgs),
-    /// Print performance tables (model, trie).
+    /// Print performance tables (model, trie, query, train, eval).
     Bench(bench::BenchArgs),
+    /// Let a model write questions for passages (kept when its own retrieval finds them).
+    PseudoQueries(PseudoArgs),
+    /// Let a model write titles for passages that have none; writes a new JSONL corpus.
+    Titles(TitlesArgs),
+}
+
+/// Where a model to write with comes from: a run, or a model over a corpus.
+#[derive(Debug, clap::Args)]
+pub struct ModelChoice {
+    /// Run directory made by `index`.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// A model source (`tiny`, .gguf, folder, hf:REPO), used untrained over --corpus.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+}
+
+impl ModelChoice {
+    fn open(&self) -> Result<QuerySession> {
+        Ok(match (&self.run, &self.corpus, &self.model) {
+            (Some(run), _, _) => QuerySession::open_run(run)?,
+            (None, Some(corpus), Some(model)) => {
+                let source: ModelSource = model.parse().map_err(anyhow::Error::msg)?;
+                let mut dl = download_bar();
+                QuerySession::open_untrained(&source, corpus, Some(&mut dl))?
+            }
+            _ => bail!("give --run DIR, or --model SRC with --corpus FILE"),
+        })
+    }
+}
+
+/// Arguments of `pseudo-queries`.
+#[derive(Debug, clap::Args)]
+pub struct PseudoArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// Query file to write (JSONL, the format `index --queries` reads).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub per_passage: usize,
+    /// Passages to write for, spread over the corpus (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Keep a question when its passage is within this many retrieved passages.
+    #[arg(long, default_value_t = 3)]
+    pub keep_top: usize,
+    /// Also write the rejected questions, with their rank, to OUT.all.jsonl.
+    #[arg(long)]
+    pub keep_rejected: bool,
+}
+
+/// Arguments of `titles`.
+#[derive(Debug, clap::Args)]
+pub struct TitlesArgs {
+    #[command(flatten)]
+    pub model: ModelChoice,
+    /// JSONL corpus to write (every passage, with generated titles where there were none).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `pseudo-queries`.
+pub fn pseudo_queries(a: PseudoArgs) -> Result<()> {
+    let session = a.model.open()?;
+    let opts = crate::train::pseudo::PseudoOptions {
+        per_passage: a.per_passage,
+        max_passages: a.limit,
+        keep_top: a.keep_top,
+        ..Default::default()
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    let qs = session.pseudo_queries(&opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        false
+    })?;
+    bar.finish();
+    let kept = crate::train::pseudo::save_pseudo_queries(&a.out, &qs)?;
+    if a.keep_rejected {
+        let mut all = String::new();
+        for q in &qs {
+            all.push_str(&serde_json::to_string(q)?);
+            all.push('\n');
+        }
+        let path = a.out.with_extension("all.jsonl");
+        crate::model::checkpoint::write_atomic(&path, all.as_bytes())?;
+    }
+    println!(
+        "{} questions written, {kept} kept (passage within the top {}) -> {}",
+        qs.len(),
+        a.keep_top,
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Runs `titles`.
+pub fn titles(a: TitlesArgs) -> Result<()> {
+    let session = a.model.open()?;
+    let untitled = session.corpus.untitled().len();
+    let bar = indicatif::ProgressBar::new(untitled as u64);
+    let n = session.write_titled_corpus(&a.out, &mut |done, _| {
+        bar.set_position(done as u64);
+        false
+    })?;
+    bar.finish();
+    println!(
+        "{n} of {untitled} untitled documents got a generated title -> {}",
+        a.out.display()
+    );
+    Ok(())
 }
 
 /// Arguments of `index`.
@@ -87,9 +201,21 @@ pub struct IndexArgs {
     /// Hard negatives per query for self-assessment.
     #[arg(long)]
     pub negatives: Option<usize>,
-    /// Held-out loss per task every N steps (0: off).
+    /// Training queries whose retrievals by the starting model are mined for assessment
+    /// negatives (passages it retrieves wrongly).
+    #[arg(long)]
+    pub mine_queries: Option<usize>,
+    /// Write pseudo-queries with the base model first (for corpora without --queries) and
+    /// train retrieval on those it finds again.
+    #[arg(long, conflicts_with = "queries")]
+    pub pseudo_queries: bool,
+    /// Evaluate every N steps: held-out loss per task and Hits@1/@5 on held-out queries
+    /// (0: off).
     #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
+    /// Training queries held out for Hits@1 during training.
+    #[arg(long, default_value_t = 8)]
+    pub eval_queries: usize,
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
@@ -338,6 +464,13 @@ pub fn index(a: IndexArgs) -> Result<()> {
     if let Some(n) = a.negatives {
         spec.data.negatives = n;
     }
+    if let Some(n) = a.mine_queries {
+        spec.data.mine_queries = n;
+    }
+    spec.train.eval_queries = a.eval_queries;
+    if a.pseudo_queries {
+        spec.pseudo = Some(Default::default());
+    }
     spec.train.seed = a.seed;
     spec.train.checkpoint_every = a.checkpoint_every;
     spec.train.eval_every = a.eval_every;
@@ -352,17 +485,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
             ron::from_str(&text).context("reading run.ron")?;
         spec = m.spec;
     } else if let Some(e) = a.epochs {
-        let corpus = crate::corpus::load_path(&spec.corpus, &spec.load)?;
-        let bundle =
-            crate::worker::session::load_base(&spec, &corpus, &crate::model::default_device())?;
-        let ex = crate::worker::session::build_examples(&spec, &corpus, &bundle)?;
-        let per_epoch = crate::train::batches_per_epoch(&ex, &spec.train).max(1);
-        spec.train.steps = ((per_epoch as f64) * e).ceil() as usize;
-        eprintln!(
-            "{} examples, {per_epoch} batches per epoch -> {} steps",
-            ex.len(),
-            spec.train.steps
-        );
+        spec.train.epochs = Some(e);
     }
     let bar = indicatif::ProgressBar::new(spec.train.steps as u64);
     bar.set_style(
@@ -377,6 +500,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
         }
     }
     let started = std::time::Instant::now();
+    let mut dl = download_bar();
     run_index(
         &spec,
         &a.out,
@@ -386,8 +510,9 @@ pub fn index(a: IndexArgs) -> Result<()> {
             TrainEvent::Started {
                 start_step,
                 examples,
-                ..
+                total_steps,
             } => {
+                bar.set_length(total_steps as u64);
                 bar.set_position(start_step as u64);
                 bar.println(format!(
                     "{examples} training examples, starting at step {start_step}"
@@ -409,13 +534,21 @@ pub fn index(a: IndexArgs) -> Result<()> {
                     eta_s
                 ));
             }
-            TrainEvent::Eval { step, losses } => bar.println(format!(
-                "held-out loss at step {step}: {}",
+            TrainEvent::Eval {
+                step,
+                losses,
+                metrics,
+            } => bar.println(format!(
+                "evaluation at step {step}: held-out loss {}{}",
                 losses
                     .iter()
                     .map(|(k, v)| format!("{k} {v:.3}"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                metrics
+                    .iter()
+                    .map(|(k, v)| format!("; {k} {v:.3}"))
+                    .collect::<String>()
             )),
             TrainEvent::Checkpoint { step, path } => {
                 bar.println(format!("checkpoint at step {step}: {}", path.display()))
@@ -429,8 +562,36 @@ pub fn index(a: IndexArgs) -> Result<()> {
                 );
             }
         },
+        Some(&mut dl),
     )?;
     Ok(())
+}
+
+/// A byte progress bar for Hub downloads (one per file).
+fn download_bar() -> impl FnMut(&str, u64, u64) {
+    let mut current: Option<(String, indicatif::ProgressBar)> = None;
+    move |file: &str, done: u64, total: u64| {
+        if current.as_ref().is_none_or(|(f, _)| f != file) {
+            if let Some((_, b)) = current.take() {
+                b.finish();
+            }
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_message(format!("downloading {file}"));
+            current = Some((file.to_string(), b));
+        }
+        if let Some((_, b)) = &current {
+            b.set_position(done);
+            if done >= total && total > 0 {
+                b.finish();
+            }
+        }
+    }
 }
 
 /// Runs `query`.
@@ -439,7 +600,8 @@ pub fn query(a: QueryArgs) -> Result<()> {
         (Some(run), _, _) => QuerySession::open_run(run)?,
         (None, Some(corpus), Some(model)) => {
             let source: ModelSource = model.parse().map_err(anyhow::Error::msg)?;
-            QuerySession::open_untrained(&source, corpus)?
+            let mut dl = download_bar();
+            QuerySession::open_untrained(&source, corpus, Some(&mut dl))?
         }
         _ => bail!("give --run DIR, or --model SRC with --corpus FILE"),
     };

@@ -63,6 +63,18 @@ pub struct Corpus {
 }
 
 impl Corpus {
+    /// Titles that only stand in for a missing one (the first words of their first passage):
+    /// the candidates for model-written titles.
+    pub fn untitled(&self) -> Vec<usize> {
+        (0..self.titles.len())
+            .filter(|&t| {
+                self.by_title[t].first().is_some_and(|&p| {
+                    load::placeholder_title(&self.passages[p].text) == self.titles[t]
+                })
+            })
+            .collect()
+    }
+
     /// Builds the title index over passages (ids must be unique; the loaders ensure it).
     pub fn from_passages(passages: Vec<Passage>, files: Vec<FileStatus>) -> Corpus {
         let mut titles = Vec::new();

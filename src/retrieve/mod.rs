@@ -2,6 +2,7 @@
 //! each title's passage trie (auto-completed once unique), self-assessment of every candidate,
 //! reranking, and an answer. Everything is recorded in a [`RetrievalTrace`].
 
+pub mod generate;
 pub mod score;
 
 use crate::corpus::Corpus;

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -100,6 +101,9 @@ pub struct DataOptions {
     pub title_items: bool,
     /// Hard negatives per query for self-assessment.
     pub negatives: usize,
+    /// Training queries whose retrievals by the starting model are mined for negatives.
+    #[serde(default)]
+    pub mine_queries: usize,
     pub seed: u64,
 }
 
@@ -112,6 +116,7 @@ impl Default for DataOptions {
             target: TargetLength::Full,
             title_items: true,
             negatives: 3,
+            mine_queries: 64,
             seed: 17,
         }
     }
@@ -203,9 +208,14 @@ impl DataBuilder<'_> {
         Ok(out)
     }
 
-    /// Self-assessment: the gold passage -> "can answer" + answer; same-title passages without an
-    /// answer string (then random others) -> "cannot answer".
-    pub fn assessment(&self, queries: &[Query]) -> Result<Vec<Example>> {
+    /// Self-assessment: the gold passage -> "can answer" + answer; as negatives ("cannot
+    /// answer"), passages without an answer string: first those the model itself retrieved
+    /// wrongly for the query (`mined`, keyed by question), then same-title ones, then random.
+    pub fn assessment(
+        &self,
+        queries: &[Query],
+        mined: &HashMap<String, Vec<String>>,
+    ) -> Result<Vec<Example>> {
         let mut rng = StdRng::seed_from_u64(self.opts.seed ^ 0x5eed);
         let mut out = Vec::new();
         for q in queries {
@@ -239,12 +249,32 @@ impl DataBuilder<'_> {
                 .filter_map(|p| self.corpus.index_of(p))
                 .collect();
             let title = self.corpus.title_of[gold];
-            let mut negatives: Vec<usize> = self.corpus.by_title[title]
+            let mut same_title: Vec<usize> = self.corpus.by_title[title]
                 .iter()
                 .copied()
                 .filter(|&i| !positives.contains(&i) && !has_answer(i))
                 .collect();
-            negatives.shuffle(&mut rng);
+            same_title.shuffle(&mut rng);
+            let mut negatives: Vec<usize> = Vec::new();
+            let wrong = mined
+                .get(&q.question)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.corpus.index_of(id));
+            // Mined and same-title negatives alternate so both kinds are seen.
+            let mut wrong = wrong.filter(|i| !positives.contains(i) && !has_answer(*i));
+            let mut same = same_title.into_iter();
+            loop {
+                let (a, b) = (wrong.next(), same.next());
+                if a.is_none() && b.is_none() {
+                    break;
+                }
+                for i in [a, b].into_iter().flatten() {
+                    if !negatives.contains(&i) {
+                        negatives.push(i);
+                    }
+                }
+            }
             let mut guard = 0;
             while negatives.len() < self.opts.negatives && guard < 50 && self.corpus.len() > 1 {
                 guard += 1;

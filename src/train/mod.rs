@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod optim;
+pub mod pseudo;
 
 pub use data::{DataBuilder, DataOptions, Example, Query, Task};
 
@@ -70,6 +71,13 @@ pub struct TrainConfig {
     /// examples (every 50th, at most 64 per task) are then left out of training.
     #[serde(default)]
     pub eval_every: usize,
+    /// Passes over the examples; when set, `steps` is derived from it once the examples exist.
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    /// Training queries held out to measure Hits@1 through the retrieval path at each
+    /// evaluation (0: none).
+    #[serde(default)]
+    pub eval_queries: usize,
 }
 
 impl Default for TrainConfig {
@@ -87,6 +95,8 @@ impl Default for TrainConfig {
             adamw: AdamWConfig::default(),
             checkpoint_every: 0,
             eval_every: 0,
+            epochs: None,
+            eval_queries: 8,
         }
     }
 }
@@ -299,6 +309,9 @@ pub enum TrainEvent {
     Eval {
         step: usize,
         losses: BTreeMap<String, f64>,
+        /// Retrieval metrics on held-out queries (e.g. `hits@1`), when measured.
+        #[serde(default)]
+        metrics: BTreeMap<String, f64>,
     },
     Finished {
         step: usize,
@@ -315,6 +328,11 @@ pub trait TrainControl {
     /// True when a checkpoint should be written now.
     fn save_requested(&mut self) -> bool {
         false
+    }
+    /// Extra metrics at each evaluation (e.g. Hits@1 through the retrieval path), measured on
+    /// the model as it is now.
+    fn evaluate(&mut self, _bundle: &ModelBundle) -> Result<BTreeMap<String, f64>> {
+        Ok(BTreeMap::new())
     }
 }
 
@@ -438,11 +456,20 @@ pub fn train(
             tokens_per_s: tokens_done as f64 / elapsed,
             eta_s: elapsed / done * (cfg.steps - step - 1) as f64,
         });
-        if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && !held_out.is_empty() {
-            on_event(TrainEvent::Eval {
-                step: step + 1,
-                losses: held_out_losses(&bundle.model, &held_out, bundle.special.pad, cfg)?,
-            });
+        if cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 {
+            let losses = if held_out.is_empty() {
+                BTreeMap::new()
+            } else {
+                held_out_losses(&bundle.model, &held_out, bundle.special.pad, cfg)?
+            };
+            let metrics = control.evaluate(bundle)?;
+            if !losses.is_empty() || !metrics.is_empty() {
+                on_event(TrainEvent::Eval {
+                    step: step + 1,
+                    losses,
+                    metrics,
+                });
+            }
         }
         let periodic = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
         if periodic || control.save_requested() {

@@ -40,6 +40,10 @@ pub enum Job {
         plan: crate::eval::run::EvalPlan,
         self_retrieval: bool,
     },
+    /// Write pseudo-queries with the loaded model over its corpus.
+    PseudoQueries(crate::train::pseudo::PseudoOptions),
+    /// Give title-less passages model-written titles; write the corpus to the path.
+    GenerateTitles(PathBuf),
 }
 
 /// Control of the running job.
@@ -71,6 +75,24 @@ pub enum Event {
         total: usize,
     },
     EvalDone(Vec<crate::eval::SystemResult>),
+    /// Progress of a job that is not training or evaluation.
+    Progress {
+        label: String,
+        done: usize,
+        total: usize,
+    },
+    PseudoQueries(Vec<crate::train::pseudo::PseudoQuery>),
+    /// A corpus with generated titles was written; `generated` titles are new.
+    TitledCorpus {
+        path: PathBuf,
+        generated: usize,
+    },
+    /// Hub download progress: file, bytes so far, total bytes.
+    Download {
+        file: String,
+        done: u64,
+        total: u64,
+    },
     Error(String),
     /// The job ended (successfully, cancelled or failed).
     Finished,
@@ -209,6 +231,23 @@ impl Worker {
     }
 }
 
+/// Turns Hub download callbacks into events, at most one per percent per file.
+fn download_reporter<'a>(send: &'a dyn Fn(Event)) -> impl FnMut(&str, u64, u64) + 'a {
+    let mut last: Option<(String, u64)> = None;
+    move |file: &str, done: u64, total: u64| {
+        let pct = if total > 0 { done * 100 / total } else { 0 };
+        if last.as_ref().is_some_and(|(f, p)| f == file && *p == pct) {
+            return;
+        }
+        last = Some((file.to_string(), pct));
+        send(Event::Download {
+            file: file.to_string(),
+            done,
+            total,
+        });
+    }
+}
+
 fn run_job(
     job: Job,
     session: &mut Option<QuerySession>,
@@ -225,7 +264,15 @@ fn run_job(
         Job::Index { spec, run, resume } => {
             send(Event::Started("training".into()));
             *session = None;
-            session::run_index(&spec, &run, resume, control, &mut |e| send(Event::Train(e)))?;
+            let mut dl = download_reporter(send);
+            session::run_index(
+                &spec,
+                &run,
+                resume,
+                control,
+                &mut |e| send(Event::Train(e)),
+                Some(&mut dl),
+            )?;
             let s = QuerySession::open_run(&run)?;
             let d = format!("{} (trained, step {})", spec.model, s.bundle.step);
             send(Event::SessionReady(SessionInfo::of(&s, d)));
@@ -242,7 +289,8 @@ fn run_job(
         }
         Job::OpenUntrained { source, corpus } => {
             send(Event::Started(format!("loading {source}")));
-            let s = QuerySession::open_untrained(&source, &corpus)?;
+            let mut dl = download_reporter(send);
+            let s = QuerySession::open_untrained(&source, &corpus, Some(&mut dl))?;
             let d = format!("{source} (not fine-tuned)");
             send(Event::SessionReady(SessionInfo::of(&s, d)));
             *session = Some(s);
@@ -305,6 +353,43 @@ fn run_job(
                 &mut || control.drain(),
             )?;
             send(Event::EvalDone(systems));
+            Ok(())
+        }
+        Job::PseudoQueries(opts) => {
+            send(Event::Started("writing pseudo-queries".into()));
+            let s = session.as_ref().ok_or_else(|| {
+                crate::Error::invalid(
+                    "no model loaded: load a pretrained model (Model panel) to write questions",
+                )
+            })?;
+            let qs = s.pseudo_queries(&opts, &mut |done, total| {
+                send(Event::Progress {
+                    label: "pseudo-queries".into(),
+                    done,
+                    total,
+                });
+                control.drain()
+            })?;
+            send(Event::PseudoQueries(qs));
+            Ok(())
+        }
+        Job::GenerateTitles(out) => {
+            send(Event::Started("writing titles".into()));
+            let s = session.as_ref().ok_or_else(|| {
+                crate::Error::invalid("no model loaded: load a pretrained model to write titles")
+            })?;
+            let generated = s.write_titled_corpus(&out, &mut |done, total| {
+                send(Event::Progress {
+                    label: "titles".into(),
+                    done,
+                    total,
+                });
+                control.drain()
+            })?;
+            send(Event::TitledCorpus {
+                path: out,
+                generated,
+            });
             Ok(())
         }
     })();

@@ -4,17 +4,19 @@
 use crate::corpus::{load_path, Corpus, LoadOptions};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomic;
+use crate::model::source::DownloadProgress;
 use crate::model::tiny::{self, TinyOptions};
 use crate::model::{LoraConfig, ModelBundle, ModelSource, TrainMode};
 use crate::prompts::PromptCodec;
 use crate::retrieve::{RetrievalTrace, RetrieveOptions, Retriever};
-use crate::train::data::{load_queries, TargetLength};
+use crate::train::data::{load_queries, Query, TargetLength};
 use crate::train::{
     train, DataBuilder, DataOptions, Example, TrainConfig, TrainControl, TrainEvent,
 };
 use crate::trie::CorpusTrie;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,9 @@ pub struct IndexSpec {
     /// `None`: full fine-tune.
     pub lora: Option<LoraConfig>,
     pub queries: Option<PathBuf>,
+    /// With no query file: write pseudo-queries with the starting model first.
+    #[serde(default)]
+    pub pseudo: Option<crate::train::pseudo::PseudoOptions>,
     pub data: DataOptions,
     pub train: TrainConfig,
 }
@@ -43,6 +48,7 @@ impl IndexSpec {
             lora: pretrained.then(LoraConfig::default),
             model,
             queries: None,
+            pseudo: None,
             data: DataOptions {
                 target: if pretrained {
                     TargetLength::FirstWords(10)
@@ -83,24 +89,33 @@ fn git_commit() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Loads the base model for a spec (building the tiny model from the corpus when asked).
-pub fn load_base(spec: &IndexSpec, corpus: &Corpus, device: &Device) -> Result<ModelBundle> {
+/// Loads the base model for a spec (building the tiny model from the corpus when asked);
+/// `progress` hears about Hub downloads.
+pub fn load_base(
+    spec: &IndexSpec,
+    corpus: &Corpus,
+    device: &Device,
+    progress: Option<DownloadProgress<'_>>,
+) -> Result<ModelBundle> {
     let mode = match &spec.lora {
         Some(l) => TrainMode::Lora(l.clone()),
         None => TrainMode::Full,
     };
     let weights = match &spec.model {
         ModelSource::Tiny => tiny::build(corpus.texts(), &spec.tiny, device)?,
-        other => crate::model::source::load_weights(other, device, None)?,
+        other => crate::model::source::load_weights(other, device, progress)?,
     };
     ModelBundle::from_weights(weights, spec.model.clone(), mode, device)
 }
 
-/// Builds the training examples of a spec.
+/// Builds the training examples of a spec from its corpus and (training) queries; `mined` holds
+/// passages the model retrieved wrongly per question, used first as assessment negatives.
 pub fn build_examples(
     spec: &IndexSpec,
     corpus: &Corpus,
     bundle: &ModelBundle,
+    queries: &[Query],
+    mined: &HashMap<String, Vec<String>>,
 ) -> Result<Vec<Example>> {
     let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
     let builder = DataBuilder {
@@ -110,12 +125,136 @@ pub fn build_examples(
         opts: spec.data.clone(),
     };
     let mut examples = builder.indexing()?;
-    if let Some(q) = &spec.queries {
-        let queries = load_queries(q)?;
-        examples.extend(builder.retrieval(&queries)?);
-        examples.extend(builder.assessment(&queries)?);
+    if !queries.is_empty() {
+        examples.extend(builder.retrieval(queries)?);
+        if spec.train.mix.assessment > 0.0 {
+            examples.extend(builder.assessment(queries, mined)?);
+        }
     }
     Ok(examples)
+}
+
+/// Splits the query file into training queries and the few held out for Hits@1 during
+/// training (the last `eval_queries`, only when evaluation is on and enough queries exist).
+pub fn split_queries(spec: &IndexSpec) -> Result<(Vec<Query>, Vec<Query>)> {
+    let Some(path) = &spec.queries else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut all = load_queries(path)?;
+    let n = spec.train.eval_queries;
+    if spec.train.eval_every == 0 || n == 0 || all.len() < 4 * n {
+        return Ok((all, Vec::new()));
+    }
+    let held = all.split_off(all.len() - n);
+    Ok((all, held))
+}
+
+/// Retrieval options for measuring during training and mining: no assessment, no answer.
+fn light_retrieval() -> RetrieveOptions {
+    RetrieveOptions {
+        titles: 3,
+        passages: 5,
+        assess: false,
+        answer: false,
+        ..Default::default()
+    }
+}
+
+/// Runs the model's own retrieval for up to `limit` queries and keeps, per question, the
+/// retrieved passages that are neither gold nor contain an answer string: the hard negatives
+/// "passages the current model retrieves wrongly".
+pub fn mine_negatives(
+    bundle: &ModelBundle,
+    corpus: &Corpus,
+    queries: &[Query],
+    limit: usize,
+) -> Result<HashMap<String, Vec<String>>> {
+    let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+    let trie = CorpusTrie::build(corpus, &bundle.tokenizer, &codec)?;
+    let model = bundle.inference()?;
+    let r = Retriever {
+        model: &model,
+        tokenizer: &bundle.tokenizer,
+        codec: &codec,
+        corpus,
+        trie: &trie,
+    };
+    let mut out = HashMap::new();
+    for q in queries.iter().take(limit) {
+        let trace = r.retrieve(&q.question, &light_retrieval(), &mut |_| {})?;
+        let wrong: Vec<String> = trace
+            .ranked_ids()
+            .into_iter()
+            .filter(|id| !q.positive_ids.iter().any(|p| p == id))
+            .filter(|id| {
+                corpus.index_of(id).is_some_and(|i| {
+                    let t = corpus.passages[i].text.to_lowercase();
+                    !q.answers
+                        .iter()
+                        .any(|a| !a.is_empty() && t.contains(&a.to_lowercase()))
+                })
+            })
+            .map(String::from)
+            .collect();
+        if !wrong.is_empty() {
+            out.insert(q.question.clone(), wrong);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds Hits@1/Hits@5 on held-out queries, through the real retrieval path, to each evaluation.
+struct RetrievalProbe<'a> {
+    inner: &'a mut dyn TrainControl,
+    corpus: &'a Corpus,
+    queries: Vec<Query>,
+    trie: Option<CorpusTrie>,
+}
+
+impl TrainControl for RetrievalProbe<'_> {
+    fn should_cancel(&mut self) -> bool {
+        self.inner.should_cancel()
+    }
+    fn save_requested(&mut self) -> bool {
+        self.inner.save_requested()
+    }
+    fn evaluate(&mut self, bundle: &ModelBundle) -> Result<BTreeMap<String, f64>> {
+        let mut out = self.inner.evaluate(bundle)?;
+        if self.queries.is_empty() {
+            return Ok(out);
+        }
+        let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+        if self.trie.is_none() {
+            self.trie = Some(CorpusTrie::build(self.corpus, &bundle.tokenizer, &codec)?);
+        }
+        let Some(trie) = self.trie.as_ref() else {
+            return Ok(out);
+        };
+        let model = bundle.inference()?;
+        let r = Retriever {
+            model: &model,
+            tokenizer: &bundle.tokenizer,
+            codec: &codec,
+            corpus: self.corpus,
+            trie,
+        };
+        let (mut h1, mut h5) = (0usize, 0usize);
+        for q in &self.queries {
+            let trace = r.retrieve(&q.question, &light_retrieval(), &mut |_| {})?;
+            let ids = trace.ranked_ids();
+            let hit = |k: usize| {
+                ids.iter()
+                    .take(k)
+                    .any(|id| q.positive_ids.iter().any(|p| p == id))
+            };
+            h1 += hit(1) as usize;
+            h5 += hit(5) as usize;
+        }
+        let n = self.queries.len() as f64;
+        out.insert("hits@1".into(), h1 as f64 / n);
+        out.insert("hits@5".into(), h5 as f64 / n);
+        Ok(out)
+    }
 }
 
 /// Runs (or resumes) indexing into `run`. Every event is also appended to `metrics.jsonl`.
@@ -125,6 +264,7 @@ pub fn run_index(
     resume: bool,
     control: &mut dyn TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
+    progress: Option<DownloadProgress<'_>>,
 ) -> Result<()> {
     let device = crate::model::default_device();
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
@@ -133,8 +273,67 @@ pub fn run_index(
     let mut bundle = if resume && ckpt.join("manifest.ron").is_file() {
         ModelBundle::load_checkpoint(&ckpt, None, &device)?
     } else {
-        load_base(spec, &corpus, &device)?
+        load_base(spec, &corpus, &device, progress)?
     };
+    let mut spec = spec.clone();
+    if spec.queries.is_none() {
+        if let Some(opts) = &spec.pseudo {
+            // Written once by the starting model and kept in the run (a resume reuses them).
+            let path = run.join("pseudo_queries.jsonl");
+            if !path.is_file() {
+                let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+                let trie = CorpusTrie::build(&corpus, &bundle.tokenizer, &codec)?;
+                let model = bundle.inference()?;
+                let r = Retriever {
+                    model: &model,
+                    tokenizer: &bundle.tokenizer,
+                    codec: &codec,
+                    corpus: &corpus,
+                    trie: &trie,
+                };
+                let mut cancelled = false;
+                let qs = crate::train::pseudo::generate_pseudo_queries(
+                    &r,
+                    bundle.special.eos,
+                    opts,
+                    &mut |_, _| {
+                        cancelled = cancelled || control.should_cancel();
+                        cancelled
+                    },
+                )?;
+                if cancelled {
+                    return Err(Error::Cancelled);
+                }
+                crate::train::pseudo::save_pseudo_queries(&path, &qs)?;
+            }
+            spec.queries = Some(path);
+        }
+    }
+    let spec = &spec;
+    let (train_queries, held_queries) = split_queries(spec)?;
+    // Negatives are mined once, by the model the run starts from, and kept in the run so a
+    // resumed run sees exactly the same examples.
+    let mined_path = run.join("mined_negatives.json");
+    let mined: HashMap<String, Vec<String>> = if mined_path.is_file() {
+        let text = std::fs::read_to_string(&mined_path).map_err(|e| Error::io(&mined_path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&mined_path, e.to_string()))?
+    } else if spec.data.mine_queries > 0
+        && !train_queries.is_empty()
+        && spec.train.mix.assessment > 0.0
+    {
+        let m = mine_negatives(&bundle, &corpus, &train_queries, spec.data.mine_queries)?;
+        let json = serde_json::to_string(&m).map_err(|e| Error::invalid(e.to_string()))?;
+        write_atomic(&mined_path, json.as_bytes())?;
+        m
+    } else {
+        HashMap::new()
+    };
+    let examples = build_examples(spec, &corpus, &bundle, &train_queries, &mined)?;
+    let mut spec = spec.clone();
+    if let Some(e) = spec.train.epochs {
+        let per_epoch = crate::train::batches_per_epoch(&examples, &spec.train).max(1);
+        spec.train.steps = ((per_epoch as f64) * e).ceil().max(1.0) as usize;
+    }
     let manifest = RunManifest {
         spec: spec.clone(),
         corpus_fingerprint: corpus.fingerprint(),
@@ -143,7 +342,6 @@ pub fn run_index(
     let text = ron::ser::to_string_pretty(&manifest, ron::ser::PrettyConfig::default())
         .map_err(|e| Error::invalid(e.to_string()))?;
     write_atomic(&run.join("run.ron"), text.as_bytes())?;
-    let examples = build_examples(spec, &corpus, &bundle)?;
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -156,12 +354,18 @@ pub fn run_index(
         }
         on_event(e);
     };
+    let mut probe = RetrievalProbe {
+        inner: control,
+        corpus: &corpus,
+        queries: held_queries,
+        trie: None,
+    };
     train(
         &mut bundle,
         &examples,
         &spec.train,
         Some(&ckpt),
-        control,
+        &mut probe,
         &mut sink,
     )
 }
@@ -206,13 +410,79 @@ impl QuerySession {
     }
 
     /// Opens an un-fine-tuned model over a corpus.
-    pub fn open_untrained(source: &ModelSource, corpus_path: &Path) -> Result<Self> {
+    pub fn open_untrained(
+        source: &ModelSource,
+        corpus_path: &Path,
+        progress: Option<DownloadProgress<'_>>,
+    ) -> Result<Self> {
         let corpus = load_path(corpus_path, &LoadOptions::default())?;
         let spec = IndexSpec::new(corpus_path.to_path_buf(), source.clone());
         let device = crate::model::default_device();
-        let mut bundle = load_base(&spec, &corpus, &device)?;
+        let mut bundle = load_base(&spec, &corpus, &device, progress)?;
         bundle.mode = TrainMode::Frozen;
         Self::new(bundle, corpus)
+    }
+
+    /// A retriever over this session's model, corpus and trie.
+    pub fn retriever(&self) -> Retriever<'_> {
+        Retriever {
+            model: &self.model,
+            tokenizer: &self.bundle.tokenizer,
+            codec: &self.codec,
+            corpus: &self.corpus,
+            trie: &self.trie,
+        }
+    }
+
+    /// Writes pseudo-queries for this corpus with this model (see [`crate::train::pseudo`]).
+    pub fn pseudo_queries(
+        &self,
+        opts: &crate::train::pseudo::PseudoOptions,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<crate::train::pseudo::PseudoQuery>> {
+        crate::train::pseudo::generate_pseudo_queries(
+            &self.retriever(),
+            self.bundle.special.eos,
+            opts,
+            progress,
+        )
+    }
+
+    /// Gives every title-less passage group (titles that are only the first words of their
+    /// text) a title written by the model, and writes the whole corpus as JSONL to `out`.
+    /// Returns how many titles were generated. `progress(done, total)` returns true to stop;
+    /// nothing is written then.
+    pub fn write_titled_corpus(
+        &self,
+        out: &Path,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<usize> {
+        let c = &self.corpus;
+        let untitled = c.untitled();
+        let mut new_titles: HashMap<usize, String> = HashMap::new();
+        for (k, &t) in untitled.iter().enumerate() {
+            if progress(k, untitled.len()) {
+                return Err(Error::Cancelled);
+            }
+            let first = c.by_title[t][0];
+            if let Some(title) = crate::retrieve::generate::title_for(
+                &self.model,
+                &self.bundle.tokenizer,
+                self.bundle.special.eos,
+                &c.passages[first].text,
+            )? {
+                new_titles.insert(t, title);
+            }
+        }
+        progress(untitled.len(), untitled.len());
+        let mut buf = Vec::new();
+        for (i, p) in c.passages.iter().enumerate() {
+            let title = new_titles.get(&c.title_of[i]).unwrap_or(&p.title);
+            let line = serde_json::json!({"id": p.id, "title": title, "text": p.text});
+            writeln!(buf, "{line}").map_err(|e| Error::io(out, e))?;
+        }
+        write_atomic(out, &buf)?;
+        Ok(new_titles.len())
     }
 
     /// Runs retrieval for one query.
@@ -222,13 +492,6 @@ impl QuerySession {
         opts: &RetrieveOptions,
         progress: &mut dyn FnMut(&RetrievalTrace),
     ) -> Result<RetrievalTrace> {
-        let r = Retriever {
-            model: &self.model,
-            tokenizer: &self.bundle.tokenizer,
-            codec: &self.codec,
-            corpus: &self.corpus,
-            trie: &self.trie,
-        };
-        r.retrieve(q, opts, progress)
+        self.retriever().retrieve(q, opts, progress)
     }
 }

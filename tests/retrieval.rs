@@ -196,3 +196,45 @@ fn single_item_tries_are_auto_completed() {
         .unwrap();
     assert!(solo.steps.iter().all(|s| s.kind == StepKind::AutoComplete));
 }
+
+/// One evaluation runs BM25, the retriever + reader baseline (BM25's top passage answered by the
+/// model) and Self-Retrieval over the same queries; the reader answers every query and ranks
+/// exactly as BM25 does.
+#[test]
+fn evaluation_runs_baselines_reader_and_self_retrieval_together() {
+    use selfret::eval::run::{run_eval, EvalPlan};
+    let corpus = demo_corpus();
+    let s = QuerySession::new(bundle_for(&corpus, TrainMode::Frozen), corpus.clone()).unwrap();
+    let queries = selfret::train::data::load_queries(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpora/ir_history.queries.jsonl"),
+    )
+    .unwrap();
+    let queries = &queries[..4];
+    let plan = EvalPlan {
+        baselines: vec!["bm25".into(), "bm25+reader".into()],
+        retrieve: RetrieveOptions {
+            titles: 2,
+            passages: 2,
+            max_answer_tokens: 3,
+            ..Default::default()
+        },
+        dense_model: Default::default(),
+    };
+    let systems = run_eval(
+        Some(&s),
+        &s.corpus,
+        queries,
+        &plan,
+        &mut |_, _, _| {},
+        &mut || false,
+    )
+    .unwrap();
+    let names: Vec<&str> = systems.iter().map(|s| s.system.as_str()).collect();
+    assert_eq!(names, ["bm25", "bm25+reader", "self-retrieval"]);
+    for (a, b) in systems[0].queries.iter().zip(&systems[1].queries) {
+        assert_eq!(a.ranked, b.ranked);
+        assert!(b.answer.is_some());
+    }
+    assert_eq!(systems[0].metrics["hits@1"], systems[1].metrics["hits@1"]);
+    assert!(systems[1].metrics.contains_key("answer_em"));
+}

@@ -25,6 +25,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         ui.checkbox(&mut e.self_retrieval, "Self-Retrieval (loaded model)");
         ui.checkbox(&mut e.bm25, "BM25");
         ui.checkbox(&mut e.dense, "Dense (MiniLM)");
+        ui.checkbox(&mut e.reader, "BM25 + reader (model answers)")
+            .on_hover_text("BM25's top passage given to the loaded model for an answer");
     });
     if ui
         .add_enabled(!app.is_busy(), egui::Button::new("Run evaluation"))

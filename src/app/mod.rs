@@ -85,6 +85,9 @@ pub struct EvalSettings {
     pub bm25: bool,
     pub dense: bool,
     pub self_retrieval: bool,
+    /// BM25's top passage answered by the loaded model.
+    #[serde(default)]
+    pub reader: bool,
 }
 
 impl Default for EvalSettings {
@@ -98,6 +101,7 @@ impl Default for EvalSettings {
             bm25: true,
             dense: false,
             self_retrieval: true,
+            reader: false,
         }
     }
 }
@@ -569,6 +573,9 @@ impl SelfretApp {
                 }
                 if e.dense {
                     baselines.push("dense".to_string());
+                }
+                if e.reader && self.session.is_some() {
+                    baselines.push("bm25+reader".to_string());
                 }
                 let plan = crate::eval::run::EvalPlan {
                     baselines,

@@ -17,6 +17,8 @@ pub enum BenchKind {
     Model,
     Trie,
     Query,
+    Train,
+    Eval,
     All,
 }
 
@@ -41,6 +43,9 @@ pub struct BenchArgs {
     /// Queries timed by the query bench.
     #[arg(long, default_value_t = 5)]
     pub queries: usize,
+    /// Queries in the eval bench's fixed slice.
+    #[arg(long, default_value_t = 50)]
+    pub eval_queries: usize,
     /// Timed repetitions per measurement (the median is printed).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
@@ -78,8 +83,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if matches!(a.kind, BenchKind::Model | BenchKind::All) {
         bench_model(&a)?;
     }
+    if matches!(a.kind, BenchKind::Train | BenchKind::All) {
+        bench_train(&a)?;
+    }
     if matches!(a.kind, BenchKind::Query | BenchKind::All) {
         bench_query(&a)?;
+    }
+    if matches!(a.kind, BenchKind::Eval | BenchKind::All) {
+        bench_eval(&a)?;
     }
     Ok(())
 }
@@ -261,6 +272,48 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
     ours.push(("decode", 160.0 / s));
     drop(inf);
     drop(frozen);
+    if let Some(rss) = peak_rss_mb() {
+        println!("peak RSS: {rss:.0} MB");
+    }
+    if a.reference {
+        print_reference(&source, &ours)?;
+    }
+    Ok(())
+}
+
+fn print_reference(source: &ModelSource, ours: &[(&str, f64)]) -> Result<()> {
+    let ModelSource::Gguf(path) = source else {
+        anyhow::bail!("the PyTorch reference needs a GGUF model");
+    };
+    let reference = torch_reference(path)?;
+    println!("\n| work | selfret tokens/s | PyTorch tokens/s | selfret / PyTorch |");
+    println!("|---|---|---|---|");
+    for (key, v) in ours {
+        if let Some(t) = reference.get(*key).and_then(|x| x.as_f64()) {
+            println!("| {key} | {v:.0} | {t:.0} | {:.2} |", v / t);
+        }
+    }
+    Ok(())
+}
+
+/// Training throughput on the real model: the 4 x 128 shapes the PyTorch reference also runs,
+/// then a packed batch of real indexing examples as `index` trains them (loss only on targets).
+fn bench_train(a: &BenchArgs) -> Result<()> {
+    let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
+    let dev = Device::Cpu;
+    let load =
+        || crate::model::source::load_weights(&source, &dev, None).context("loading the model");
+    println!(
+        "\n## train: {source} ({} threads)",
+        candle_core::utils::get_num_threads()
+    );
+    println!("| work | shape | median s | tokens/s |");
+    println!("|---|---|---|---|");
+    let weights = load()?;
+    let v = weights.config.vocab_size;
+    let ids: Vec<u32> = (0..4 * 128).map(|i| (i * 7919 % v) as u32).collect();
+    drop(weights);
+    let mut ours = Vec::new();
     let train_ids: Vec<Vec<u32>> = (0..4)
         .map(|r| ids[r * 128..(r + 1) * 128].to_vec())
         .collect();
@@ -292,22 +345,114 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
         println!("| {label} | 4 x 128 | {s:.2} | {:.0} |", 512.0 / s);
         ours.push((key, 512.0 / s));
     }
+    // Real examples: demo-corpus indexing items (sentence -> title + first 10 words), packed
+    // into one 2048-token batch, LoRA r32 as the NQ run used.
+    let corpus = load_path(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpora/ir_history.jsonl"),
+        &LoadOptions::default(),
+    )?;
+    let b = ModelBundle::from_weights(
+        load()?,
+        source.clone(),
+        TrainMode::Lora(LoraConfig {
+            rank: 32,
+            alpha: 64.0,
+            ..Default::default()
+        }),
+        &dev,
+    )?;
+    let codec = PromptCodec::new(&b.tokenizer, b.special.eos)?;
+    let builder = crate::train::DataBuilder {
+        tokenizer: &b.tokenizer,
+        codec: &codec,
+        corpus: &corpus,
+        opts: crate::train::DataOptions {
+            target: crate::train::data::TargetLength::FirstWords(10),
+            sentences_per_passage: 1,
+            ..Default::default()
+        },
+    };
+    let real = builder.indexing()?;
+    let cfg = crate::train::TrainConfig {
+        batch_tokens: 2048,
+        ..Default::default()
+    };
+    let plan = crate::train::plan_batches(&real, &cfg);
+    if let Some(batch) = plan.first() {
+        let refs: Vec<&Example> = batch.iter().map(|&i| &real[i]).collect();
+        let tokens: usize = refs.iter().map(|e| e.ids.len()).sum();
+        let targets: usize = refs.iter().map(|e| e.ids.len() - e.target_start).sum();
+        let mut opt = AdamW::new(&b.varmap, Default::default())?;
+        let s = time(a.reps.min(2), || {
+            let loss = batch_loss(&b.model, &refs, b.special.pad, 512)?;
+            let g = loss.backward()?;
+            opt.step(&g, 1e-5, Some(1.0))?;
+            Ok(())
+        })?;
+        println!(
+            "| train step, LoRA r32, real indexing batch | {} rows, {tokens} tokens ({targets} in the loss) | {s:.2} | {:.0} |",
+            refs.len(),
+            tokens as f64 / s
+        );
+    }
     if let Some(rss) = peak_rss_mb() {
         println!("peak RSS: {rss:.0} MB");
     }
     if a.reference {
-        let ModelSource::Gguf(path) = &source else {
-            anyhow::bail!("the PyTorch reference needs a GGUF model");
-        };
-        let reference = torch_reference(path)?;
-        println!("\n| work | selfret tokens/s | PyTorch tokens/s | selfret / PyTorch |");
-        println!("|---|---|---|---|");
-        for (key, v) in &ours {
-            if let Some(t) = reference.get(*key).and_then(|x| x.as_f64()) {
-                println!("| {key} | {v:.0} | {t:.0} | {:.2} |", v / t);
-            }
-        }
+        print_reference(&source, &ours)?;
     }
+    Ok(())
+}
+
+/// The evaluation on a fixed small slice (first `--eval-queries` NQ dev queries): BM25, dense
+/// when its model is present, and Self-Retrieval when `--run` is given.
+fn bench_eval(a: &BenchArgs) -> Result<()> {
+    use crate::eval::run::{run_eval, EvalPlan};
+    let data = a.data.join("nq_open_oracle");
+    let mut queries = crate::train::data::load_queries(&data.join("dev.jsonl"))?;
+    queries.truncate(a.eval_queries);
+    let session = match &a.run {
+        Some(run) => Some(crate::worker::session::QuerySession::open_run(run)?),
+        None => None,
+    };
+    let loaded;
+    let corpus = match &session {
+        Some(s) => &s.corpus,
+        None => {
+            loaded = load_path(&data.join("corpus.jsonl"), &LoadOptions::default())?;
+            &loaded
+        }
+    };
+    let dense_dir = crate::eval::dense::default_dir();
+    let mut baselines = vec!["bm25".to_string()];
+    if dense_dir.join("config.json").is_file() {
+        baselines.push("dense".into());
+    }
+    let plan = EvalPlan {
+        baselines,
+        retrieve: crate::retrieve::RetrieveOptions {
+            answer: false,
+            ..Default::default()
+        },
+        dense_model: dense_dir,
+    };
+    println!(
+        "\n## eval: first {} queries of nq_open_oracle/dev{}",
+        queries.len(),
+        match &a.run {
+            Some(r) => format!(", Self-Retrieval from {}", r.display()),
+            None => " (no --run: baselines only)".into(),
+        }
+    );
+    let systems = run_eval(
+        session.as_ref(),
+        corpus,
+        &queries,
+        &plan,
+        &mut |_, _, _| {},
+        &mut || false,
+    )?;
+    println!("{}", crate::eval::table(&systems));
     Ok(())
 }
 

@@ -304,7 +304,8 @@ pub struct EvalArgs {
     /// Query file with `question`, `answers`, `positive_ids` (and optional `answer_passage_ids`).
     #[arg(long)]
     pub queries: PathBuf,
-    /// Comma-separated baselines: bm25, dense.
+    /// Comma-separated baselines: bm25, dense, bm25+reader (BM25's top passage answered by
+    /// the run's model; needs --run).
     #[arg(long, default_value = "bm25,dense")]
     pub baselines: String,
     /// Evaluate only the first N queries.

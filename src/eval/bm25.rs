@@ -7,6 +7,7 @@ use bm25::{Document, Language, SearchEngine, SearchEngineBuilder};
 /// A BM25 index over a corpus' passages.
 pub struct Bm25Index {
     engine: SearchEngine<usize>,
+    len: usize,
 }
 
 impl Bm25Index {
@@ -28,15 +29,23 @@ impl Bm25Index {
             .k1(k1)
             .b(b)
             .build();
-        Bm25Index { engine }
+        Bm25Index {
+            engine,
+            len: corpus.len(),
+        }
     }
 
-    /// Passage indices, best first.
+    /// Passage indices, best first; equal scores in corpus order, so runs are reproducible
+    /// (the crate itself orders ties by hash).
     pub fn search(&self, query: &str, k: usize) -> Vec<usize> {
-        self.engine
-            .search(query, k)
+        let mut hits: Vec<(f32, usize)> = self
+            .engine
+            .search(query, self.len)
             .into_iter()
-            .map(|r| r.document.id)
-            .collect()
+            .map(|r| (r.score, r.document.id))
+            .collect();
+        hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        hits.truncate(k);
+        hits.into_iter().map(|(_, i)| i).collect()
     }
 }

@@ -13,7 +13,8 @@ use std::time::Instant;
 /// What to evaluate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalPlan {
-    /// `bm25`, `dense`.
+    /// `bm25`, `dense`, `bm25+reader` (BM25's top passage given to the loaded model for the
+    /// answer: the retriever + reader comparison).
     pub baselines: Vec<String>,
     pub retrieve: RetrieveOptions,
     pub dense_model: PathBuf,
@@ -83,9 +84,34 @@ pub fn run_eval(
                     progress("dense", k + 1, n);
                 }
             }
+            "bm25+reader" => {
+                let s = session.ok_or_else(|| {
+                    Error::invalid("the bm25+reader baseline needs a model (--run)")
+                })?;
+                let index = super::bm25::Bm25Index::new(corpus, 0.9, 0.4);
+                let r = s.retriever();
+                for (k, q) in queries.iter().enumerate() {
+                    if cancel() {
+                        return Err(Error::Cancelled);
+                    }
+                    results.push(timed(q, || {
+                        let top = index.search(&q.question, 10);
+                        let answer = match top.first() {
+                            Some(&p) => Some(r.answer_from(
+                                &q.question,
+                                p,
+                                plan.retrieve.max_answer_tokens,
+                            )?),
+                            None => None,
+                        };
+                        Ok((ids(top), answer))
+                    })?);
+                    progress("bm25+reader", k + 1, n);
+                }
+            }
             other => {
                 return Err(Error::invalid(format!(
-                    "unknown baseline `{other}` (bm25, dense)"
+                    "unknown baseline `{other}` (bm25, dense, bm25+reader)"
                 )))
             }
         }

@@ -602,6 +602,19 @@ impl Retriever<'_> {
             .collect())
     }
 
+    /// The model's answer to `query` read from one given passage, in the same format as the
+    /// answer stage: for the retriever + reader baseline (another retriever picks the passage).
+    pub fn answer_from(&self, query: &str, pidx: usize, max_tokens: usize) -> Result<String> {
+        let p = &self.corpus.passages[pidx];
+        let mut ids = self.codec.query(self.tokenizer, query)?;
+        ids.extend(self.codec.title(self.tokenizer, &p.title)?);
+        ids.extend(self.codec.passage(self.tokenizer, &p.text)?);
+        ids.extend_from_slice(&self.codec.assess_cue);
+        ids.extend_from_slice(&self.codec.accept);
+        let mut cache = self.model.new_cache();
+        self.greedy(&ids, &mut cache, max_tokens, &mut Timings::default())
+    }
+
     /// Greedy decoding after `ids` until end-of-text, a newline or `max_tokens`.
     fn greedy(
         &self,

@@ -249,6 +249,10 @@ fn run_mines_negatives_and_reports_hits_during_training() {
     )
     .unwrap();
 
+    // The run's log replays every event (the app redraws an opened run's curves from it).
+    let history = selfret::worker::session::read_history(&run);
+    assert_eq!(history.len(), events.len());
+    assert!(matches!(history.last(), Some(TrainEvent::Finished { .. })));
     let mined: std::collections::HashMap<String, Vec<String>> =
         serde_json::from_str(&std::fs::read_to_string(run.join("mined_negatives.json")).unwrap())
             .unwrap();

@@ -379,6 +379,16 @@ impl SelfretApp {
                     ));
                     self.apply(AppCommand::LoadCorpus);
                 }
+                Event::TrainHistory(events) => {
+                    self.train = TrainView {
+                        log_scale: self.train.log_scale,
+                        ..Default::default()
+                    };
+                    for e in events {
+                        self.on_train_event(e);
+                    }
+                    self.train.running = false;
+                }
                 Event::Download { file, done, total } => self.download = Some((file, done, total)),
                 Event::Error(e) => self.error = Some(e),
                 Event::Finished => {

@@ -87,7 +87,7 @@ impl SpecialTokens {
 
 /// Encodes text to ids without adding special tokens (prompts add their own).
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    Ok(tok.encode(text, false)?.get_ids().to_vec())
+    Ok(tok.encode_fast(text, false)?.get_ids().to_vec())
 }
 
 /// Decodes ids to text, keeping special tokens visible only if asked.

@@ -48,7 +48,8 @@ impl CorpusTrie {
             .iter()
             .map(|p| format!(" {}", p.text.trim()))
             .collect();
-        let encodings = tok.encode_batch(texts, false)?;
+        // Offsets are never used here: the fast path skips computing them.
+        let encodings = tok.encode_batch_fast(texts, false)?;
         let mut passage_seqs: Vec<Vec<u32>> = encodings
             .into_iter()
             .map(|e| {

@@ -82,6 +82,8 @@ pub enum Event {
         total: usize,
     },
     PseudoQueries(Vec<crate::train::pseudo::PseudoQuery>),
+    /// The training history of an opened run (its `metrics.jsonl`), to redraw its curves.
+    TrainHistory(Vec<TrainEvent>),
     /// A corpus with generated titles was written; `generated` titles are new.
     TitledCorpus {
         path: PathBuf,
@@ -281,6 +283,10 @@ fn run_job(
         }
         Job::OpenRun(run) => {
             send(Event::Started(format!("opening {}", run.display())));
+            let history = session::read_history(&run);
+            if !history.is_empty() {
+                send(Event::TrainHistory(history));
+            }
             let s = QuerySession::open_run(&run)?;
             let d = format!("{} (step {})", run.display(), s.bundle.step);
             send(Event::SessionReady(SessionInfo::of(&s, d)));

@@ -73,6 +73,18 @@ pub struct RunManifest {
     pub git_commit: Option<String>,
 }
 
+/// The events a run logged (`metrics.jsonl`); unreadable lines are skipped (a line cut short by
+/// a killed process must not hide the rest).
+pub fn read_history(run: &Path) -> Vec<TrainEvent> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<TrainEvent>(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Folder of the model checkpoint inside a run directory.
 pub fn checkpoint_dir(run: &Path) -> PathBuf {
     run.join("checkpoint")

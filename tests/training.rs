@@ -280,3 +280,32 @@ fn run_mines_negatives_and_reports_hits_during_training() {
         assert!(hits.iter().all(|h| (0.0..=1.0).contains(h)));
     }
 }
+
+/// Examples cut at `max_len` before their target starts are left out instead of producing a
+/// batch with no loss (a real SQuAD run stopped on one).
+#[test]
+fn examples_without_target_inside_max_len_are_skipped() {
+    let corpus = demo_corpus();
+    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
+    let mut b =
+        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let mut ex: Vec<Example> = examples(&corpus, &b).into_iter().take(20).collect();
+    for k in 0..30u32 {
+        ex.push(Example {
+            task: Task::Assessment,
+            ids: (0..300).map(|i| (i * 7 + k) % 600 + 1).collect(),
+            target_start: 290,
+        });
+    }
+    let cfg = TrainConfig {
+        steps: 6,
+        batch_tokens: 1024,
+        max_len: 128,
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    train(&mut b, &ex, &cfg, None, &mut NoControl, &mut |e| events.push(e)).unwrap();
+    let steps = losses_of(&events);
+    assert_eq!(steps.len(), 6);
+    assert!(steps.iter().all(|(_, t, l)| *t != Task::Assessment && l.is_finite()));
+}

@@ -355,7 +355,22 @@ pub fn train(
             "the model is frozen: choose full or LoRA training",
         ));
     }
-    let (train_set, held_out) = split_held_out(examples, cfg);
+    // An example cut at `max_len` before its target begins teaches nothing (and a batch of
+    // them has no loss at all): leave those out.
+    let usable: Vec<Example> = examples
+        .iter()
+        .filter(|e| e.target_start < e.ids.len().min(cfg.max_len))
+        .cloned()
+        .collect();
+    if usable.len() < examples.len() {
+        tracing::warn!(
+            "{} of {} examples have no target within max_len {} and are left out",
+            examples.len() - usable.len(),
+            examples.len(),
+            cfg.max_len
+        );
+    }
+    let (train_set, held_out) = split_held_out(&usable, cfg);
     let examples = train_set.as_slice();
     let plan = plan_batches(examples, cfg);
     if plan.is_empty() {

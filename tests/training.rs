@@ -304,8 +304,13 @@ fn examples_without_target_inside_max_len_are_skipped() {
         ..Default::default()
     };
     let mut events = Vec::new();
-    train(&mut b, &ex, &cfg, None, &mut NoControl, &mut |e| events.push(e)).unwrap();
+    train(&mut b, &ex, &cfg, None, &mut NoControl, &mut |e| {
+        events.push(e)
+    })
+    .unwrap();
     let steps = losses_of(&events);
     assert_eq!(steps.len(), 6);
-    assert!(steps.iter().all(|(_, t, l)| *t != Task::Assessment && l.is_finite()));
+    assert!(steps
+        .iter()
+        .all(|(_, t, l)| *t != Task::Assessment && l.is_finite()));
 }

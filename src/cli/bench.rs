@@ -549,9 +549,12 @@ fn bench_trie(a: &BenchArgs) -> Result<()> {
     for (name, c) in &corpora {
         let t0 = Instant::now();
         let texts: Vec<String> = c.passages.iter().map(|p| format!(" {}", p.text)).collect();
-        tok.encode_batch_fast(texts, false)
+        // Each measurement gets a fresh clone: the BPE word cache must start empty.
+        tok.clone()
+            .encode_batch_fast(texts, false)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let tokenizing = t0.elapsed().as_secs_f64();
+        let tok = tok.clone();
         let t0 = Instant::now();
         let trie = CorpusTrie::build(c, &tok, &codec)?;
         let secs = t0.elapsed().as_secs_f64();

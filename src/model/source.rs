@@ -291,8 +291,9 @@ pub fn load_hf_folder(dir: &Path, device: &Device) -> Result<LoadedWeights> {
             "missing tokenizer: the model folder needs a tokenizer.json beside config.json",
         ));
     }
-    let tokenizer = Tokenizer::from_file(&tok_path)
+    let mut tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| Error::bad_file(&tok_path, format!("not a valid tokenizer.json: {e}")))?;
+    super::tokenizer::widen_cache(&mut tokenizer);
     let mut files = Vec::new();
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {

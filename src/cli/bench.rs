@@ -209,17 +209,23 @@ fn reference_python() -> Result<String> {
         .to_string())
 }
 
-fn bench_model(a: &BenchArgs) -> Result<()> {
+/// The bench's model source, after printing a section header for it.
+fn model_section(a: &BenchArgs, section: &str) -> Result<ModelSource> {
     let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
-    let dev = Device::Cpu;
-    let load =
-        || crate::model::source::load_weights(&source, &dev, None).context("loading the model");
     println!(
-        "\n## model: {source} ({} threads)",
+        "\n## {section}: {source} ({} threads)",
         candle_core::utils::get_num_threads()
     );
     println!("| work | shape | median s | tokens/s |");
     println!("|---|---|---|---|");
+    Ok(source)
+}
+
+fn bench_model(a: &BenchArgs) -> Result<()> {
+    let source = model_section(a, "model")?;
+    let dev = Device::Cpu;
+    let load =
+        || crate::model::source::load_weights(&source, &dev, None).context("loading the model");
     let frozen = ModelBundle::from_weights(load()?, source.clone(), TrainMode::Frozen, &dev)?;
     let inf = frozen.inference()?;
     let v = inf.config.vocab_size as u32;
@@ -299,16 +305,10 @@ fn print_reference(source: &ModelSource, ours: &[(&str, f64)]) -> Result<()> {
 /// Training throughput on the real model: the 4 x 128 shapes the PyTorch reference also runs,
 /// then a packed batch of real indexing examples as `index` trains them (loss only on targets).
 fn bench_train(a: &BenchArgs) -> Result<()> {
-    let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
+    let source = model_section(a, "train")?;
     let dev = Device::Cpu;
     let load =
         || crate::model::source::load_weights(&source, &dev, None).context("loading the model");
-    println!(
-        "\n## train: {source} ({} threads)",
-        candle_core::utils::get_num_threads()
-    );
-    println!("| work | shape | median s | tokens/s |");
-    println!("|---|---|---|---|");
     let weights = load()?;
     let v = weights.config.vocab_size;
     let ids: Vec<u32> = (0..4 * 128).map(|i| (i * 7919 % v) as u32).collect();

@@ -44,16 +44,17 @@ pub enum Command {
     Titles(TitlesArgs),
 }
 
-/// Where a model to write with comes from: a run, or a model over a corpus.
+/// Where the model comes from: a run, or an un-fine-tuned model over a corpus.
 #[derive(Debug, clap::Args)]
 pub struct ModelChoice {
     /// Run directory made by `index`.
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// A model source (`tiny`, .gguf, folder, hf:REPO), used untrained over --corpus.
-    #[arg(long)]
+    #[arg(long, requires = "corpus")]
     pub model: Option<String>,
-    #[arg(long)]
+    /// The corpus for --model.
+    #[arg(long, requires = "model")]
     pub corpus: Option<PathBuf>,
 }
 
@@ -231,14 +232,8 @@ pub struct IndexArgs {
 pub struct QueryArgs {
     /// The question.
     pub question: String,
-    /// Run directory made by `index`.
-    #[arg(long, required_unless_present = "corpus")]
-    pub run: Option<PathBuf>,
-    /// Query an un-fine-tuned model over this corpus instead of a run.
-    #[arg(long, requires = "model")]
-    pub corpus: Option<PathBuf>,
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub source: ModelChoice,
     #[arg(long, default_value_t = 5)]
     pub titles: usize,
     #[arg(long, default_value_t = 10)]
@@ -597,15 +592,7 @@ fn download_bar() -> impl FnMut(&str, u64, u64) {
 
 /// Runs `query`.
 pub fn query(a: QueryArgs) -> Result<()> {
-    let session = match (&a.run, &a.corpus, &a.model) {
-        (Some(run), _, _) => QuerySession::open_run(run)?,
-        (None, Some(corpus), Some(model)) => {
-            let source: ModelSource = model.parse().map_err(anyhow::Error::msg)?;
-            let mut dl = download_bar();
-            QuerySession::open_untrained(&source, corpus, Some(&mut dl))?
-        }
-        _ => bail!("give --run DIR, or --model SRC with --corpus FILE"),
-    };
+    let session = a.source.open()?;
     let opts = RetrieveOptions {
         titles: a.titles,
         passages: a.passages,

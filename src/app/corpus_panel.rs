@@ -39,7 +39,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         words,
         corpus.skipped_count()
     ));
-    let untitled = corpus.untitled().len();
+    let untitled = app.untitled;
     if untitled > 0 || app.titles_status.is_some() {
         ui.horizontal(|ui| {
             if untitled > 0 {

@@ -231,6 +231,8 @@ pub struct SelfretApp {
     pub dialogs: Dialogs,
     pub pseudo: PseudoView,
     pub titles_status: Option<String>,
+    /// Documents of the loaded corpus whose title only stands in (counted once per load).
+    pub untitled: usize,
     /// Progress of other jobs: (label, done, total).
     pub progress: Option<(String, usize, usize)>,
     /// Hub download progress: (file, bytes so far, total bytes).
@@ -291,6 +293,7 @@ impl SelfretApp {
             dialogs: Dialogs::default(),
             pseudo: PseudoView::default(),
             titles_status: None,
+            untitled: 0,
             progress: None,
             download: None,
             ctx: cc.egui_ctx.clone(),
@@ -338,6 +341,7 @@ impl SelfretApp {
                     self.error = None;
                 }
                 Event::CorpusLoaded(c) => {
+                    self.untitled = c.untitled().len();
                     self.corpus = Some(c);
                     self.corpus_matches = None;
                     self.corpus_page = 0;

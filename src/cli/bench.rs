@@ -209,6 +209,17 @@ fn reference_python() -> Result<String> {
         .to_string())
 }
 
+/// Median seconds of one optimiser step (forward, backward, AdamW) on `batch`.
+fn time_train_step(b: &ModelBundle, batch: &[&Example], reps: usize) -> Result<f64> {
+    let mut opt = AdamW::new(&b.varmap, Default::default())?;
+    time(reps, || {
+        let loss = batch_loss(&b.model, batch, b.special.pad, 512)?;
+        let g = loss.backward()?;
+        opt.step(&g, 1e-5, Some(1.0))?;
+        Ok(())
+    })
+}
+
 /// The bench's model source, after printing a section header for it.
 fn model_section(a: &BenchArgs, section: &str) -> Result<ModelSource> {
     let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
@@ -335,13 +346,7 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
         ),
     ] {
         let b = ModelBundle::from_weights(load()?, source.clone(), mode, &dev)?;
-        let mut opt = AdamW::new(&b.varmap, Default::default())?;
-        let s = time(a.reps.min(2), || {
-            let loss = batch_loss(&b.model, &refs, b.special.pad, 512)?;
-            let g = loss.backward()?;
-            opt.step(&g, 1e-5, Some(1.0))?;
-            Ok(())
-        })?;
+        let s = time_train_step(&b, &refs, a.reps.min(2))?;
         println!("| {label} | 4 x 128 | {s:.2} | {:.0} |", 512.0 / s);
         ours.push((key, 512.0 / s));
     }
@@ -382,13 +387,7 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
         let refs: Vec<&Example> = batch.iter().map(|&i| &real[i]).collect();
         let tokens: usize = refs.iter().map(|e| e.ids.len()).sum();
         let targets: usize = refs.iter().map(|e| e.ids.len() - e.target_start).sum();
-        let mut opt = AdamW::new(&b.varmap, Default::default())?;
-        let s = time(a.reps.min(2), || {
-            let loss = batch_loss(&b.model, &refs, b.special.pad, 512)?;
-            let g = loss.backward()?;
-            opt.step(&g, 1e-5, Some(1.0))?;
-            Ok(())
-        })?;
+        let s = time_train_step(&b, &refs, a.reps.min(2))?;
         println!(
             "| train step, LoRA r32, real indexing batch | {} rows, {tokens} tokens ({targets} in the loss) | {s:.2} | {:.0} |",
             refs.len(),

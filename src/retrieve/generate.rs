@@ -80,7 +80,8 @@ pub fn generate(
                     done[i] = true;
                 } else {
                     out[i].push(t);
-                    if opts.single_line && decode(tok, &out[i], true)?.contains('\n') {
+                    // Only the new token can bring a newline: decode it alone, not the text.
+                    if opts.single_line && decode(tok, &[t], true)?.contains('\n') {
                         done[i] = true;
                     }
                 }

@@ -31,6 +31,20 @@ pub struct RetrieveOptions {
     pub max_answer_tokens: usize,
 }
 
+impl RetrieveOptions {
+    /// Titles and passages only (3 x 5 beams, no assessment, no answer): the cheap retrieval
+    /// used to check a model while training, mine its mistakes and filter pseudo-queries.
+    pub fn light() -> Self {
+        RetrieveOptions {
+            titles: 3,
+            passages: 5,
+            assess: false,
+            answer: false,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for RetrieveOptions {
     fn default() -> Self {
         RetrieveOptions {

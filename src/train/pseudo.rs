@@ -90,13 +90,7 @@ pub fn generate_pseudo_queries(
         temperature: opts.temperature,
         ..Default::default()
     };
-    let ropts = RetrieveOptions {
-        titles: 3,
-        passages: 5,
-        assess: false,
-        answer: false,
-        ..Default::default()
-    };
+    let ropts = RetrieveOptions::light();
     let chosen = chosen_passages(corpus.len(), opts.max_passages);
     let mut out = Vec::new();
     for (k, &pidx) in chosen.iter().enumerate() {

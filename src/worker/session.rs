@@ -161,15 +161,15 @@ pub fn split_queries(spec: &IndexSpec) -> Result<(Vec<Query>, Vec<Query>)> {
     Ok((all, held))
 }
 
-/// Retrieval options for measuring during training and mining: no assessment, no answer.
-fn light_retrieval() -> RetrieveOptions {
-    RetrieveOptions {
-        titles: 3,
-        passages: 5,
-        assess: false,
-        answer: false,
-        ..Default::default()
-    }
+/// What a [`Retriever`] borrows, built from a (possibly training) bundle: its prompt codec, the
+/// corpus trie and an inference copy of the model (adapters merged).
+fn retrieval_parts(
+    bundle: &ModelBundle,
+    corpus: &Corpus,
+) -> Result<(PromptCodec, CorpusTrie, crate::model::Llama)> {
+    let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+    let trie = CorpusTrie::build(corpus, &bundle.tokenizer, &codec)?;
+    Ok((codec, trie, bundle.inference()?))
 }
 
 /// Runs the model's own retrieval for up to `limit` queries and keeps, per question, the
@@ -181,9 +181,7 @@ pub fn mine_negatives(
     queries: &[Query],
     limit: usize,
 ) -> Result<HashMap<String, Vec<String>>> {
-    let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
-    let trie = CorpusTrie::build(corpus, &bundle.tokenizer, &codec)?;
-    let model = bundle.inference()?;
+    let (codec, trie, model) = retrieval_parts(bundle, corpus)?;
     let r = Retriever {
         model: &model,
         tokenizer: &bundle.tokenizer,
@@ -193,7 +191,7 @@ pub fn mine_negatives(
     };
     let mut out = HashMap::new();
     for q in queries.iter().take(limit) {
-        let trace = r.retrieve(&q.question, &light_retrieval(), &mut |_| {})?;
+        let trace = r.retrieve(&q.question, &RetrieveOptions::light(), &mut |_| {})?;
         let wrong: Vec<String> = trace
             .ranked_ids()
             .into_iter()
@@ -252,7 +250,7 @@ impl TrainControl for RetrievalProbe<'_> {
         };
         let (mut h1, mut h5) = (0usize, 0usize);
         for q in &self.queries {
-            let trace = r.retrieve(&q.question, &light_retrieval(), &mut |_| {})?;
+            let trace = r.retrieve(&q.question, &RetrieveOptions::light(), &mut |_| {})?;
             let ids = trace.ranked_ids();
             let hit = |k: usize| {
                 ids.iter()
@@ -293,9 +291,7 @@ pub fn run_index(
             // Written once by the starting model and kept in the run (a resume reuses them).
             let path = run.join("pseudo_queries.jsonl");
             if !path.is_file() {
-                let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
-                let trie = CorpusTrie::build(&corpus, &bundle.tokenizer, &codec)?;
-                let model = bundle.inference()?;
+                let (codec, trie, model) = retrieval_parts(&bundle, &corpus)?;
                 let r = Retriever {
                     model: &model,
                     tokenizer: &bundle.tokenizer,

@@ -197,6 +197,97 @@ fn single_item_tries_are_auto_completed() {
     assert!(solo.steps.iter().all(|s| s.kind == StepKind::AutoComplete));
 }
 
+/// Batched self-assessment (candidates grouped by length, right-padded, continuing the title's
+/// cache) gives each candidate the P(reject) of reading it alone from scratch, and the answer
+/// that continues the verdict's cache is the answer read from the passage from scratch.
+#[test]
+fn batched_verdicts_and_reused_answer_match_reading_each_passage_alone() {
+    use candle_core::{Tensor, D};
+    let corpus = demo_corpus();
+    let s = QuerySession::new(bundle_for(&corpus, TrainMode::Frozen), corpus.clone()).unwrap();
+    let tok = &s.bundle.tokenizer;
+    let codec = &s.codec;
+    let split = codec.verdict_split();
+    let opts = RetrieveOptions {
+        titles: 4,
+        passages: 4,
+        max_answer_tokens: 6,
+        ..Default::default()
+    };
+    for q in [
+        "who invented the inverted index",
+        "relevance feedback in SMART",
+    ] {
+        let trace = s.query(q, &opts, &mut |_| {}).unwrap();
+        let lengths: std::collections::HashSet<usize> =
+            trace.candidates.iter().map(|c| c.steps.len()).collect();
+        assert!(
+            lengths.len() > 1,
+            "candidates of one length test no padding"
+        );
+        // Title scores: the beam's own log-probabilities plus the auto-completed tokens' from
+        // the batched title pass add up to log P(title | query) read in one pass.
+        for t in &trace.titles {
+            let prompt = codec.query(tok, q).unwrap();
+            let title: Vec<u32> = t.steps.iter().map(|st| st.token).collect();
+            let ids: Vec<u32> = prompt.iter().chain(&title).copied().collect();
+            let n = ids.len();
+            let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap();
+            let lp =
+                candle_nn::ops::log_softmax(&s.model.forward(&input, None).unwrap(), D::Minus1)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+            let alone: f64 = (prompt.len()..n)
+                .map(|p| lp[p - 1][ids[p] as usize] as f64)
+                .sum();
+            assert!(
+                (alone - t.logprob).abs() < 1e-3,
+                "{}: {} vs alone {alone}",
+                t.title,
+                t.logprob
+            );
+        }
+        for c in &trace.candidates {
+            let mut ids = codec.query(tok, q).unwrap();
+            ids.extend(codec.title(tok, &c.title).unwrap());
+            ids.extend(c.steps.iter().map(|st| st.token));
+            ids.extend_from_slice(&codec.assess_cue);
+            ids.extend_from_slice(&codec.accept[..split]);
+            let n = ids.len();
+            let input = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+            let logits = s.model.forward(&input, None).unwrap();
+            let last = logits.squeeze(0).unwrap().get(n - 1).unwrap();
+            let lp: Vec<f32> = candle_nn::ops::log_softmax(&last, D::Minus1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (a, r) = (
+                lp[codec.accept[split] as usize] as f64,
+                lp[codec.reject[split] as usize] as f64,
+            );
+            let alone = 1.0 / (1.0 + (a - r).exp());
+            assert!(
+                (alone - c.p_reject).abs() < 1e-4,
+                "{}: batched P(reject) {} vs alone {alone}",
+                c.passage_id,
+                c.p_reject
+            );
+        }
+        let top = &trace.ranking[0].passage_id;
+        let pidx = corpus.passages.iter().position(|p| &p.id == top).unwrap();
+        let alone = s
+            .retriever()
+            .answer_from(q, pidx, opts.max_answer_tokens)
+            .unwrap();
+        let answer = trace.answer.unwrap();
+        assert_eq!(answer.cited, vec![top.clone()]);
+        assert_eq!(answer.text, alone);
+    }
+}
+
 /// One evaluation runs BM25, the retriever + reader baseline (BM25's top passage answered by the
 /// model) and Self-Retrieval over the same queries; the reader answers every query and ranks
 /// exactly as BM25 does.

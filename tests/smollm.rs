@@ -112,6 +112,35 @@ fn gguf_tokenizer_round_trips_and_matches_reference_ids() {
     let system = tok.encode("system", false).unwrap().get_ids().to_vec();
     assert_eq!(&ids[1..1 + system.len()], system.as_slice());
     assert_eq!(w.special.eos, tok.token_to_id("<|im_end|>").unwrap());
+    // The corpus fast path (per-word id cache, no Encoding) gives the regular path's ids, also
+    // for texts holding special-token text, digits, emoji and runs of whitespace, and repeated
+    // words that hit its cache.
+    let corpus = selfret::corpus::load_path(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpora/ir_history.jsonl"),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut texts: Vec<String> = corpus
+        .passages
+        .iter()
+        .map(|p| format!(" {}", p.text))
+        .collect();
+    for t in [
+        " a passage that quotes <|im_end|> and <|im_start|>user in its text",
+        " 1999 to 2024: 25 years,   three  spaces\n\nand 3.14159 🎉🚀 検索 Ångström",
+        "",
+        " the the the The THE the",
+    ] {
+        texts.push(t.to_string());
+    }
+    let fast = selfret::model::tokenizer::encode_many(tok, &texts).unwrap();
+    for (t, ids) in texts.iter().zip(&fast) {
+        assert_eq!(
+            ids,
+            &selfret::model::tokenizer::encode(tok, t).unwrap(),
+            "{t}"
+        );
+    }
     assert_eq!(w.config.num_hidden_layers, 30);
     assert_eq!(w.config.hidden_size, 576);
 }

@@ -221,6 +221,22 @@ impl KvCache {
         Ok(KvCache { layers })
     }
 
+    /// Keeps only the first `len` positions: drops what a right-padded batch row cached past its
+    /// own end, so the row can be continued as if it had run alone.
+    pub fn truncate(&self, len: usize) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) if k.dim(2)? > len => {
+                    Ok(Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)))
+                }
+                other => Ok(other.clone()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
     fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let kv = match self.layers[layer].take() {
             None => (k, v),

@@ -4,12 +4,16 @@
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use std::collections::HashMap;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{
+    AddedToken, Model, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
+    Tokenizer,
+};
 
 /// The end-of-text marker of the tiny model's tokenizer (id 0).
 pub const TINY_EOS: &str = "<|endoftext|>";
@@ -105,4 +109,83 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 /// Decodes ids to text, keeping special tokens visible only if asked.
 pub fn decode(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<String> {
     Ok(tok.decode(ids, skip_special)?)
+}
+
+/// Encodes many texts to exactly the ids [`encode`] gives, several times faster on a corpus.
+///
+/// The tokenizer's own pipeline builds a full `Encoding` per text (a `String` per token, offsets,
+/// word ids) and that allocation dominates the cost of tokenizing a corpus. Here each text goes
+/// through the tokenizer's own normalizer and pre-tokenizer, and each pre-token (a word, in
+/// byte-level BPE) is looked up in a per-thread cache of ids before the model is asked. Texts
+/// that contain an added token's text, or any text when added tokens are matched after
+/// normalisation, take the regular path, so the ids are always the same.
+pub fn encode_many(tok: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+    let added = tok.get_added_tokens_decoder();
+    let contents: Vec<String> = added.values().map(|t| t.content.clone()).collect();
+    let regular_only = tok.get_truncation().is_some()
+        || (tok.get_normalizer().is_some() && added.values().any(|t| t.normalized));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    let chunk = texts.len().div_ceil(threads).max(1);
+    let contents = &contents;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = texts
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut cache: HashMap<String, Vec<u32>> = HashMap::new();
+                    part.iter()
+                        .map(|text| {
+                            if regular_only || contents.iter().any(|c| text.contains(c.as_str())) {
+                                encode(tok, text)
+                            } else {
+                                encode_cached(tok, text, &mut cache)
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(texts.len());
+        for w in workers {
+            let part = w
+                .join()
+                .map_err(|_| Error::Tokenizer("a tokenizing thread panicked".into()))??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
+}
+
+/// One text through normalizer, pre-tokenizer and model, with ids cached per pre-token.
+fn encode_cached(
+    tok: &Tokenizer,
+    text: &str,
+    cache: &mut HashMap<String, Vec<u32>>,
+) -> Result<Vec<u32>> {
+    let mut pre = PreTokenizedString::from(text);
+    if let Some(n) = tok.get_normalizer() {
+        pre.normalize(|s| n.normalize(s))?;
+    }
+    if let Some(p) = tok.get_pre_tokenizer() {
+        p.pre_tokenize(&mut pre)?;
+    }
+    let mut ids = Vec::with_capacity(text.len() / 3);
+    for (piece, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
+        if let Some(known) = cache.get(piece) {
+            ids.extend_from_slice(known);
+            continue;
+        }
+        let new: Vec<u32> = tok
+            .get_model()
+            .tokenize(piece)?
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        ids.extend_from_slice(&new);
+        cache.insert(piece.to_string(), new);
+    }
+    Ok(ids)
 }

@@ -220,6 +220,39 @@ pub struct Retriever<'a> {
     pub trie: &'a CorpusTrie,
 }
 
+/// Padding a verdict batch may add, as a fraction of its real tokens.
+const VERDICT_PADDING: f64 = 0.1;
+/// Rows in one verdict batch at most (bounds the memory of the forked caches).
+const VERDICT_BATCH: usize = 16;
+
+/// Groups row indices into batches of similar length: sorted by length, a batch takes the next
+/// row while its padding stays within `max_padding` of its real tokens and it has room.
+pub fn length_batches(rows: &[Vec<u32>], max_padding: f64, max_rows: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| (rows[i].len(), i));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = rows[i].len();
+        let fits = batches.last().is_some_and(|b| {
+            // Sorted ascending, so the new row is the longest: every row pads to `len`.
+            let padded = (b.len() + 1) * len;
+            b.len() < max_rows
+                && (padded - (real + len)) as f64 <= max_padding * (real + len) as f64
+        });
+        if fits {
+            real += len;
+            if let Some(b) = batches.last_mut() {
+                b.push(i);
+            }
+        } else {
+            real = len;
+            batches.push(vec![i]);
+        }
+    }
+    batches
+}
+
 struct Beam {
     cursor: Cursor,
     tokens: Vec<u32>,
@@ -441,37 +474,59 @@ impl Retriever<'_> {
         trace.timings = timings;
         progress(&trace);
 
-        // Stage 2: per title, run the title through the model (exact log-probabilities for every
-        // title token, and the context for its passages), then search its passage trie.
+        // Stage 2: all titles through the model in one right-padded batch from the query's
+        // cache (the context of each title's passages, and the log-probabilities of the title
+        // tokens the beam search auto-completed; it scored the others already), then each
+        // title's passage trie is searched.
         let t1 = Instant::now();
-        let mut title_caches = Vec::new();
+        let title_rows: Vec<Vec<u32>> = trace
+            .titles
+            .iter()
+            .map(|t| t.steps.iter().map(|s| s.token).collect())
+            .collect();
+        let wanted: Vec<Vec<usize>> = trace
+            .titles
+            .iter()
+            .map(|t| {
+                let mut at: Vec<usize> = (1..t.steps.len())
+                    .filter(|&k| t.steps[k].logprob.is_none())
+                    .map(|k| k - 1)
+                    .collect();
+                at.push(t.steps.len().saturating_sub(1));
+                at.dedup();
+                at
+            })
+            .collect();
+        let (title_caches, mut dists) =
+            self.continue_rows(&prefix_cache, &title_rows, &wanted, &mut timings)?;
         for tr in 0..trace.titles.len() {
-            let tokens: Vec<u32> = trace.titles[tr].steps.iter().map(|s| s.token).collect();
-            let mut cache = prefix_cache.clone();
-            let input = Tensor::from_vec(tokens.clone(), (1, tokens.len()), self.model.device())?;
-            timings.forward_calls += 1;
-            timings.tokens_forwarded += tokens.len();
-            timings.logit_rows += tokens.len();
-            let hidden = self.model.hidden(&input, Some(&mut cache))?;
-            let lp =
-                candle_nn::ops::log_softmax(&self.model.logits(&hidden.squeeze(0)?)?, D::Minus1)?;
-            let lp = rows_to_vecs(&lp)?;
+            let at = |pos: usize| wanted[tr].iter().position(|&p| p == pos);
             let mut total = 0.0f64;
-            for (k, step) in trace.titles[tr].steps.iter_mut().enumerate() {
-                let dist = if k == 0 { &prefix_lp } else { &lp[k - 1] };
-                let v = dist[step.token as usize];
-                step.logprob = Some(v);
+            for k in 0..trace.titles[tr].steps.len() {
+                let step = &trace.titles[tr].steps[k];
+                let v = match (k, step.logprob) {
+                    (0, _) => prefix_lp[step.token as usize],
+                    (_, Some(v)) => v,
+                    (_, None) => at(k - 1)
+                        .map(|i| dists[tr][i][step.token as usize])
+                        .unwrap_or(f32::NEG_INFINITY),
+                };
+                trace.titles[tr].steps[k].logprob = Some(v);
                 total += v as f64;
             }
             let n = trace.titles[tr].steps.len().max(1) as f64;
             trace.titles[tr].logprob = total;
             trace.titles[tr].norm_prob = (total / n).exp();
-            let first = lp.last().cloned().unwrap_or_default();
+            let last = trace.titles[tr].steps.len().saturating_sub(1);
+            let first = at(last)
+                .map(|i| std::mem::take(&mut dists[tr][i]))
+                .unwrap_or_default();
+            let cache = &title_caches[tr];
             let t_idx = trace.titles[tr].title_index;
             let ptrie = &self.trie.passages[t_idx];
             let beams = self.constrained_search(
                 ptrie,
-                &cache,
+                cache,
                 first,
                 opts.passages.max(1),
                 true,
@@ -497,21 +552,19 @@ impl Retriever<'_> {
                     rank: 0,
                 });
             }
-            title_caches.push(cache);
             trace.rerank(opts.tau, opts.delta);
             timings.passages_ms = t1.elapsed().as_secs_f64() * 1e3;
             trace.timings = timings;
             progress(&trace);
         }
 
-        // Stage 3: self-assessment, batched per title from the title's cache.
+        // Stage 3: self-assessment, batched per title from the title's cache. Each title keeps
+        // the cache of its most acceptable candidate: the top-ranked passage is always one of
+        // them (S_P is monotone in 1 - P(reject) within a title, whatever tau and delta are), so
+        // the answer continues that cache instead of reading the passage again.
         let t2 = Instant::now();
+        let mut best_rows: Vec<Option<(usize, KvCache)>> = vec![None; title_caches.len()];
         if opts.assess {
-            let split = self.codec.verdict_split();
-            let (acc, rej) = (
-                self.codec.accept.get(split).copied(),
-                self.codec.reject.get(split).copied(),
-            );
             for (tr, cache) in title_caches.iter().enumerate() {
                 let members: Vec<usize> = (0..trace.candidates.len())
                     .filter(|&i| trace.candidates[i].title_rank == tr)
@@ -521,18 +574,13 @@ impl Retriever<'_> {
                 }
                 let rows: Vec<Vec<u32>> = members
                     .iter()
-                    .map(|&i| {
-                        let mut r: Vec<u32> =
-                            trace.candidates[i].steps.iter().map(|s| s.token).collect();
-                        r.extend_from_slice(&self.codec.assess_cue);
-                        r.extend_from_slice(&self.codec.accept[..split]);
-                        r
-                    })
+                    .map(|&i| self.verdict_row(&trace.candidates[i]))
                     .collect();
-                let p_rej = self.verdicts(cache, &rows, acc, rej, &mut timings)?;
+                let (p_rej, best) = self.verdicts(cache, &rows, &mut timings)?;
                 for (&i, p) in members.iter().zip(p_rej) {
                     trace.candidates[i].p_reject = p;
                 }
+                best_rows[tr] = best.map(|(k, c)| (members[k], c));
             }
             trace.rerank(opts.tau, opts.delta);
         }
@@ -550,10 +598,19 @@ impl Retriever<'_> {
                     .position(|c| c.passage_id == best)
                     .unwrap_or(0);
                 let c = &trace.candidates[ci];
-                let mut ids: Vec<u32> = c.steps.iter().map(|s| s.token).collect();
-                ids.extend_from_slice(&self.codec.assess_cue);
-                ids.extend_from_slice(&self.codec.accept);
-                let mut cache = title_caches[c.title_rank].clone();
+                let (ids, mut cache) = match best_rows[c.title_rank].take() {
+                    // The verdict row already holds passage + cue + the shared verdict prefix.
+                    Some((k, cache)) if k == ci => (
+                        self.codec.accept[self.codec.verdict_split()..].to_vec(),
+                        cache,
+                    ),
+                    _ => {
+                        let mut ids: Vec<u32> = c.steps.iter().map(|s| s.token).collect();
+                        ids.extend_from_slice(&self.codec.assess_cue);
+                        ids.extend_from_slice(&self.codec.accept);
+                        (ids, title_caches[c.title_rank].clone())
+                    }
+                };
                 let text = self.greedy(&ids, &mut cache, opts.max_answer_tokens, &mut timings)?;
                 trace.answer = Some(Answer {
                     text,
@@ -567,53 +624,151 @@ impl Retriever<'_> {
         Ok(trace)
     }
 
-    /// P(reject) for each row continuing the (one-row) `cache`: rows are right-padded, run in one
-    /// batch, and read at their own last position.
-    fn verdicts(
+    /// Runs `rows` on from the one-row `cache` in one right-padded batch. Returns each row's
+    /// cache cut to its own length, and its next-token log-probabilities at the positions
+    /// `wanted[row]` (only those rows go through the vocabulary projection).
+    fn continue_rows(
         &self,
         cache: &KvCache,
         rows: &[Vec<u32>],
-        accept: Option<u32>,
-        reject: Option<u32>,
+        wanted: &[Vec<usize>],
         timings: &mut Timings,
-    ) -> Result<Vec<f64>> {
-        let (Some(acc), Some(rej)) = (accept, reject) else {
-            return Ok(vec![0.5; rows.len()]);
-        };
+    ) -> Result<(Vec<KvCache>, Vec<Vec<Vec<f32>>>)> {
+        let n = rows.len();
         let max = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mut flat = Vec::with_capacity(rows.len() * max);
+        if n == 0 || max == 0 {
+            return Ok((vec![cache.clone(); n], vec![Vec::new(); n]));
+        }
+        let mut flat = Vec::with_capacity(n * max);
         for r in rows {
             flat.extend_from_slice(r);
             flat.extend(std::iter::repeat_n(self.codec.eos, max - r.len()));
         }
-        let n = rows.len();
-        let mut c = cache.select(&vec![0u32; n])?;
+        let mut batch = cache.select(&vec![0u32; n])?;
         let input = Tensor::from_vec(flat, (n, max), self.model.device())?;
-        timings.forward_calls += 1;
-        timings.tokens_forwarded += n * max;
-        timings.logit_rows += n;
-        let hidden = self.model.hidden(&input, Some(&mut c))?;
+        let hidden = self.model.hidden(&input, Some(&mut batch))?;
         let h = hidden.dim(2)?;
-        let last: Vec<u32> = rows
+        let picks: Vec<u32> = wanted
             .iter()
             .enumerate()
-            .map(|(i, r)| (i * max + r.len() - 1) as u32)
+            .flat_map(|(i, at)| {
+                let len = rows[i].len();
+                at.iter()
+                    .filter(move |&&p| p < len)
+                    .map(move |&p| (i * max + p) as u32)
+            })
             .collect();
-        let idx = Tensor::new(last.as_slice(), self.model.device())?;
-        let picked = hidden.reshape((n * max, h))?.index_select(&idx, 0)?;
-        let lp = rows_to_vecs(&candle_nn::ops::log_softmax(
-            &self.model.logits(&picked)?,
-            D::Minus1,
-        )?)?;
-        Ok(lp
-            .iter()
-            .map(|row| {
+        timings.forward_calls += 1;
+        timings.tokens_forwarded += n * max;
+        timings.logit_rows += picks.len();
+        let mut flat_lp = if picks.is_empty() {
+            Vec::new()
+        } else {
+            let idx = Tensor::new(picks.as_slice(), self.model.device())?;
+            let picked = hidden.reshape((n * max, h))?.index_select(&idx, 0)?;
+            rows_to_vecs(&candle_nn::ops::log_softmax(
+                &self.model.logits(&picked)?,
+                D::Minus1,
+            )?)?
+        }
+        .into_iter();
+        let mut dists = Vec::with_capacity(n);
+        let mut caches = Vec::with_capacity(n);
+        let base = cache.seq_len();
+        for (i, at) in wanted.iter().enumerate() {
+            let len = rows[i].len();
+            dists.push(
+                at.iter()
+                    .map(|&p| {
+                        if p < len {
+                            flat_lp.next().unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        }
+                    })
+                    .collect(),
+            );
+            caches.push(batch.select(&[i as u32])?.truncate(base + len)?);
+        }
+        Ok((caches, dists))
+    }
+
+    /// The tokens a candidate's verdict is read after: its passage, the assessment cue and the
+    /// part of the verdict that acceptance and rejection share.
+    fn verdict_row(&self, c: &PassageCandidate) -> Vec<u32> {
+        let mut r: Vec<u32> = c.steps.iter().map(|s| s.token).collect();
+        r.extend_from_slice(&self.codec.assess_cue);
+        r.extend_from_slice(&self.codec.accept[..self.codec.verdict_split()]);
+        r
+    }
+
+    /// P(reject) for each row continuing the (one-row) `cache`, and the cache of the row least
+    /// likely rejected (first on ties), cut to that row's own length. Rows run in batches of
+    /// similar length (sorted, a batch grows while padding stays small), right-padded, each read
+    /// at its own last position.
+    fn verdicts(
+        &self,
+        cache: &KvCache,
+        rows: &[Vec<u32>],
+        timings: &mut Timings,
+    ) -> Result<(Vec<f64>, Option<(usize, KvCache)>)> {
+        let split = self.codec.verdict_split();
+        let (Some(&acc), Some(&rej)) = (self.codec.accept.get(split), self.codec.reject.get(split))
+        else {
+            return Ok((vec![0.5; rows.len()], None));
+        };
+        let mut p_rej = vec![0.5; rows.len()];
+        let mut best: Option<(usize, KvCache)> = None;
+        for group in length_batches(rows, VERDICT_PADDING, VERDICT_BATCH) {
+            let max = group.iter().map(|&i| rows[i].len()).max().unwrap_or(0);
+            if max == 0 {
+                continue;
+            }
+            let n = group.len();
+            let mut flat = Vec::with_capacity(n * max);
+            for &i in &group {
+                flat.extend_from_slice(&rows[i]);
+                flat.extend(std::iter::repeat_n(self.codec.eos, max - rows[i].len()));
+            }
+            let mut c = cache.select(&vec![0u32; n])?;
+            let input = Tensor::from_vec(flat, (n, max), self.model.device())?;
+            timings.forward_calls += 1;
+            timings.tokens_forwarded += n * max;
+            timings.logit_rows += n;
+            let hidden = self.model.hidden(&input, Some(&mut c))?;
+            let h = hidden.dim(2)?;
+            let last: Vec<u32> = group
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (k * max + rows[i].len() - 1) as u32)
+                .collect();
+            let idx = Tensor::new(last.as_slice(), self.model.device())?;
+            let picked = hidden.reshape((n * max, h))?.index_select(&idx, 0)?;
+            let lp = rows_to_vecs(&candle_nn::ops::log_softmax(
+                &self.model.logits(&picked)?,
+                D::Minus1,
+            )?)?;
+            let mut group_best: Option<usize> = None;
+            for (k, row) in lp.iter().enumerate() {
+                let i = group[k];
                 let (a, r) = (row[acc as usize] as f64, row[rej as usize] as f64);
                 let m = a.max(r);
                 let (ea, er) = ((a - m).exp(), (r - m).exp());
-                er / (ea + er)
-            })
-            .collect())
+                p_rej[i] = er / (ea + er);
+                let better = |j: usize| p_rej[i] < p_rej[j] || (p_rej[i] == p_rej[j] && i < j);
+                if group_best.is_none_or(|g| better(group[g]))
+                    && best.as_ref().is_none_or(|(j, _)| better(*j))
+                {
+                    group_best = Some(k);
+                }
+            }
+            if let Some(k) = group_best {
+                let i = group[k];
+                let own = cache.seq_len() + rows[i].len();
+                best = Some((i, c.select(&[k as u32])?.truncate(own)?));
+            }
+        }
+        Ok((p_rej, best))
     }
 
     /// The model's answer to `query` read from one given passage, in the same format as the
@@ -652,13 +807,45 @@ impl Retriever<'_> {
                 break;
             }
             out.push(next);
-            let text = self.tokenizer.decode(&out, true)?;
-            if text.contains('\n') {
+            // A newline ends the answer; only the new token can have brought one.
+            if self.tokenizer.decode(&[next], true)?.contains('\n') {
                 break;
             }
             lp = self.forward_last(&[vec![next]], cache, timings)?.remove(0);
         }
         let text = self.tokenizer.decode(&out, true)?;
         Ok(text.lines().next().unwrap_or("").trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::length_batches;
+
+    #[test]
+    fn length_batches_cover_every_row_once_with_little_padding() {
+        let lens = [30usize, 5, 31, 120, 29, 118, 7, 6, 30, 125, 1];
+        let rows: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
+        let batches = length_batches(&rows, 0.1, 3);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..rows.len()).collect::<Vec<_>>());
+        for b in &batches {
+            assert!(b.len() <= 3);
+            let max = b.iter().map(|&i| lens[i]).max().unwrap();
+            let real: usize = b.iter().map(|&i| lens[i]).sum();
+            assert!((b.len() * max - real) as f64 <= 0.1 * real as f64, "{b:?}");
+        }
+        // Similar lengths share a batch: 29, 30, 30 and 118, 120, 125 (within 10% padding).
+        assert!(batches.contains(&vec![4, 0, 8]));
+        assert!(batches.contains(&vec![5, 3, 9]));
+        // Equal lengths fill batches up to the row limit.
+        let same: Vec<Vec<u32>> = (0..7).map(|_| vec![1; 10]).collect();
+        let sizes: Vec<usize> = length_batches(&same, 0.0, 3)
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(sizes, [3, 3, 1]);
+        assert!(length_batches(&[], 0.1, 3).is_empty());
     }
 }

@@ -36,7 +36,7 @@ impl TrieStats {
 
 impl CorpusTrie {
     /// Tokenizes every title and passage with the shared prompt codec and builds the tries.
-    /// Tokenization runs in parallel batches (the dominant cost).
+    /// Tokenizing is the dominant cost: it runs on every core with a per-thread word cache.
     pub fn build(corpus: &Corpus, tok: &Tokenizer, codec: &PromptCodec) -> Result<CorpusTrie> {
         let title_seqs = corpus
             .titles
@@ -48,16 +48,10 @@ impl CorpusTrie {
             .iter()
             .map(|p| format!(" {}", p.text.trim()))
             .collect();
-        // Offsets are never used here: the fast path skips computing them.
-        let encodings = tok.encode_batch_fast(texts, false)?;
-        let mut passage_seqs: Vec<Vec<u32>> = encodings
-            .into_iter()
-            .map(|e| {
-                let mut ids = e.get_ids().to_vec();
-                ids.push(codec.eos);
-                ids
-            })
-            .collect();
+        let mut passage_seqs = crate::model::tokenizer::encode_many(tok, &texts)?;
+        for ids in &mut passage_seqs {
+            ids.push(codec.eos);
+        }
         let passages = corpus
             .by_title
             .iter()

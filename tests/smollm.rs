@@ -133,6 +133,19 @@ fn gguf_tokenizer_round_trips_and_matches_reference_ids() {
     ] {
         texts.push(t.to_string());
     }
+    // The real corpora too, when the shared evaluation sets sit beside the project.
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    for name in ["nq_open_oracle", "squad_v1_dev"] {
+        let path = shared.join(name).join("corpus.jsonl");
+        if let Ok(c) = selfret::corpus::load_path(&path, &Default::default()) {
+            texts.extend(c.passages.iter().map(|p| format!(" {}", p.text)));
+            texts.extend(c.titles.iter().map(|t| format!(" {t}")));
+        }
+    }
+    assert_eq!(
+        selfret::model::pretok::ByteLevelWords::detect(tok),
+        Some(selfret::model::pretok::ByteLevelWords { split_digits: true })
+    );
     let fast = selfret::model::tokenizer::encode_many(tok, &texts).unwrap();
     for (t, ids) in texts.iter().zip(&fast) {
         assert_eq!(

@@ -7,6 +7,7 @@ pub mod frozen;
 pub mod hub;
 pub mod llama;
 pub mod lora;
+pub mod pretok;
 pub mod source;
 pub mod tiny;
 pub mod tokenizer;

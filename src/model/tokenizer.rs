@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use super::pretok::ByteLevelWords;
 use std::collections::HashMap;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
@@ -114,9 +115,10 @@ pub fn decode(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<String
 /// Encodes many texts to exactly the ids [`encode`] gives, several times faster on a corpus.
 ///
 /// The tokenizer's own pipeline builds a full `Encoding` per text (a `String` per token, offsets,
-/// word ids) and that allocation dominates the cost of tokenizing a corpus. Here each text goes
-/// through the tokenizer's own normalizer and pre-tokenizer, and each pre-token (a word, in
-/// byte-level BPE) is looked up in a per-thread cache of ids before the model is asked. Texts
+/// word ids) and that allocation dominates the cost of tokenizing a corpus. Here each text is
+/// split into words (by [`super::pretok::ByteLevelWords`] when the tokenizer is byte-level BPE,
+/// else by its own normalizer and pre-tokenizer), and each word is looked up in a per-thread
+/// cache of ids before the model is asked. Texts
 /// that contain an added token's text, or any text when added tokens are matched after
 /// normalisation, take the regular path, so the ids are always the same.
 pub fn encode_many(tok: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
@@ -130,6 +132,7 @@ pub fn encode_many(tok: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         .clamp(1, 16);
     let chunk = texts.len().div_ceil(threads).max(1);
     let contents = &contents;
+    let words = ByteLevelWords::detect(tok);
     std::thread::scope(|scope| {
         let workers: Vec<_> = texts
             .chunks(chunk)
@@ -141,7 +144,7 @@ pub fn encode_many(tok: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
                             if regular_only || contents.iter().any(|c| text.contains(c.as_str())) {
                                 encode(tok, text)
                             } else {
-                                encode_cached(tok, text, &mut cache)
+                                encode_cached(tok, words, text, &mut cache)
                             }
                         })
                         .collect::<Result<Vec<_>>>()
@@ -159,33 +162,46 @@ pub fn encode_many(tok: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
     })
 }
 
-/// One text through normalizer, pre-tokenizer and model, with ids cached per pre-token.
+/// One text through normalizer, pre-tokenizer and model, with ids cached per pre-token (word).
 fn encode_cached(
     tok: &Tokenizer,
+    words: Option<ByteLevelWords>,
     text: &str,
     cache: &mut HashMap<String, Vec<u32>>,
 ) -> Result<Vec<u32>> {
-    let mut pre = PreTokenizedString::from(text);
-    if let Some(n) = tok.get_normalizer() {
-        pre.normalize(|s| n.normalize(s))?;
-    }
-    if let Some(p) = tok.get_pre_tokenizer() {
-        p.pre_tokenize(&mut pre)?;
-    }
     let mut ids = Vec::with_capacity(text.len() / 3);
-    for (piece, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
+    let mut failed = None;
+    let mut add = |piece: &str| {
         if let Some(known) = cache.get(piece) {
             ids.extend_from_slice(known);
-            continue;
+            return;
         }
-        let new: Vec<u32> = tok
-            .get_model()
-            .tokenize(piece)?
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        ids.extend_from_slice(&new);
-        cache.insert(piece.to_string(), new);
+        match tok.get_model().tokenize(piece) {
+            Ok(tokens) => {
+                let new: Vec<u32> = tokens.into_iter().map(|t| t.id).collect();
+                ids.extend_from_slice(&new);
+                cache.insert(piece.to_string(), new);
+            }
+            Err(e) => failed = Some(e),
+        }
+    };
+    match words {
+        Some(w) => w.for_each_word(text, &mut add),
+        None => {
+            let mut pre = PreTokenizedString::from(text);
+            if let Some(n) = tok.get_normalizer() {
+                pre.normalize(|s| n.normalize(s))?;
+            }
+            if let Some(p) = tok.get_pre_tokenizer() {
+                p.pre_tokenize(&mut pre)?;
+            }
+            for (piece, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::None) {
+                add(piece);
+            }
+        }
     }
-    Ok(ids)
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(ids),
+    }
 }

@@ -38,11 +38,16 @@ impl CorpusTrie {
     /// Tokenizes every title and passage with the shared prompt codec and builds the tries.
     /// Tokenizing is the dominant cost: it runs on every core with a per-thread word cache.
     pub fn build(corpus: &Corpus, tok: &Tokenizer, codec: &PromptCodec) -> Result<CorpusTrie> {
-        let title_seqs = corpus
+        // The same sequences as `codec.title` and `codec.passage`, tokenized all at once.
+        let title_texts: Vec<String> = corpus
             .titles
             .iter()
-            .map(|t| codec.title(tok, t))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|t| format!(" {}", crate::prompts::clean(t)))
+            .collect();
+        let mut title_seqs = crate::model::tokenizer::encode_many(tok, &title_texts)?;
+        for ids in &mut title_seqs {
+            ids.extend_from_slice(&codec.content_cue);
+        }
         let texts: Vec<String> = corpus
             .passages
             .iter()

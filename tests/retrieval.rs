@@ -204,7 +204,18 @@ fn single_item_tries_are_auto_completed() {
 fn batched_verdicts_and_reused_answer_match_reading_each_passage_alone() {
     use candle_core::{Tensor, D};
     let corpus = demo_corpus();
-    let s = QuerySession::new(bundle_for(&corpus, TrainMode::Frozen), corpus.clone()).unwrap();
+    // Four heads sharing two key/value heads: cut and forked caches are then strided views.
+    let opts = TinyOptions {
+        vocab_size: 800,
+        hidden_size: 256,
+        layers: 2,
+        seed: 5,
+    };
+    let w = tiny::build(corpus.texts(), &opts, &Device::Cpu).unwrap();
+    assert_eq!(w.config.num_kv_heads(), 2);
+    let bundle = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Frozen, &Device::Cpu)
+        .unwrap();
+    let s = QuerySession::new(bundle, corpus.clone()).unwrap();
     let tok = &s.bundle.tokenizer;
     let codec = &s.codec;
     let split = codec.verdict_split();

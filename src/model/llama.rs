@@ -228,9 +228,11 @@ impl KvCache {
             .layers
             .iter()
             .map(|l| match l {
-                Some((k, v)) if k.dim(2)? > len => {
-                    Ok(Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)))
-                }
+                // Contiguous copies: a cache is forked later by `index_select`, which needs them.
+                Some((k, v)) if k.dim(2)? > len => Ok(Some((
+                    k.narrow(2, 0, len)?.contiguous()?,
+                    v.narrow(2, 0, len)?.contiguous()?,
+                ))),
                 other => Ok(other.clone()),
             })
             .collect::<Result<Vec<_>>>()?;

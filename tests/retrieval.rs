@@ -213,8 +213,8 @@ fn batched_verdicts_and_reused_answer_match_reading_each_passage_alone() {
     };
     let w = tiny::build(corpus.texts(), &opts, &Device::Cpu).unwrap();
     assert_eq!(w.config.num_kv_heads(), 2);
-    let bundle = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Frozen, &Device::Cpu)
-        .unwrap();
+    let bundle =
+        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Frozen, &Device::Cpu).unwrap();
     let s = QuerySession::new(bundle, corpus.clone()).unwrap();
     let tok = &s.bundle.tokenizer;
     let codec = &s.codec;

@@ -306,6 +306,10 @@ pub struct EvalArgs {
     /// Evaluate only the first N queries.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// With --limit, take the N queries spread evenly over the file instead of the first N
+    /// (query files are often grouped by document).
+    #[arg(long, requires = "limit")]
+    pub spread: bool,
     /// Write systems, metrics and per-query results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -332,7 +336,11 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<()> {
     let mut queries = crate::train::data::load_queries(&a.queries)?;
     if let Some(n) = a.limit {
-        queries.truncate(n);
+        queries = if a.spread {
+            crate::eval::spread_sample(queries, n)
+        } else {
+            queries.into_iter().take(n).collect()
+        };
     }
     let session = match &a.run {
         Some(run) => Some(QuerySession::open_run(run)?),

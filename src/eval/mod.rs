@@ -166,6 +166,28 @@ pub fn table(systems: &[SystemResult]) -> String {
     s
 }
 
+/// `n` items spread evenly over `items` (the first, then every len/n-th), in order: a
+/// representative slice of a query file that lists queries document by document.
+pub fn spread_sample<T>(items: Vec<T>, n: usize) -> Vec<T> {
+    let len = items.len();
+    if n >= len {
+        return items;
+    }
+    let mut picks = (0..n).map(|k| k * len / n).peekable();
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            if picks.peek() == Some(&i) {
+                picks.next();
+                Some(item)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +239,13 @@ mod tests {
         assert!((m["answer_em"] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(res.queries[1].gold_rank, Some(3));
         assert_eq!(res.queries[2].gold_rank, None);
+    }
+
+    #[test]
+    fn spread_sample_takes_evenly_spaced_items_in_order() {
+        assert_eq!(super::spread_sample((0..10).collect(), 3), vec![0, 3, 6]);
+        assert_eq!(super::spread_sample((0..10).collect(), 4), vec![0, 2, 5, 7]);
+        assert_eq!(super::spread_sample((0..3).collect(), 5), vec![0, 1, 2]);
+        assert!(super::spread_sample((0..3).collect::<Vec<i32>>(), 0).is_empty());
     }
 }

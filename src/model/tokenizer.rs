@@ -1,10 +1,10 @@
 //! Tokenizers for every model source: rebuilt from GGUF metadata, read from `tokenizer.json`, or
 //! trained on the corpus for the tiny model.
 
+use super::pretok::ByteLevelWords;
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
-use super::pretok::ByteLevelWords;
 use std::collections::HashMap;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;

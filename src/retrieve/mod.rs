@@ -253,6 +253,23 @@ pub fn length_batches(rows: &[Vec<u32>], max_padding: f64, max_rows: usize) -> V
     batches
 }
 
+/// A batch of rows that continued one cache, right-padded to the longest.
+struct RowBatch {
+    cache: KvCache,
+    /// Positions cached before the rows.
+    base: usize,
+    lens: Vec<usize>,
+}
+
+impl RowBatch {
+    /// Row `i`'s cache without its padding, as if it had run alone.
+    fn cut(&self, i: usize) -> Result<KvCache> {
+        self.cache
+            .select(&[i as u32])?
+            .truncate(self.base + self.lens[i])
+    }
+}
+
 struct Beam {
     cursor: Cursor,
     tokens: Vec<u32>,
@@ -497,8 +514,12 @@ impl Retriever<'_> {
                 at
             })
             .collect();
-        let (title_caches, mut dists) =
-            self.continue_rows(&prefix_cache, &title_rows, &wanted, &mut timings)?;
+        let rows: Vec<&[u32]> = title_rows.iter().map(|r| r.as_slice()).collect();
+        let (batch, mut dists) = self.continue_rows(&prefix_cache, &rows, &wanted, &mut timings)?;
+        let title_caches = (0..rows.len())
+            .map(|i| batch.cut(i))
+            .collect::<Result<Vec<_>>>()?;
+        drop(batch);
         for tr in 0..trace.titles.len() {
             let at = |pos: usize| wanted[tr].iter().position(|&p| p == pos);
             let mut total = 0.0f64;
@@ -624,20 +645,32 @@ impl Retriever<'_> {
         Ok(trace)
     }
 
-    /// Runs `rows` on from the one-row `cache` in one right-padded batch. Returns each row's
-    /// cache cut to its own length, and its next-token log-probabilities at the positions
-    /// `wanted[row]` (only those rows go through the vocabulary projection).
+    /// Runs `rows` on from the one-row `cache` in one right-padded batch. Returns the batch's
+    /// cache (row `i` is `rows[i]`; [`RowBatch::cut`] gives one row as if it had run alone) and
+    /// each row's next-token log-probabilities at the positions `wanted[i]` (only those go
+    /// through the vocabulary projection).
     fn continue_rows(
         &self,
         cache: &KvCache,
-        rows: &[Vec<u32>],
+        rows: &[&[u32]],
         wanted: &[Vec<usize>],
         timings: &mut Timings,
-    ) -> Result<(Vec<KvCache>, Vec<Vec<Vec<f32>>>)> {
+    ) -> Result<(RowBatch, Vec<Vec<Vec<f32>>>)> {
         let n = rows.len();
-        let max = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let base = cache.seq_len();
+        let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let max = lens.iter().copied().max().unwrap_or(0);
         if n == 0 || max == 0 {
-            return Ok((vec![cache.clone(); n], vec![Vec::new(); n]));
+            let batch = RowBatch {
+                cache: if n == 0 {
+                    cache.clone()
+                } else {
+                    cache.select(&vec![0u32; n])?
+                },
+                base,
+                lens,
+            };
+            return Ok((batch, vec![Vec::new(); n]));
         }
         let mut flat = Vec::with_capacity(n * max);
         for r in rows {
@@ -652,7 +685,7 @@ impl Retriever<'_> {
             .iter()
             .enumerate()
             .flat_map(|(i, at)| {
-                let len = rows[i].len();
+                let len = lens[i];
                 at.iter()
                     .filter(move |&&p| p < len)
                     .map(move |&p| (i * max + p) as u32)
@@ -672,25 +705,27 @@ impl Retriever<'_> {
             )?)?
         }
         .into_iter();
-        let mut dists = Vec::with_capacity(n);
-        let mut caches = Vec::with_capacity(n);
-        let base = cache.seq_len();
-        for (i, at) in wanted.iter().enumerate() {
-            let len = rows[i].len();
-            dists.push(
+        let dists = wanted
+            .iter()
+            .enumerate()
+            .map(|(i, at)| {
                 at.iter()
                     .map(|&p| {
-                        if p < len {
+                        if p < lens[i] {
                             flat_lp.next().unwrap_or_default()
                         } else {
                             Vec::new()
                         }
                     })
-                    .collect(),
-            );
-            caches.push(batch.select(&[i as u32])?.truncate(base + len)?);
-        }
-        Ok((caches, dists))
+                    .collect()
+            })
+            .collect();
+        let batch = RowBatch {
+            cache: batch,
+            base,
+            lens,
+        };
+        Ok((batch, dists))
     }
 
     /// The tokens a candidate's verdict is read after: its passage, the assessment cue and the
@@ -720,36 +755,17 @@ impl Retriever<'_> {
         let mut p_rej = vec![0.5; rows.len()];
         let mut best: Option<(usize, KvCache)> = None;
         for group in length_batches(rows, VERDICT_PADDING, VERDICT_BATCH) {
-            let max = group.iter().map(|&i| rows[i].len()).max().unwrap_or(0);
-            if max == 0 {
-                continue;
-            }
-            let n = group.len();
-            let mut flat = Vec::with_capacity(n * max);
-            for &i in &group {
-                flat.extend_from_slice(&rows[i]);
-                flat.extend(std::iter::repeat_n(self.codec.eos, max - rows[i].len()));
-            }
-            let mut c = cache.select(&vec![0u32; n])?;
-            let input = Tensor::from_vec(flat, (n, max), self.model.device())?;
-            timings.forward_calls += 1;
-            timings.tokens_forwarded += n * max;
-            timings.logit_rows += n;
-            let hidden = self.model.hidden(&input, Some(&mut c))?;
-            let h = hidden.dim(2)?;
-            let last: Vec<u32> = group
+            let group_rows: Vec<&[u32]> = group.iter().map(|&i| rows[i].as_slice()).collect();
+            let wanted: Vec<Vec<usize>> = group_rows
                 .iter()
-                .enumerate()
-                .map(|(k, &i)| (k * max + rows[i].len() - 1) as u32)
+                .map(|r| vec![r.len().saturating_sub(1)])
                 .collect();
-            let idx = Tensor::new(last.as_slice(), self.model.device())?;
-            let picked = hidden.reshape((n * max, h))?.index_select(&idx, 0)?;
-            let lp = rows_to_vecs(&candle_nn::ops::log_softmax(
-                &self.model.logits(&picked)?,
-                D::Minus1,
-            )?)?;
+            let (batch, dists) = self.continue_rows(cache, &group_rows, &wanted, timings)?;
             let mut group_best: Option<usize> = None;
-            for (k, row) in lp.iter().enumerate() {
+            for (k, dist) in dists.iter().enumerate() {
+                let Some(row) = dist.first().filter(|d| !d.is_empty()) else {
+                    continue;
+                };
                 let i = group[k];
                 let (a, r) = (row[acc as usize] as f64, row[rej as usize] as f64);
                 let m = a.max(r);
@@ -763,9 +779,7 @@ impl Retriever<'_> {
                 }
             }
             if let Some(k) = group_best {
-                let i = group[k];
-                let own = cache.seq_len() + rows[i].len();
-                best = Some((i, c.select(&[k as u32])?.truncate(own)?));
+                best = Some((group[k], batch.cut(k)?));
             }
         }
         Ok((p_rej, best))

@@ -4,6 +4,7 @@ use clap::Parser;
 use selfret::cli::{self, Cli, Command};
 
 fn main() -> anyhow::Result<()> {
+    selfret::model::pin_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -626,9 +626,8 @@ impl Retriever<'_> {
                         cache,
                     ),
                     _ => {
-                        let mut ids: Vec<u32> = c.steps.iter().map(|s| s.token).collect();
-                        ids.extend_from_slice(&self.codec.assess_cue);
-                        ids.extend_from_slice(&self.codec.accept);
+                        let mut ids = self.verdict_row(c);
+                        ids.extend_from_slice(&self.codec.accept[self.codec.verdict_split()..]);
                         (ids, title_caches[c.title_rank].clone())
                     }
                 };
@@ -761,25 +760,27 @@ impl Retriever<'_> {
                 .map(|r| vec![r.len().saturating_sub(1)])
                 .collect();
             let (batch, dists) = self.continue_rows(cache, &group_rows, &wanted, timings)?;
-            let mut group_best: Option<usize> = None;
+            let mut read = Vec::with_capacity(group.len());
             for (k, dist) in dists.iter().enumerate() {
                 let Some(row) = dist.first().filter(|d| !d.is_empty()) else {
                     continue;
                 };
-                let i = group[k];
                 let (a, r) = (row[acc as usize] as f64, row[rej as usize] as f64);
                 let m = a.max(r);
                 let (ea, er) = ((a - m).exp(), (r - m).exp());
-                p_rej[i] = er / (ea + er);
-                let better = |j: usize| p_rej[i] < p_rej[j] || (p_rej[i] == p_rej[j] && i < j);
-                if group_best.is_none_or(|g| better(group[g]))
-                    && best.as_ref().is_none_or(|(j, _)| better(*j))
-                {
-                    group_best = Some(k);
-                }
+                p_rej[group[k]] = er / (ea + er);
+                read.push(k);
             }
+            // Least rejected first, the earlier candidate on ties (as the ranking breaks them).
+            let order = |i: usize, j: usize| p_rej[i].total_cmp(&p_rej[j]).then(i.cmp(&j));
+            let group_best = read.into_iter().min_by(|&a, &b| order(group[a], group[b]));
             if let Some(k) = group_best {
-                best = Some((group[k], batch.cut(k)?));
+                if best
+                    .as_ref()
+                    .is_none_or(|(j, _)| order(group[k], *j).is_lt())
+                {
+                    best = Some((group[k], batch.cut(k)?));
+                }
             }
         }
         Ok((p_rej, best))

@@ -55,8 +55,12 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
-/// `x (rows, in) @ w^T`, with the cheap-backward op when only `x` needs a gradient (CPU).
+/// `x (rows, in) @ w^T` through BLAS when loaded; otherwise with the cheap-backward op when only `x` needs a gradient (CPU).
 pub fn linear_2d(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if super::blas::blas().is_some() && x.device().is_cpu() {
+        // The BLAS op's backward already skips the gradient of an untracked weight.
+        return super::blas::matmul(x, w, false, true);
+    }
     if x.track_op() && !w.track_op() && x.device().is_cpu() {
         return x.contiguous()?.apply_op1(FrozenMatmul { w_t: w.t()? });
     }

@@ -19,8 +19,9 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraAdapter>,
-    /// Inference copies keep the weight transposed and contiguous (`weight` is then a view of
-    /// it): candle's matmul is ~3x faster on the few-row inputs of beam decoding that way.
+    /// Without a BLAS, inference copies keep the weight transposed and contiguous (`weight` is
+    /// then a view of it): candle's matmul is ~3x faster on the few-row inputs of beam decoding
+    /// that way.
     pub weight_t: Option<Tensor>,
 }
 
@@ -49,8 +50,9 @@ impl Linear {
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
         let mut y = match &self.weight_t {
-            Some(wt) => x2.matmul(wt)?,
-            None => super::frozen::linear_2d(&x2, &self.weight)?,
+            // candle's gemm wants the contiguous transposed copy; BLAS takes either layout.
+            Some(wt) if super::blas::blas().is_none() => x2.matmul(wt)?,
+            _ => super::frozen::linear_2d(&x2, &self.weight)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -73,6 +75,16 @@ impl Linear {
     }
 
     fn detached_merged(&self) -> Result<Self> {
+        if super::blas::blas().is_some() {
+            // BLAS and the few-row kernel read the (out, in) weight directly.
+            return Ok(Linear {
+                name: self.name.clone(),
+                weight: self.merged_weight()?.contiguous()?,
+                bias: self.bias.as_ref().map(|b| b.detach()),
+                lora: None,
+                weight_t: None,
+            });
+        }
         let weight_t = self.merged_weight()?.t()?.contiguous()?;
         Ok(Linear {
             name: self.name.clone(),

@@ -98,7 +98,8 @@ impl LoraAdapter {
 
     /// The adapter's contribution for 2-D input rows (rows, in).
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
-        Ok((x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale)?)
+        let low = super::blas::matmul(x, &self.a, false, true)?;
+        Ok((super::blas::matmul(&low, &self.b, false, true)? * self.scale)?)
     }
 
     /// The full-size weight update `scale * B A`, detached.

@@ -267,14 +267,16 @@ fn run_job(
             send(Event::Started("training".into()));
             *session = None;
             let mut dl = download_reporter(send);
-            session::run_index(
+            let result = session::run_index(
                 &spec,
                 &run,
                 resume,
                 control,
                 &mut |e| send(Event::Train(e)),
                 Some(&mut dl),
-            )?;
+            );
+            crate::model::release_memory();
+            result?;
             let s = QuerySession::open_run(&run)?;
             let d = format!("{} (trained, step {})", spec.model, s.bundle.step);
             send(Event::SessionReady(SessionInfo::of(&s, d)));

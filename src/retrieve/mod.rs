@@ -579,30 +579,31 @@ impl Retriever<'_> {
             progress(&trace);
         }
 
-        // Stage 3: self-assessment, batched per title from the title's cache. Each title keeps
+        // Stage 3: self-assessment of every candidate, in batches across titles that continue
+        // the query's cache (each row reads its title again, a few tokens, so that rows of
+        // different titles share one batch: far fewer, larger matrix products). Each title keeps
         // the cache of its most acceptable candidate: the top-ranked passage is always one of
         // them (S_P is monotone in 1 - P(reject) within a title, whatever tau and delta are), so
         // the answer continues that cache instead of reading the passage again.
         let t2 = Instant::now();
         let mut best_rows: Vec<Option<(usize, KvCache)>> = vec![None; title_caches.len()];
-        if opts.assess {
-            for (tr, cache) in title_caches.iter().enumerate() {
-                let members: Vec<usize> = (0..trace.candidates.len())
-                    .filter(|&i| trace.candidates[i].title_rank == tr)
-                    .collect();
-                if members.is_empty() {
-                    continue;
-                }
-                let rows: Vec<Vec<u32>> = members
-                    .iter()
-                    .map(|&i| self.verdict_row(&trace.candidates[i]))
-                    .collect();
-                let (p_rej, best) = self.verdicts(cache, &rows, &mut timings)?;
-                for (&i, p) in members.iter().zip(p_rej) {
-                    trace.candidates[i].p_reject = p;
-                }
-                best_rows[tr] = best.map(|(k, c)| (members[k], c));
+        if opts.assess && !trace.candidates.is_empty() {
+            let rows: Vec<Vec<u32>> = trace
+                .candidates
+                .iter()
+                .map(|c| {
+                    let mut r = title_rows[c.title_rank].clone();
+                    r.extend(self.verdict_row(c));
+                    r
+                })
+                .collect();
+            let keys: Vec<usize> = trace.candidates.iter().map(|c| c.title_rank).collect();
+            let (p_rej, best) =
+                self.verdicts(&prefix_cache, &rows, &keys, title_caches.len(), &mut timings)?;
+            for (c, p) in trace.candidates.iter_mut().zip(p_rej) {
+                c.p_reject = p;
             }
+            best_rows = best;
             trace.rerank(opts.tau, opts.delta);
         }
         timings.assess_ms = t2.elapsed().as_secs_f64() * 1e3;
@@ -736,23 +737,25 @@ impl Retriever<'_> {
         r
     }
 
-    /// P(reject) for each row continuing the (one-row) `cache`, and the cache of the row least
-    /// likely rejected (first on ties), cut to that row's own length. Rows run in batches of
-    /// similar length (sorted, a batch grows while padding stays small), right-padded, each read
-    /// at its own last position.
+    /// P(reject) for each row continuing the (one-row) `cache`, and for each key (`keys[i]` <
+    /// `n_keys` labels row `i`) the cache of its row least likely rejected (first on ties), cut to
+    /// that row's own length. Rows run in batches of similar length (sorted, a batch grows while
+    /// padding stays small), right-padded, each read at its own last position.
     fn verdicts(
         &self,
         cache: &KvCache,
         rows: &[Vec<u32>],
+        keys: &[usize],
+        n_keys: usize,
         timings: &mut Timings,
-    ) -> Result<(Vec<f64>, Option<(usize, KvCache)>)> {
+    ) -> Result<(Vec<f64>, Vec<Option<(usize, KvCache)>>)> {
         let split = self.codec.verdict_split();
+        let mut best: Vec<Option<(usize, KvCache)>> = vec![None; n_keys];
         let (Some(&acc), Some(&rej)) = (self.codec.accept.get(split), self.codec.reject.get(split))
         else {
-            return Ok((vec![0.5; rows.len()], None));
+            return Ok((vec![0.5; rows.len()], best));
         };
         let mut p_rej = vec![0.5; rows.len()];
-        let mut best: Option<(usize, KvCache)> = None;
         for group in length_batches(rows, VERDICT_PADDING, VERDICT_BATCH) {
             let group_rows: Vec<&[u32]> = group.iter().map(|&i| rows[i].as_slice()).collect();
             let wanted: Vec<Vec<usize>> = group_rows
@@ -773,13 +776,13 @@ impl Retriever<'_> {
             }
             // Least rejected first, the earlier candidate on ties (as the ranking breaks them).
             let order = |i: usize, j: usize| p_rej[i].total_cmp(&p_rej[j]).then(i.cmp(&j));
-            let group_best = read.into_iter().min_by(|&a, &b| order(group[a], group[b]));
-            if let Some(k) = group_best {
-                if best
-                    .as_ref()
-                    .is_none_or(|(j, _)| order(group[k], *j).is_lt())
-                {
-                    best = Some((group[k], batch.cut(k)?));
+            for k in read {
+                let i = group[k];
+                let Some(slot) = best.get_mut(keys[i]) else {
+                    continue;
+                };
+                if slot.as_ref().is_none_or(|(j, _)| order(i, *j).is_lt()) {
+                    *slot = Some((i, batch.cut(k)?));
                 }
             }
         }

@@ -46,13 +46,15 @@ pub struct Blas {
 }
 
 /// Libraries tried in order when `SELFRET_BLAS` names none: Debian/Ubuntu's OpenBLAS (package
-/// `libopenblas0`), then Intel's single dynamic MKL, then macOS/Homebrew names.
+/// `libopenblas0`), then Intel's single dynamic MKL, then macOS names and Homebrew's paths.
 const CANDIDATES: &[&str] = &[
     "libopenblas.so.0",
     "libopenblas.so",
     "libmkl_rt.so.2",
     "libmkl_rt.so",
     "libopenblas.dylib",
+    "/opt/homebrew/opt/openblas/lib/libopenblas.dylib",
+    "/usr/local/opt/openblas/lib/libopenblas.dylib",
 ];
 
 impl Blas {

@@ -28,7 +28,11 @@ fn bundle_for(corpus: &Corpus, mode: TrainMode) -> ModelBundle {
         layers: 2,
         seed: 11,
     };
-    let w = tiny::build(corpus.texts(), &opts, &Device::Cpu).unwrap();
+    tiny_bundle(corpus, &opts, mode)
+}
+
+fn tiny_bundle(corpus: &Corpus, opts: &TinyOptions, mode: TrainMode) -> ModelBundle {
+    let w = tiny::build(corpus.texts(), opts, &Device::Cpu).unwrap();
     ModelBundle::from_weights(w, ModelSource::Tiny, mode, &Device::Cpu).unwrap()
 }
 
@@ -211,10 +215,8 @@ fn batched_verdicts_and_reused_answer_match_reading_each_passage_alone() {
         layers: 2,
         seed: 5,
     };
-    let w = tiny::build(corpus.texts(), &opts, &Device::Cpu).unwrap();
-    assert_eq!(w.config.num_kv_heads(), 2);
-    let bundle =
-        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Frozen, &Device::Cpu).unwrap();
+    let bundle = tiny_bundle(&corpus, &opts, TrainMode::Frozen);
+    assert_eq!(bundle.model.config.num_kv_heads(), 2);
     let s = QuerySession::new(bundle, corpus.clone()).unwrap();
     let tok = &s.bundle.tokenizer;
     let codec = &s.codec;

@@ -57,42 +57,6 @@ const CANDIDATES: &[&str] = &[
     "/usr/local/opt/openblas/lib/libopenblas.dylib",
 ];
 
-impl Blas {
-    fn open(name: &str, threads: usize) -> Result<Blas, String> {
-        // SAFETY: loading a shared library runs its initialisers; the names are BLAS libraries
-        // (or the path the user chose), whose initialisers only set up their thread pools.
-        let lib = unsafe { libloading::Library::new(name) }.map_err(|e| e.to_string())?;
-        // SAFETY: `cblas_sgemm` has this signature in every CBLAS with 32-bit integers (LP64).
-        let sgemm: SgemmFn = unsafe {
-            *lib.get::<SgemmFn>(b"cblas_sgemm\0")
-                .map_err(|e| format!("{name}: no cblas_sgemm ({e})"))?
-        };
-        let mut description = name.to_string();
-        // SAFETY: optional OpenBLAS/MKL entry points with these C signatures.
-        unsafe {
-            if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
-                set(1);
-            }
-            if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"MKL_Set_Num_Threads\0") {
-                set(1);
-            }
-            if let Ok(cfg) = lib.get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_config\0") {
-                let p = cfg();
-                if !p.is_null() {
-                    let text = std::ffi::CStr::from_ptr(p).to_string_lossy();
-                    description = format!("{text} ({name})");
-                }
-            }
-        }
-        Ok(Blas {
-            sgemm,
-            description,
-            threads,
-            _lib: lib,
-        })
-    }
-}
-
 /// The fixed part of one product: transposes, inner size and leading dimensions.
 struct Call {
     ta: bool,
@@ -111,11 +75,57 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 impl Blas {
+    /// Loads `name` and turns the library's own threading off: [`Blas::run_split`] spreads
+    /// products over candle's threads instead.
+    fn open(name: &str, threads: usize) -> Result<Blas, String> {
+        // SAFETY: loading a shared library runs its initialisers; the names are BLAS libraries
+        // (or the path the user chose), whose initialisers only set up their thread pools.
+        let lib = unsafe { libloading::Library::new(name) }.map_err(|e| e.to_string())?;
+        // SAFETY: `cblas_sgemm` has this signature in every CBLAS with 32-bit integers (LP64).
+        let sgemm: SgemmFn = unsafe {
+            *lib.get::<SgemmFn>(b"cblas_sgemm\0")
+                .map_err(|e| format!("{name}: no cblas_sgemm ({e})"))?
+        };
+        let mut description = name.to_string();
+        // SAFETY: optional OpenBLAS/MKL entry points with these C signatures.
+        unsafe {
+            if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
+                set(1);
+            }
+            if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"MKL_Set_Num_Threads\0") {
+                set(1);
+            }
+            if let Ok(cfg) =
+                lib.get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_config\0")
+            {
+                let p = cfg();
+                if !p.is_null() {
+                    let text = std::ffi::CStr::from_ptr(p).to_string_lossy();
+                    description = format!("{text} ({name})");
+                }
+            }
+        }
+        Ok(Blas {
+            sgemm,
+            description,
+            threads,
+            _lib: lib,
+        })
+    }
+
     /// One single-threaded `sgemm` on an m x n block of the output.
     ///
     /// # Safety
     /// The pointers must cover the block as described by `call`.
-    unsafe fn run(&self, call: &Call, m: usize, n: usize, a: *const f32, b: *const f32, c: *mut f32) {
+    unsafe fn run(
+        &self,
+        call: &Call,
+        m: usize,
+        n: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+    ) {
         (self.sgemm)(
             ROW_MAJOR,
             if call.ta { TRANS } else { NO_TRANS },
@@ -140,8 +150,19 @@ impl Blas {
     ///
     /// # Safety
     /// As for [`Blas::run`], for the whole m x n output.
-    unsafe fn run_split(&self, call: &Call, m: usize, n: usize, a: *const f32, b: *const f32, c: *mut f32) {
-        let parts = self.threads.min(if m >= 64 { m / 32 } else { n / 256 }).max(1);
+    unsafe fn run_split(
+        &self,
+        call: &Call,
+        m: usize,
+        n: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+    ) {
+        let parts = self
+            .threads
+            .min(if m >= 64 { m / 32 } else { n / 256 })
+            .max(1);
         if parts == 1 || m * n * call.k < 1 << 18 {
             return self.run(call, m, n, a, b, c);
         }
@@ -185,7 +206,9 @@ pub fn blas() -> Option<&'static Blas> {
             Ok(path) if !path.is_empty() => match Blas::open(&path, threads) {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    tracing::warn!("SELFRET_BLAS={path} could not be loaded ({e}); using candle's gemm");
+                    tracing::warn!(
+                        "SELFRET_BLAS={path} could not be loaded ({e}); using candle's gemm"
+                    );
                     None
                 }
             },
@@ -245,55 +268,69 @@ impl CustomOp2 for Gemm {
             candle_core::bail!("blas gemm: operands must be 2-D with a unit stride");
         };
         let (ad, bd) = (l1.dims(), l2.dims());
-        let (m, k) = if self.trans_a { (ad[1], ad[0]) } else { (ad[0], ad[1]) };
-        let (k2, n) = if self.trans_b { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        let (m, k) = if self.trans_a {
+            (ad[1], ad[0])
+        } else {
+            (ad[0], ad[1])
+        };
+        let (k2, n) = if self.trans_b {
+            (bd[1], bd[0])
+        } else {
+            (bd[0], bd[1])
+        };
         if k != k2 {
             candle_core::bail!("blas gemm: inner dimensions differ ({k} vs {k2})");
         }
         if m == 0 || n == 0 || k == 0 {
             return Ok((CpuStorage::F32(vec![0f32; m * n]), Shape::from((m, n))));
         }
-        let mut c: Vec<f32> = Vec::with_capacity(m * n);
-        {
-            // A layout that is itself a transpose flips the flag passed to BLAS.
-            let ta = ta != self.trans_a;
-            let tb = tb != self.trans_b;
-            let (a_len, b_len) = (a.len() - oa, b.len() - ob);
-            let a_need = if ta { (k - 1) * lda as usize + m } else { (m - 1) * lda as usize + k };
-            let b_need = if tb { (n - 1) * ldb as usize + k } else { (k - 1) * ldb as usize + n };
-            if a_need > a_len || b_need > b_len {
-                candle_core::bail!("blas gemm: operand layout runs past its storage");
-            }
-            if !ta && tb && m <= super::rows::MAX_ROWS {
-                // Few rows against a row-major (n, k) weight: the packing-free row kernel.
-                let x = &a[oa..];
-                let w = &b[ob..];
-                let y = super::rows::matmul_nt(x, lda as usize, w, ldb as usize, m, k, n);
-                return Ok((CpuStorage::F32(y), Shape::from((m, n))));
-            }
-            let call = Call {
-                ta,
-                tb,
-                k,
-                lda: lda as usize,
-                ldb: ldb as usize,
-                ldc: n,
-            };
-            // SAFETY: the bounds above keep every read inside `a` and `b`; `c` holds m x n.
-            // With beta = 0 BLAS writes every element of `c` without reading it, so the buffer
-            // needs no zeroing first.
-            unsafe {
-                blas.run_split(
-                    &call,
-                    m,
-                    n,
-                    a.as_ptr().add(oa),
-                    b.as_ptr().add(ob),
-                    c.as_mut_ptr(),
-                );
-                c.set_len(m * n);
-            };
+        // A layout that is itself a transpose flips the flag passed to BLAS.
+        let ta = ta != self.trans_a;
+        let tb = tb != self.trans_b;
+        let (a_len, b_len) = (a.len() - oa, b.len() - ob);
+        let a_need = if ta {
+            (k - 1) * lda as usize + m
+        } else {
+            (m - 1) * lda as usize + k
+        };
+        let b_need = if tb {
+            (n - 1) * ldb as usize + k
+        } else {
+            (k - 1) * ldb as usize + n
+        };
+        if a_need > a_len || b_need > b_len {
+            candle_core::bail!("blas gemm: operand layout runs past its storage");
         }
+        if !ta && tb && m <= super::rows::MAX_ROWS {
+            // Few rows against a row-major (n, k) weight: the packing-free row kernel.
+            let x = &a[oa..];
+            let w = &b[ob..];
+            let y = super::rows::matmul_nt(x, lda as usize, w, ldb as usize, m, k, n);
+            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+        }
+        let call = Call {
+            ta,
+            tb,
+            k,
+            lda: lda as usize,
+            ldb: ldb as usize,
+            ldc: n,
+        };
+        let mut c: Vec<f32> = Vec::with_capacity(m * n);
+        // SAFETY: the bounds above keep every read inside `a` and `b`; `c` holds m x n.
+        // With beta = 0 BLAS writes every element of `c` without reading it, so the buffer
+        // needs no zeroing first.
+        unsafe {
+            blas.run_split(
+                &call,
+                m,
+                n,
+                a.as_ptr().add(oa),
+                b.as_ptr().add(ob),
+                c.as_mut_ptr(),
+            );
+            c.set_len(m * n);
+        };
         Ok((CpuStorage::F32(c), Shape::from((m, n))))
     }
 
@@ -376,32 +413,29 @@ pub fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     y.reshape(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        let d = (a - b).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>());
+        d.unwrap()
     }
 
     #[test]
     fn the_system_openblas_is_found_when_installed() {
-        let installed = ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/libopenblas.so.0"]
-            .iter()
-            .any(|p| std::path::Path::new(p).exists());
+        let installed = [
+            "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+            "/usr/lib/libopenblas.so.0",
+        ]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
         if installed && std::env::var_os("SELFRET_BLAS").is_none() {
-            assert!(blas().is_some(), "libopenblas.so.0 is installed but was not loaded");
+            assert!(
+                blas().is_some(),
+                "libopenblas.so.0 is installed but was not loaded"
+            );
         }
         eprintln!("{}", backend());
     }
@@ -418,11 +452,18 @@ mod tests {
             let b = Var::randn(0f32, 1., b_shape, &dev).unwrap();
             let ours = matmul(a.as_tensor(), b.as_tensor(), ta, tb).unwrap();
             let op = |t: &Tensor, f: bool| if f { t.t().unwrap() } else { t.clone() };
-            let theirs = op(a.as_tensor(), ta).matmul(&op(b.as_tensor(), tb)).unwrap();
+            let theirs = op(a.as_tensor(), ta)
+                .matmul(&op(b.as_tensor(), tb))
+                .unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-5, "({ta}, {tb}) forward");
             let w = Tensor::randn(0f32, 1., (m, n), &dev).unwrap();
             let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for v in [&a, &b] {
                 let (x, y) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(max_diff(x, y) < 1e-5, "({ta}, {tb}) gradient");

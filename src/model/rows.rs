@@ -13,7 +13,15 @@ pub const MAX_ROWS: usize = 16;
 /// `y (m, n) = x (m, k) @ w^T` where `w` is (n, k) row-major with leading dimension `ldw` and `x`
 /// is (m, k) row-major with leading dimension `ldx`. Splits the output columns over candle's
 /// threads.
-pub fn matmul_nt(x: &[f32], ldx: usize, w: &[f32], ldw: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
+pub fn matmul_nt(
+    x: &[f32],
+    ldx: usize,
+    w: &[f32],
+    ldw: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
     debug_assert!(m == 0 || x.len() >= (m - 1) * ldx + k);
     debug_assert!(n == 0 || w.len() >= (n - 1) * ldw + k);
     // Output column-major per block: each weight row yields m contiguous values.
@@ -89,9 +97,21 @@ unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i + 32 <= n {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
-        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 16)), _mm256_loadu_ps(pb.add(i + 16)), acc2);
-        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 24)), _mm256_loadu_ps(pb.add(i + 24)), acc3);
+        acc1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 8)),
+            _mm256_loadu_ps(pb.add(i + 8)),
+            acc1,
+        );
+        acc2 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 16)),
+            _mm256_loadu_ps(pb.add(i + 16)),
+            acc2,
+        );
+        acc3 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i + 24)),
+            _mm256_loadu_ps(pb.add(i + 24)),
+            acc3,
+        );
         i += 32;
     }
     while i + 8 <= n {
@@ -120,8 +140,12 @@ mod tests {
     fn row_kernel_matches_a_plain_product() {
         // Odd sizes: a tail after the 32- and 8-wide loops, a partial last column block.
         let (m, k, n) = (3, 45, 300);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
         let y = matmul_nt(&x, k, &w, k, m, k, n);
         for i in 0..m {
             for j in 0..n {

@@ -598,8 +598,13 @@ impl Retriever<'_> {
                 })
                 .collect();
             let keys: Vec<usize> = trace.candidates.iter().map(|c| c.title_rank).collect();
-            let (p_rej, best) =
-                self.verdicts(&prefix_cache, &rows, &keys, title_caches.len(), &mut timings)?;
+            let (p_rej, best) = self.verdicts(
+                &prefix_cache,
+                &rows,
+                &keys,
+                title_caches.len(),
+                &mut timings,
+            )?;
             for (c, p) in trace.candidates.iter_mut().zip(p_rej) {
                 c.p_reject = p;
             }

@@ -4,7 +4,7 @@ use crate::corpus::{load_path, Corpus, LoadOptions, Passage};
 use crate::model::{LoraConfig, ModelBundle, ModelSource, TrainMode};
 use crate::prompts::PromptCodec;
 use crate::train::optim::AdamW;
-use crate::train::{batch_loss, Example, Task};
+use crate::train::{batch_grads, Example, Task};
 use crate::trie::CorpusTrie;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -232,8 +232,7 @@ fn reference_python() -> Result<String> {
 fn time_train_step(b: &ModelBundle, batch: &[&Example], reps: usize) -> Result<f64> {
     let mut opt = AdamW::new(&b.varmap, Default::default())?;
     time(reps, || {
-        let loss = batch_loss(&b.model, batch, b.special.pad, 512)?;
-        let g = loss.backward()?;
+        let (_, g) = batch_grads(&b.model, batch, b.special.pad, 512, 1.0)?;
         opt.step(&g, 1e-5, Some(1.0))?;
         Ok(())
     })

@@ -101,7 +101,7 @@ impl Linear {
 pub struct RmsNorm {
     pub name: String,
     pub weight: Tensor,
-    eps: f64,
+    pub(crate) eps: f64,
 }
 
 impl RmsNorm {
@@ -121,6 +121,9 @@ impl RmsNorm {
                 &self.weight,
                 self.eps as f32,
             )?);
+        }
+        if super::fused::supported(x) {
+            return Ok(super::fused::rms_norm(x, &self.weight, self.eps)?);
         }
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
@@ -153,9 +156,8 @@ impl Rotary {
         })
     }
 
-    /// Rotates `x` of shape (batch, heads, seq, head_dim) for positions `offset..offset+seq`.
-    pub fn apply(&self, x: &Tensor, offset: usize, fused: bool) -> Result<Tensor> {
-        let (_, _, t, d) = x.dims4()?;
+    /// The (cos, sin) rows for positions `offset..offset + t`, or an error past the context.
+    pub(crate) fn tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
         if offset + t > self.cos.dim(0)? {
             return Err(crate::error::Error::invalid(format!(
                 "sequence of {} tokens exceeds the model's context of {} positions",
@@ -163,8 +165,26 @@ impl Rotary {
                 self.cos.dim(0)?
             )));
         }
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
+        Ok((
+            self.cos.narrow(0, offset, t)?,
+            self.sin.narrow(0, offset, t)?,
+        ))
+    }
+
+    /// Rotates projections `x` of shape (batch, seq, heads, head_dim) for positions
+    /// `offset..offset+seq` and returns them as (batch, heads, seq, head_dim).
+    pub fn apply_to_heads(&self, x: &Tensor, offset: usize, fused: bool) -> Result<Tensor> {
+        if super::fused::supported(x) {
+            let (cos, sin) = self.tables(offset, x.dim(1)?)?;
+            return Ok(super::fused::rope_to_heads(x, &cos, &sin)?);
+        }
+        self.apply(&x.transpose(1, 2)?, offset, fused)
+    }
+
+    /// Rotates `x` of shape (batch, heads, seq, head_dim) for positions `offset..offset+seq`.
+    pub fn apply(&self, x: &Tensor, offset: usize, fused: bool) -> Result<Tensor> {
+        let (_, _, t, d) = x.dims4()?;
+        let (cos, sin) = self.tables(offset, t)?;
         if fused {
             return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?);
         }
@@ -268,9 +288,9 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
 }
 
 impl Attention {
@@ -301,23 +321,15 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x)?
-            .reshape((b, t, nh, hd))?
-            .transpose(1, 2)?;
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?;
+        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?;
         let v = self
             .v_proj
             .forward(x)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?;
-        let q = rotary.apply(&q, offset, fused)?;
-        let k = rotary.apply(&k, offset, fused)?;
+        let q = rotary.apply_to_heads(&q, offset, fused)?;
+        let k = rotary.apply_to_heads(&k, offset, fused)?;
         let v = v.contiguous()?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v)?,
@@ -329,18 +341,11 @@ impl Attention {
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = match mask {
-            Some(m) => att
-                .reshape((b, nkv, rep, t, s))?
-                .broadcast_add(m)?
-                .reshape((b, nkv, rep * t, s))?,
-            None => att,
-        };
-        let att = if fused {
-            candle_nn::ops::softmax_last_dim(&att)?
+        let scores = q.matmul(&k.t()?)?;
+        let att = if super::fused::supported(&scores) {
+            super::fused::causal_softmax(&scores, scale, t, s - t)?
         } else {
-            candle_nn::ops::softmax(&att, D::Minus1)?
+            self.masked_softmax(scores, scale, mask, fused)?
         };
         let y = att.matmul(&v)?; // (b, nkv, rep*t, hd)
         let y = y
@@ -348,6 +353,32 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
         self.o_proj.forward(&y)
+    }
+
+    /// Scaled, masked softmax from basic ops, for devices and dtypes the fused kernel lacks.
+    fn masked_softmax(
+        &self,
+        scores: Tensor,
+        scale: f64,
+        mask: Option<&Tensor>,
+        fused: bool,
+    ) -> Result<Tensor> {
+        let (b, nkv, rows, s) = scores.dims4()?;
+        let rep = self.n_heads / self.n_kv_heads;
+        let t = rows / rep;
+        let att = (scores * scale)?;
+        let att = match mask {
+            Some(m) => att
+                .reshape((b, nkv, rep, t, s))?
+                .broadcast_add(m)?
+                .reshape((b, nkv, rep * t, s))?,
+            None => att,
+        };
+        Ok(if fused {
+            candle_nn::ops::softmax_last_dim(&att)?
+        } else {
+            candle_nn::ops::softmax(&att, D::Minus1)?
+        })
     }
 }
 
@@ -370,9 +401,14 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.silu()?;
+        let g = self.gate_proj.forward(x)?;
         let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+        let a = if super::fused::supported(&g) {
+            super::fused::swiglu(&g, &u)?
+        } else {
+            (g.silu()? * u)?
+        };
+        self.down_proj.forward(&a)
     }
 }
 
@@ -437,7 +473,7 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// `None` when the output projection is tied to the embedding matrix.
     pub lm_head: Option<Tensor>,
-    rotary: Rotary,
+    pub(crate) rotary: Rotary,
     /// Fused kernels are used when no gradient is needed (inference copies).
     fused: bool,
 }

@@ -99,7 +99,9 @@ impl LoraAdapter {
     /// The adapter's contribution for 2-D input rows (rows, in).
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let low = super::blas::matmul(x, &self.a, false, true)?;
-        Ok((super::blas::matmul(&low, &self.b, false, true)? * self.scale)?)
+        // Scaling the (out, rank) factor costs nothing next to scaling the (rows, out) result.
+        let b = (&self.b * self.scale)?;
+        Ok(super::blas::matmul(&low, &b, false, true)?)
     }
 
     /// The full-size weight update `scale * B A`, detached.

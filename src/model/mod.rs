@@ -1,10 +1,12 @@
 //! The language model: a trainable llama-family decoder, its tokenizer, where it comes from and
 //! how it is saved.
 
+pub mod backprop;
 pub mod blas;
 pub mod checkpoint;
 pub mod config;
 pub mod frozen;
+pub mod fused;
 pub mod hub;
 pub mod llama;
 pub mod lora;

@@ -10,6 +10,7 @@ pub use data::{DataBuilder, DataOptions, Example, Query, Task};
 
 use crate::error::{Error, Result};
 use crate::model::{Llama, ModelBundle};
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, D};
 use optim::{AdamW, AdamWConfig};
 use rand::rngs::StdRng;
@@ -194,14 +195,20 @@ fn task_batches(
     per_task
 }
 
-/// Mean cross-entropy over the target tokens of a batch. The vocabulary projection runs only at
-/// positions that carry loss.
-pub fn batch_loss(
+/// A batch laid out for the model: input ids (rows, t), and the flat positions that carry
+/// loss with the token each must predict.
+struct PackedBatch {
+    input: Tensor,
+    positions: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+fn pack_batch(
     model: &Llama,
     examples: &[&Example],
     pad: u32,
     max_len: usize,
-) -> Result<Tensor> {
+) -> Result<PackedBatch> {
     let len = examples
         .iter()
         .map(|e| e.ids.len().min(max_len))
@@ -228,17 +235,67 @@ pub fn batch_loss(
     if positions.is_empty() {
         return Err(Error::invalid("batch has no target tokens"));
     }
+    let input = Tensor::from_vec(input, (examples.len(), t), model.device())?;
+    Ok(PackedBatch {
+        input,
+        positions,
+        targets,
+    })
+}
+
+/// Mean cross-entropy over the target tokens of a batch, as a tensor autograd can
+/// differentiate. The vocabulary projection runs only at positions that carry loss.
+pub fn batch_loss(
+    model: &Llama,
+    examples: &[&Example],
+    pad: u32,
+    max_len: usize,
+) -> Result<Tensor> {
+    let PackedBatch {
+        input,
+        positions,
+        targets,
+    } = pack_batch(model, examples, pad, max_len)?;
     let dev = model.device();
-    let input = Tensor::from_vec(input, (examples.len(), t), dev)?;
     let hidden = model.hidden(&input, None)?;
     let h = hidden.dim(D::Minus1)?;
     let pos = Tensor::new(positions.as_slice(), dev)?;
     let picked = hidden
-        .reshape((examples.len() * t, h))?
+        .reshape((input.elem_count(), h))?
         .index_select(&pos, 0)?;
     let logits = model.logits(&picked)?;
+    if crate::model::fused::supported(&logits) {
+        return Ok(crate::model::fused::cross_entropy(&logits, &targets)?);
+    }
     let targets = Tensor::new(targets.as_slice(), dev)?;
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+}
+
+/// The batch's mean loss and the gradients of `seed * loss` for every trainable weight: what
+/// one training micro-batch needs. On the CPU this is the hand-written backward pass
+/// ([`crate::model::backprop`]); elsewhere candle's autograd over [`batch_loss`].
+pub fn batch_grads(
+    model: &Llama,
+    examples: &[&Example],
+    pad: u32,
+    max_len: usize,
+    seed: f64,
+) -> Result<(f64, GradStore)> {
+    if crate::model::backprop::supported(model) {
+        let b = pack_batch(model, examples, pad, max_len)?;
+        let (loss, grads) = crate::model::backprop::loss_and_grads(
+            model,
+            &b.input,
+            &b.positions,
+            &b.targets,
+            seed as f32,
+        )?;
+        return Ok((loss as f64, grads));
+    }
+    let loss = batch_loss(model, examples, pad, max_len)?;
+    let value = loss.to_scalar::<f32>()? as f64;
+    let loss = if seed != 1.0 { (loss * seed)? } else { loss };
+    Ok((value, loss.backward()?))
 }
 
 /// Splits off the held-out slice (only when periodic evaluation is on).
@@ -433,14 +490,14 @@ pub fn train(
                 .iter()
                 .map(|e| e.ids.len().min(cfg.max_len))
                 .sum::<usize>();
-            let loss = batch_loss(&bundle.model, &batch, bundle.special.pad, cfg.max_len)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let loss = if accum > 1 {
-                (loss / accum as f64)?
-            } else {
-                loss
-            };
-            let g = loss.backward()?;
+            let (loss, g) = batch_grads(
+                &bundle.model,
+                &batch,
+                bundle.special.pad,
+                cfg.max_len,
+                1.0 / accum as f64,
+            )?;
+            loss_sum += loss;
             grads = Some(match grads {
                 None => g,
                 Some(mut acc) => {

@@ -1,0 +1,800 @@
+//! Fused CPU kernels with their own backward pass, for training and inference on f32 tensors.
+//!
+//! Built from basic candle ops, an RMSNorm is six kernels and six temporaries forward, and its
+//! backward pass is longer still; candle's autograd also zero-fills and adds a gradient buffer
+//! for every op. At 135M parameters that bookkeeping cost as much as the matrix products, so
+//! the layer's element-wise parts (RMSNorm, rotary embedding, masked softmax, SwiGLU) and the
+//! loss are one op each here, forward and backward, each one pass over its rows on the rayon
+//! pool. Other devices and dtypes keep the composed ops ([`supported`] decides).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Rows handed to one rayon task: enough work to amortise the task, few enough to balance.
+const ROW_CHUNK: usize = 16;
+
+/// Whether the fused kernels handle this tensor: f32 on the CPU.
+pub fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: fused kernels take f32 tensors")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: fused kernels take contiguous tensors"),
+    }
+}
+
+/// Root-mean-square norm with gain `w` over the last dimension; differentiable in `x` and `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(xs, xl, "rms-norm input")?;
+        let w = f32s(ws, wl, "rms-norm gain")?;
+        let h = w.len();
+        if h == 0 || x.len() % h != 0 {
+            candle_core::bail!("rms-norm: input {:?} vs gain {h}", xl.shape());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(h * ROW_CHUNK)
+            .zip(x.par_chunks(h * ROW_CHUNK))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
+                    let r = inv_rms(xr, self.eps);
+                    for ((y, x), w) in yr.iter_mut().zip(xr).zip(w) {
+                        *y = x * r * w;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let (need_x, need_w) = (x.track_op(), w.track_op());
+        let g = x.apply_op3_no_bwd(
+            w,
+            &dy.contiguous()?,
+            &RmsNormGrad {
+                eps: self.eps,
+                need_w,
+            },
+        )?;
+        let n = x.elem_count();
+        let dx = if need_x {
+            Some(g.narrow(0, 0, n)?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let dw = if need_w {
+            Some(g.narrow(0, n, w.elem_count())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// Gradients of [`RmsNorm`]: `dx` for every row, then `dw` (summed over rows) in one buffer.
+struct RmsNormGrad {
+    eps: f32,
+    need_w: bool,
+}
+
+impl CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(xs, xl, "rms-norm input")?;
+        let w = f32s(ws, wl, "rms-norm gain")?;
+        let dy = f32s(gs, gl, "rms-norm gradient")?;
+        let h = w.len();
+        let n = x.len();
+        let mut out = vec![0f32; n + h];
+        let (dx, dw) = out.split_at_mut(n);
+        let partial: Vec<Vec<f32>> = dx
+            .par_chunks_mut(h * ROW_CHUNK)
+            .zip(x.par_chunks(h * ROW_CHUNK))
+            .zip(dy.par_chunks(h * ROW_CHUNK))
+            .map(|((dxc, xc), dyc)| {
+                let mut dw_part = if self.need_w {
+                    vec![0f32; h]
+                } else {
+                    Vec::new()
+                };
+                for ((dxr, xr), dyr) in dxc.chunks_mut(h).zip(xc.chunks(h)).zip(dyc.chunks(h)) {
+                    let r = inv_rms(xr, self.eps);
+                    // mean over the row of (dy * w) * x_hat
+                    let dot = dyr
+                        .iter()
+                        .zip(w)
+                        .zip(xr)
+                        .map(|((g, w), x)| g * w * x * r)
+                        .sum::<f32>()
+                        / h as f32;
+                    for i in 0..h {
+                        let xh = xr[i] * r;
+                        dxr[i] = r * (dyr[i] * w[i] - xh * dot);
+                        if self.need_w {
+                            dw_part[i] += dyr[i] * xh;
+                        }
+                    }
+                }
+                dw_part
+            })
+            .collect();
+        if self.need_w {
+            for p in partial {
+                for (d, v) in dw.iter_mut().zip(p) {
+                    *d += v;
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + h)))
+    }
+}
+
+/// Rotary embedding (half-split form) fused with the head transpose: `x` is (batch, seq,
+/// heads, head_dim) as a projection produces it, the result (batch, heads, seq, head_dim) as
+/// attention consumes it. `cos`/`sin` are (seq, head_dim / 2) for the positions of `x`.
+pub fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    let op = Rope {
+        cos: Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
+        sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
+        from_heads: false,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+/// Rotates by the table's angles (or back, for the gradient) and swaps the seq and heads axes.
+struct Rope {
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    /// false: input (b, t, h, d) -> output (b, h, t, d), rotating forward; true: the inverse
+    /// rotation from (b, h, t, d) back to (b, t, h, d), which is the gradient of the former.
+    from_heads: bool,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "rope input")?;
+        let (b, a1, a2, d) = l.shape().dims4()?;
+        let t = if self.from_heads { a2 } else { a1 };
+        let half = d / 2;
+        if self.cos.len() != t * half || d % 2 != 0 {
+            candle_core::bail!(
+                "rope: table for {} positions, input {:?}",
+                self.cos.len() / half.max(1),
+                l.shape()
+            );
+        }
+        let sign = if self.from_heads { -1f32 } else { 1f32 };
+        let mut y = vec![0f32; x.len()];
+        // Output (bi, o, i) of shape (b, a2, a1, d) reads input (bi, i, o); one task per (bi, o).
+        y.par_chunks_mut(a1 * d).enumerate().for_each(|(bo, yb)| {
+            let (bi, o) = (bo / a2, bo % a2);
+            for i in 0..a1 {
+                let src = ((bi * a1 + i) * a2 + o) * d;
+                let pos = if self.from_heads { o } else { i };
+                let (c, sn) = (
+                    &self.cos[pos * half..(pos + 1) * half],
+                    &self.sin[pos * half..(pos + 1) * half],
+                );
+                let xr = &x[src..src + d];
+                let yr = &mut yb[i * d..(i + 1) * d];
+                for k in 0..half {
+                    let (x1, x2) = (xr[k], xr[k + half]);
+                    let s = sign * sn[k];
+                    yr[k] = x1 * c[k] - x2 * s;
+                    yr[k + half] = x2 * c[k] + x1 * s;
+                }
+            }
+        });
+        let shape = Shape::from((b, a2, a1, d));
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> CResult<Option<Tensor>> {
+        let back = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            from_heads: !self.from_heads,
+        };
+        Ok(Some(dy.contiguous()?.apply_op1(back)?))
+    }
+}
+
+/// Softmax over the last axis of attention scores (batch, kv_heads, rep * t, s) after scaling
+/// them and hiding future keys: row i of each t-block (query position `offset + i`) sees keys
+/// `0..=offset + i`. Query heads sharing a key head are stacked as `rep` blocks of `t` rows.
+pub fn causal_softmax(scores: &Tensor, scale: f64, t: usize, offset: usize) -> CResult<Tensor> {
+    scores.contiguous()?.apply_op1(CausalSoftmax {
+        scale: scale as f32,
+        t,
+        offset,
+    })
+}
+
+struct CausalSoftmax {
+    scale: f32,
+    t: usize,
+    offset: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(st, l, "attention scores")?;
+        let s = l.shape().dims().last().copied().unwrap_or(0);
+        if s == 0 || self.t == 0 || self.offset + self.t > s {
+            candle_core::bail!(
+                "causal softmax: {} queries at {} over {s} keys",
+                self.t,
+                self.offset
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        let rows_per_task = ROW_CHUNK * 4;
+        y.par_chunks_mut(s * rows_per_task)
+            .zip(x.par_chunks(s * rows_per_task))
+            .enumerate()
+            .for_each(|(ci, (yc, xc))| {
+                for (ri, (yr, xr)) in yc.chunks_mut(s).zip(xc.chunks(s)).enumerate() {
+                    let row = ci * rows_per_task + ri;
+                    let visible = self.offset + row % self.t + 1;
+                    let mut max = f32::NEG_INFINITY;
+                    for v in &xr[..visible] {
+                        max = max.max(v * self.scale);
+                    }
+                    let mut sum = 0f32;
+                    for (y, v) in yr[..visible].iter_mut().zip(&xr[..visible]) {
+                        let e = (v * self.scale - max).exp();
+                        *y = e;
+                        sum += e;
+                    }
+                    let inv = 1.0 / sum;
+                    for y in &mut yr[..visible] {
+                        *y *= inv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, p: &Tensor, dp: &Tensor) -> CResult<Option<Tensor>> {
+        let g = p.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
+        Ok(Some(g))
+    }
+}
+
+/// `scale * p * (dp - sum(dp * p))` per row: the gradient of a scaled softmax.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ps: &CpuStorage,
+        pl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let p = f32s(ps, pl, "softmax output")?;
+        let dp = f32s(gs, gl, "softmax gradient")?;
+        let s = pl.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; p.len()];
+        out.par_chunks_mut(s * ROW_CHUNK * 4)
+            .zip(p.par_chunks(s * ROW_CHUNK * 4))
+            .zip(dp.par_chunks(s * ROW_CHUNK * 4))
+            .for_each(|((oc, pc), gc)| {
+                for ((or, pr), gr) in oc.chunks_mut(s).zip(pc.chunks(s)).zip(gc.chunks(s)) {
+                    let dot: f32 = pr.iter().zip(gr).map(|(p, g)| p * g).sum();
+                    for ((o, p), g) in or.iter_mut().zip(pr).zip(gr) {
+                        *o = self.scale * p * (g - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), pl.shape().clone()))
+    }
+}
+
+/// `silu(gate) * up`, the SwiGLU activation, as one op with its gradient.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+struct SwiGlu;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let g = f32s(gs, gl, "swiglu gate")?;
+        let u = f32s(us, ul, "swiglu up")?;
+        if g.len() != u.len() {
+            candle_core::bail!("swiglu: gate {:?} vs up {:?}", gl.shape(), ul.shape());
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+            .for_each(|(yc, (gc, uc))| {
+                for ((y, g), u) in yc.iter_mut().zip(gc).zip(uc) {
+                    *y = g * sigmoid(*g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(y), gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let both = g.apply_op3_no_bwd(u, &dy.contiguous()?, &SwiGluGrad)?;
+        let n = g.elem_count();
+        Ok((
+            Some(both.narrow(0, 0, n)?.reshape(g.shape())?),
+            Some(both.narrow(0, n, n)?.reshape(u.shape())?),
+        ))
+    }
+}
+
+/// `[d gate; d up]` in one buffer.
+struct SwiGluGrad;
+
+impl CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let g = f32s(gs, gl, "swiglu gate")?;
+        let u = f32s(us, ul, "swiglu up")?;
+        let dy = f32s(ds, dl, "swiglu gradient")?;
+        let n = g.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        dg.par_chunks_mut(4096)
+            .zip(du.par_chunks_mut(4096))
+            .zip(
+                g.par_chunks(4096)
+                    .zip(u.par_chunks(4096))
+                    .zip(dy.par_chunks(4096)),
+            )
+            .for_each(|((dgc, duc), ((gc, uc), dyc))| {
+                for i in 0..gc.len() {
+                    let s = sigmoid(gc[i]);
+                    let silu = gc[i] * s;
+                    duc[i] = dyc[i] * silu;
+                    dgc[i] = dyc[i] * uc[i] * s * (1.0 + gc[i] * (1.0 - s));
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(2 * n)))
+    }
+}
+
+/// Mean cross-entropy of `logits` (rows, vocab) against `targets` (one id per row), as a
+/// scalar. Never materialises the log-softmax: the forward pass keeps each row's
+/// log-sum-exp, and the backward pass writes `softmax - one_hot` straight into the gradient.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> CResult<Tensor> {
+    let (rows, vocab) = logits.dims2()?;
+    if rows != targets.len() || rows == 0 {
+        candle_core::bail!("cross-entropy: {rows} rows for {} targets", targets.len());
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross-entropy: target id {t} outside the vocabulary of {vocab}");
+    }
+    logits.contiguous()?.apply_op1(CrossEntropy {
+        targets: Arc::new(targets.to_vec()),
+        lse: Arc::new(Mutex::new(Vec::new())),
+    })
+}
+
+struct CrossEntropy {
+    targets: Arc<Vec<u32>>,
+    /// Each row's log-sum-exp, written by the forward pass for the backward pass.
+    lse: Arc<Mutex<Vec<f32>>>,
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    max + sum.ln()
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "logits")?;
+        let vocab = l.shape().dims().last().copied().unwrap_or(1);
+        let lse: Vec<f32> = x.par_chunks(vocab).map(log_sum_exp).collect();
+        let total: f64 = lse
+            .iter()
+            .zip(x.chunks(vocab))
+            .zip(self.targets.iter())
+            .map(|((l, row), &t)| (l - row[t as usize]) as f64)
+            .sum();
+        if let Ok(mut keep) = self.lse.lock() {
+            *keep = lse;
+        }
+        let mean = (total / self.targets.len() as f64) as f32;
+        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
+    }
+
+    fn bwd(&self, x: &Tensor, _loss: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let op = CrossEntropyGrad {
+            targets: self.targets.clone(),
+            lse: self.lse.clone(),
+        };
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &op)?))
+    }
+}
+
+struct CrossEntropyGrad {
+    targets: Arc<Vec<u32>>,
+    lse: Arc<Mutex<Vec<f32>>>,
+}
+
+impl CustomOp2 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(xs, xl, "logits")?;
+        let g = f32s(gs, gl, "loss gradient")?
+            .first()
+            .copied()
+            .unwrap_or(1.0);
+        let vocab = xl.shape().dims().last().copied().unwrap_or(1);
+        let mut lse = self.lse.lock().map(|l| l.clone()).unwrap_or_default();
+        if lse.len() != self.targets.len() {
+            lse = x.par_chunks(vocab).map(log_sum_exp).collect();
+        }
+        let scale = g / self.targets.len() as f32;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(vocab)
+            .zip(x.par_chunks(vocab))
+            .enumerate()
+            .for_each(|(r, (or, xr))| {
+                let l = lse[r];
+                for (o, v) in or.iter_mut().zip(xr) {
+                    *o = scale * (v - l).exp();
+                }
+                or[self.targets[r] as usize] -= scale;
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// Gradients of [`rms_norm`] without autograd: `dx`, and `dw` (summed over rows) if `need_w`.
+pub fn rms_norm_grad(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+    need_w: bool,
+) -> CResult<(Tensor, Option<Tensor>)> {
+    let g = x.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &dy.contiguous()?,
+        &RmsNormGrad {
+            eps: eps as f32,
+            need_w,
+        },
+    )?;
+    let n = x.elem_count();
+    let dx = g.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dw = if need_w {
+        Some(g.narrow(0, n, w.elem_count())?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
+}
+
+/// The gradient of [`rope_to_heads`] without autograd: `dy` (batch, heads, seq, head_dim)
+/// rotated back and returned as (batch, seq, heads, head_dim).
+pub fn rope_from_heads(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    let op = Rope {
+        cos: Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
+        sin: Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
+        from_heads: true,
+    };
+    dy.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// The gradient of [`causal_softmax`] without autograd, from its output `p`.
+pub fn causal_softmax_grad(p: &Tensor, dp: &Tensor, scale: f64) -> CResult<Tensor> {
+    p.contiguous()?.apply_op2_no_bwd(
+        &dp.contiguous()?,
+        &SoftmaxGrad {
+            scale: scale as f32,
+        },
+    )
+}
+
+/// The gradients of [`swiglu`] without autograd: `(d gate, d up)`.
+pub fn swiglu_grad(gate: &Tensor, up: &Tensor, dy: &Tensor) -> CResult<(Tensor, Tensor)> {
+    let both =
+        gate.contiguous()?
+            .apply_op3_no_bwd(&up.contiguous()?, &dy.contiguous()?, &SwiGluGrad)?;
+    let n = gate.elem_count();
+    Ok((
+        both.narrow(0, 0, n)?.reshape(gate.shape())?,
+        both.narrow(0, n, n)?.reshape(up.shape())?,
+    ))
+}
+
+/// Mean cross-entropy and the gradient of `scale * loss`, in two passes over the logits and no
+/// autograd: what a training step needs from the loss.
+pub fn cross_entropy_with_grad(
+    logits: &Tensor,
+    targets: &[u32],
+    scale: f32,
+) -> CResult<(f32, Tensor)> {
+    let (rows, vocab) = logits.dims2()?;
+    if rows != targets.len() || rows == 0 {
+        candle_core::bail!("cross-entropy: {rows} rows for {} targets", targets.len());
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("cross-entropy: target id {t} outside the vocabulary of {vocab}");
+    }
+    let fwd = CrossEntropy {
+        targets: Arc::new(targets.to_vec()),
+        lse: Arc::new(Mutex::new(Vec::new())),
+    };
+    let logits = logits.contiguous()?;
+    let loss = logits.apply_op1_no_bwd(&fwd)?.to_scalar::<f32>()?;
+    let seed = Tensor::new(scale, logits.device())?;
+    let grad = logits.apply_op2_no_bwd(
+        &seed,
+        &CrossEntropyGrad {
+            targets: fwd.targets.clone(),
+            lse: fwd.lse.clone(),
+        },
+    )?;
+    Ok((loss, grad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Gradients of `sum(f(vars) * probe)` for each var: compares ops through a random
+    /// projection of their outputs, which exercises every output element's gradient.
+    fn grads(vars: &[&Var], out: &Tensor, probe: &Tensor) -> Vec<Tensor> {
+        let loss = (out * probe).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        vars.iter().map(|v| g.get(v).unwrap().clone()).collect()
+    }
+
+    #[test]
+    fn rms_norm_matches_composed_ops() {
+        let x = Var::from_tensor(&rand(&[3, 37, 24], 1)).unwrap();
+        let w = Var::from_tensor(&rand(&[24], 2)).unwrap();
+        let probe = rand(&[3, 37, 24], 3);
+        let fused = rms_norm(&x, &w, 1e-5).unwrap();
+        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let plain = x
+            .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let gf = grads(&[&x, &w], &fused, &probe);
+        let gp = grads(&[&x, &w], &plain, &probe);
+        for (a, b) in gf.iter().zip(&gp) {
+            assert_eq!(a.dims(), b.dims());
+            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        }
+        // A frozen gain gets no gradient and the input's is unchanged.
+        let frozen = w.as_tensor().detach();
+        let out = rms_norm(&x, &frozen, 1e-5).unwrap();
+        let loss = (out * &probe).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        assert!(g.get(&frozen).is_none());
+        assert!(max_diff(g.get(&x).unwrap(), &gp[0]) < 1e-4);
+    }
+
+    #[test]
+    fn rope_matches_half_split_rotation() {
+        let (b, t, h, d) = (2, 5, 3, 8);
+        let x = Var::from_tensor(&rand(&[b, t, h, d], 4)).unwrap();
+        let angles = rand(&[t, d / 2], 5);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let fused = rope_to_heads(&x, &cos, &sin).unwrap();
+        let xt = x.transpose(1, 2).unwrap();
+        let x1 = xt.narrow(D::Minus1, 0, d / 2).unwrap();
+        let x2 = xt.narrow(D::Minus1, d / 2, d / 2).unwrap();
+        let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+        let c = Tensor::cat(&[&cos, &cos], D::Minus1).unwrap();
+        let s = Tensor::cat(&[&sin, &sin], D::Minus1).unwrap();
+        let plain = (xt.broadcast_mul(&c).unwrap() + rotated.broadcast_mul(&s).unwrap()).unwrap();
+        assert_eq!(fused.dims(), &[b, h, t, d]);
+        assert!(max_diff(&fused, &plain) < 1e-6);
+        let probe = rand(&[b, h, t, d], 6);
+        let gf = grads(&[&x], &fused, &probe);
+        let gp = grads(&[&x], &plain, &probe);
+        assert!(max_diff(&gf[0], &gp[0]) < 1e-5);
+    }
+
+    #[test]
+    fn causal_softmax_matches_masked_softmax() {
+        // 2 kv heads, rep 2, 4 new queries after 3 cached positions.
+        let (b, nkv, rep, t, off) = (2, 2, 2, 4, 3);
+        let s = off + t;
+        let x = Var::from_tensor(&(rand(&[b, nkv, rep * t, s], 7) * 3.0).unwrap()).unwrap();
+        let scale = 0.35;
+        let fused = causal_softmax(&x, scale, t, off).unwrap();
+        let mask = crate::model::llama::causal_mask(t, off, &Device::Cpu).unwrap();
+        let plain = candle_nn::ops::softmax(
+            &(x.as_tensor() * scale)
+                .unwrap()
+                .reshape((b, nkv, rep, t, s))
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap()
+                .reshape((b, nkv, rep * t, s))
+                .unwrap(),
+            D::Minus1,
+        )
+        .unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-6);
+        let probe = rand(&[b, nkv, rep * t, s], 8);
+        let gf = grads(&[&x], &fused, &probe);
+        let gp = grads(&[&x], &plain, &probe);
+        assert!(max_diff(&gf[0], &gp[0]) < 1e-5);
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up() {
+        let g = Var::from_tensor(&(rand(&[7, 33], 9) * 4.0).unwrap()).unwrap();
+        let u = Var::from_tensor(&rand(&[7, 33], 10)).unwrap();
+        let fused = swiglu(&g, &u).unwrap();
+        let plain = (g.silu().unwrap() * u.as_tensor()).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let probe = rand(&[7, 33], 11);
+        let gf = grads(&[&g, &u], &fused, &probe);
+        let gp = grads(&[&g, &u], &plain, &probe);
+        for (a, b) in gf.iter().zip(&gp) {
+            assert!(max_diff(a, b) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_candle() {
+        let x = Var::from_tensor(&(rand(&[6, 50], 12) * 5.0).unwrap()).unwrap();
+        let targets = [3u32, 0, 49, 7, 7, 21];
+        let fused = cross_entropy(&x, &targets).unwrap();
+        let t = Tensor::new(&targets, &Device::Cpu).unwrap();
+        let plain = candle_nn::loss::cross_entropy(&x, &t).unwrap();
+        let (a, b) = (
+            fused.to_scalar::<f32>().unwrap(),
+            plain.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        let gf = fused.backward().unwrap();
+        let gp = plain.backward().unwrap();
+        assert!(max_diff(gf.get(&x).unwrap(), gp.get(&x).unwrap()) < 1e-6);
+        assert!(cross_entropy(&x, &[1, 2]).is_err());
+        assert!(cross_entropy(&x, &[0, 0, 0, 0, 0, 50]).is_err());
+    }
+}

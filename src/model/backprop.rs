@@ -9,7 +9,7 @@
 //! gradient exactly once. The autograd path stays for other devices and dtypes, and a test
 //! checks the two agree.
 
-use super::blas::matmul;
+use super::blas::{batched_matmul as bmm, matmul};
 use super::fused;
 use super::llama::{Block, Linear, Llama};
 use crate::error::{Error, Result};
@@ -161,9 +161,8 @@ fn layer_fwd(
     let rep = nh / nkv;
     let qs = qh.reshape((b, nkv, rep * t, hd))?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let p = fused::causal_softmax(&qs.matmul(&kh.t()?)?, scale, t, 0)?;
-    let y = p
-        .matmul(&vh)?
+    let p = fused::causal_softmax(&bmm(&qs, &kh, false, true)?, scale, t, 0)?;
+    let y = bmm(&p, &vh, false, false)?
         .reshape((b, nh, t, hd))?
         .transpose(1, 2)?
         .reshape((b * t, nh * hd))?;
@@ -237,11 +236,11 @@ fn layer_bwd(
         .transpose(1, 2)?
         .contiguous()?
         .reshape((b, nkv, rep * t, hd))?;
-    let dp = dys.matmul(&s.vh.t()?)?;
-    let dvh = s.p.t()?.matmul(&dys)?;
+    let dp = bmm(&dys, &s.vh, false, true)?;
+    let dvh = bmm(&s.p, &dys, true, false)?;
     let ds = fused::causal_softmax_grad(&s.p, &dp, 1.0 / (hd as f64).sqrt())?;
-    let dqs = ds.matmul(&s.kh)?.reshape((b, nh, t, hd))?;
-    let dkh = ds.t()?.matmul(&s.qs)?;
+    let dqs = bmm(&ds, &s.kh, false, false)?.reshape((b, nh, t, hd))?;
+    let dkh = bmm(&ds, &s.qs, true, false)?;
     let dq = fused::rope_from_heads(&dqs, cos, sin)?.reshape((b * t, nh * hd))?;
     let dk = fused::rope_from_heads(&dkh, cos, sin)?.reshape((b * t, nkv * hd))?;
     let dv = dvh

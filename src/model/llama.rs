@@ -341,13 +341,23 @@ impl Attention {
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?;
+        // Inference prefill: one BLAS product per head instead of candle's batched gemm.
+        let per_head_blas = fused && t > 1 && super::fused::supported(&q);
+        let scores = if per_head_blas {
+            super::blas::batched_matmul(&q, &k, false, true)?
+        } else {
+            q.matmul(&k.t()?)?
+        };
         let att = if super::fused::supported(&scores) {
             super::fused::causal_softmax(&scores, scale, t, s - t)?
         } else {
             self.masked_softmax(scores, scale, mask, fused)?
         };
-        let y = att.matmul(&v)?; // (b, nkv, rep*t, hd)
+        let y = if per_head_blas {
+            super::blas::batched_matmul(&att, &v, false, false)?
+        } else {
+            att.matmul(&v)?
+        }; // (b, nkv, rep*t, hd)
         let y = y
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?

@@ -36,7 +36,7 @@ impl Grads {
         }
         let grad = grad()?;
         match self.by_param.get_mut(&param.id()) {
-            Some((_, sum)) => *sum = (&*sum + &grad)?,
+            Some((_, sum)) => *sum = fused::add(sum, &grad)?,
             None => {
                 self.by_param.insert(param.id(), (param.clone(), grad));
             }
@@ -70,7 +70,7 @@ fn linear_fwd(l: &Linear, x: &Tensor) -> Result<(Tensor, LinearSaved)> {
         Some(lora) => {
             let low = matmul(x, &lora.a.detach(), false, true)?;
             let b = (lora.b.detach() * lora.scale)?;
-            y = (y + matmul(&low, &b, false, true)?)?;
+            y = fused::add(&y, &matmul(&low, &b, false, true)?)?;
             Some(low)
         }
         None => None,
@@ -99,7 +99,7 @@ fn linear_bwd(
         let b = (lora.b.detach() * lora.scale)?;
         let dlow = matmul(dy, &b, false, false)?;
         if let Some(d) = dx.as_mut() {
-            *d = (&*d + matmul(&dlow, &lora.a.detach(), false, false)?)?;
+            *d = fused::add(d, &matmul(&dlow, &lora.a.detach(), false, false)?)?;
         }
         grads.add(&lora.a, || Ok(matmul(&dlow, &s.x, true, false)?))?;
         grads.add(
@@ -167,14 +167,14 @@ fn layer_fwd(
         .transpose(1, 2)?
         .reshape((b * t, nh * hd))?;
     let (o, o_s) = linear_fwd(&att.o_proj, &y)?;
-    let x2 = (&x + o)?;
+    let x2 = fused::add(&x, &o)?;
     let norm2 = &layer.post_attention_layernorm;
     let h2 = fused::rms_norm(&x2, &norm2.weight.detach(), norm2.eps)?;
     let (g, g_s) = linear_fwd(&layer.mlp.gate_proj, &h2)?;
     let (u, u_s) = linear_fwd(&layer.mlp.up_proj, &h2)?;
     let a = fused::swiglu(&g, &u)?;
     let (down, down_s) = linear_fwd(&layer.mlp.down_proj, &a)?;
-    let x3 = (&x2 + down)?;
+    let x3 = fused::add(&x2, &down)?;
     Ok((
         x3,
         LayerSaved {
@@ -214,8 +214,10 @@ fn layer_bwd(
     let mlp = &layer.mlp;
     let da = linear_bwd(&mlp.down_proj, &s.down, &dx3, grads, true)?.ok_or_else(missing)?;
     let (dg, du) = fused::swiglu_grad(&s.g, &s.u, &da)?;
-    let dh2 = (linear_bwd(&mlp.gate_proj, &s.gate, &dg, grads, true)?.ok_or_else(missing)?
-        + linear_bwd(&mlp.up_proj, &s.up, &du, grads, true)?.ok_or_else(missing)?)?;
+    let dh2 = fused::add(
+        &linear_bwd(&mlp.gate_proj, &s.gate, &dg, grads, true)?.ok_or_else(missing)?,
+        &linear_bwd(&mlp.up_proj, &s.up, &du, grads, true)?.ok_or_else(missing)?,
+    )?;
     let norm2 = &layer.post_attention_layernorm;
     let (dx2_norm, dw2) = fused::rms_norm_grad(
         &s.x2,
@@ -227,7 +229,7 @@ fn layer_bwd(
     if let Some(dw2) = dw2 {
         grads.add(&norm2.weight, || Ok(dw2))?;
     }
-    let dx2 = (dx3 + dx2_norm)?;
+    let dx2 = fused::add(&dx3, &dx2_norm)?;
 
     let att = &layer.self_attn;
     let dy = linear_bwd(&att.o_proj, &s.o, &dx2, grads, true)?.ok_or_else(missing)?;
@@ -255,7 +257,7 @@ fn layer_bwd(
         linear_bwd(&att.v_proj, &s.v, &dv, grads, need_dh1)?,
     ];
     let dh1 = match dh1 {
-        [Some(a), Some(b), Some(c)] => ((a + b)? + c)?,
+        [Some(a), Some(b), Some(c)] => fused::add(&fused::add(&a, &b)?, &c)?,
         _ => return Ok(None),
     };
     let (dx_norm, dw) = fused::rms_norm_grad(
@@ -269,7 +271,7 @@ fn layer_bwd(
         grads.add(&norm.weight, || Ok(dw))?;
     }
     Ok(if need_dx {
-        Some((dx2 + dx_norm)?)
+        Some(fused::add(&dx2, &dx_norm)?)
     } else {
         None
     })

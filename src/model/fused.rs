@@ -31,6 +31,61 @@ fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     }
 }
 
+/// `a + b` for tensors of one shape, on the rayon pool with the matrix products: candle's
+/// element-wise kernels run on a second pool whose idle workers spin on the same cores.
+/// Differentiable.
+pub fn add(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    if a.shape() != b.shape() || !supported(a) || !supported(b) {
+        return a + b;
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    if a.track_op() || b.track_op() {
+        a.apply_op2(&b, Add)
+    } else {
+        a.apply_op2_no_bwd(&b, &Add)
+    }
+}
+
+struct Add;
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "fused-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (a, b) = (f32s(s1, l1, "add")?, f32s(s2, l2, "add")?);
+        let mut y: Vec<f32> = Vec::with_capacity(a.len());
+        y.spare_capacity_mut()
+            .par_chunks_mut(1 << 14)
+            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+            .for_each(|(yc, (ac, bc))| {
+                for ((y, a), b) in yc.iter_mut().zip(ac).zip(bc) {
+                    y.write(a + b);
+                }
+            });
+        // SAFETY: the chunks above cover all a.len() elements, each written once.
+        unsafe { y.set_len(a.len()) };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.clone()), Some(g.clone())))
+    }
+}
+
 /// Root-mean-square norm with gain `w` over the last dimension; differentiable in `x` and `w`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
     x.contiguous()?
@@ -613,8 +668,8 @@ pub fn swiglu_grad(gate: &Tensor, up: &Tensor, dy: &Tensor) -> CResult<(Tensor, 
     ))
 }
 
-/// Mean cross-entropy and the gradient of `scale * loss`, in two passes over the logits and no
-/// autograd: what a training step needs from the loss.
+/// Mean cross-entropy and the gradient of `scale * loss` together, without autograd: what a
+/// training step needs from the loss.
 pub fn cross_entropy_with_grad(
     logits: &Tensor,
     targets: &[u32],
@@ -627,21 +682,60 @@ pub fn cross_entropy_with_grad(
     if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("cross-entropy: target id {t} outside the vocabulary of {vocab}");
     }
-    let fwd = CrossEntropy {
-        targets: Arc::new(targets.to_vec()),
-        lse: Arc::new(Mutex::new(Vec::new())),
+    let op = CrossEntropyStep {
+        targets,
+        scale,
+        loss: Mutex::new(0.0),
     };
-    let logits = logits.contiguous()?;
-    let loss = logits.apply_op1_no_bwd(&fwd)?.to_scalar::<f32>()?;
-    let seed = Tensor::new(scale, logits.device())?;
-    let grad = logits.apply_op2_no_bwd(
-        &seed,
-        &CrossEntropyGrad {
-            targets: fwd.targets.clone(),
-            lse: fwd.lse.clone(),
-        },
-    )?;
-    Ok((loss, grad))
+    let grad = logits.contiguous()?.apply_op1_no_bwd(&op)?;
+    let total = op.loss.lock().map(|l| *l).unwrap_or(f64::NAN);
+    Ok(((total / rows as f64) as f32, grad))
+}
+
+/// Loss and gradient together, one exponential per logit: each row's exponentials are kept
+/// in the gradient buffer and normalised in place.
+struct CrossEntropyStep<'a> {
+    targets: &'a [u32],
+    scale: f32,
+    /// Summed over rows by the forward pass.
+    loss: Mutex<f64>,
+}
+
+impl CustomOp1 for CrossEntropyStep<'_> {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-step"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "logits")?;
+        let vocab = l.shape().dims().last().copied().unwrap_or(1);
+        let per_row = self.scale / self.targets.len() as f32;
+        let mut out = vec![0f32; x.len()];
+        let losses: Vec<f64> = out
+            .par_chunks_mut(vocab)
+            .zip(x.par_chunks(vocab))
+            .zip(self.targets.par_iter())
+            .map(|((or, xr), &t)| {
+                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, v) in or.iter_mut().zip(xr) {
+                    let e = (v - max).exp();
+                    *o = e;
+                    sum += e;
+                }
+                let k = per_row / sum;
+                for o in or.iter_mut() {
+                    *o *= k;
+                }
+                or[t as usize] -= per_row;
+                (max + sum.ln() - xr[t as usize]) as f64
+            })
+            .collect();
+        if let Ok(mut loss) = self.loss.lock() {
+            *loss = losses.iter().sum();
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
 }
 
 #[cfg(test)]
@@ -794,6 +888,10 @@ mod tests {
         let gf = fused.backward().unwrap();
         let gp = plain.backward().unwrap();
         assert!(max_diff(gf.get(&x).unwrap(), gp.get(&x).unwrap()) < 1e-6);
+        let (loss, grad) = cross_entropy_with_grad(x.as_tensor(), &targets, 0.5).unwrap();
+        assert!((loss - b).abs() < 1e-5, "{loss} vs {b}");
+        let want = (gp.get(&x).unwrap() * 0.5).unwrap();
+        assert!(max_diff(&grad, &want) < 1e-6);
         assert!(cross_entropy(&x, &[1, 2]).is_err());
         assert!(cross_entropy(&x, &[0, 0, 0, 0, 0, 50]).is_err());
     }

@@ -113,17 +113,18 @@ impl RmsNorm {
         })
     }
 
-    /// `fused` uses candle's single kernel (no backward pass); otherwise basic differentiable ops.
+    /// On the CPU in f32 one fused kernel (with its own backward pass); elsewhere candle's kernel
+    /// when `fused` (no backward pass), or basic differentiable ops.
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if super::fused::supported(x) {
+            return Ok(super::fused::rms_norm(x, &self.weight, self.eps)?);
+        }
         if fused {
             return Ok(candle_nn::ops::rms_norm(
                 &x.contiguous()?,
                 &self.weight,
                 self.eps as f32,
             )?);
-        }
-        if super::fused::supported(x) {
-            return Ok(super::fused::rms_norm(x, &self.weight, self.eps)?);
         }
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
@@ -546,9 +547,9 @@ impl Llama {
                 layer
                     .self_attn
                     .forward(&h, &self.rotary, offset, mask.as_ref(), c, self.fused)?;
-            x = (x + a)?;
+            x = super::fused::add(&x, &a)?;
             let h = layer.post_attention_layernorm.forward(&x, self.fused)?;
-            x = (&x + layer.mlp.forward(&h)?)?;
+            x = super::fused::add(&x, &layer.mlp.forward(&h)?)?;
         }
         self.norm.forward(&x, self.fused)
     }

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Layout, Tensor, Var};
 use candle_nn::VarMap;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -81,16 +82,65 @@ impl candle_core::InplaceOp2 for FusedUpdate<'_> {
             .v
             .lock()
             .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        for i in 0..p.len() {
-            let gi = g[i] * self.grad_scale;
-            let mi = self.b1 * m[i] + (1.0 - self.b1) * gi;
-            let vi = self.b2 * v[i] + (1.0 - self.b2) * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            let update = (mi / self.bc1) / ((vi / self.bc2).sqrt() + self.eps);
-            p[i] -= self.lr * (update + self.wd * p[i]);
-        }
+        // Element-wise, so chunks run in parallel with results independent of the split.
+        const CHUNK: usize = 1 << 14;
+        let (m, v): (&mut [f32], &mut [f32]) = (&mut m, &mut v);
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| {
+                for i in 0..p.len() {
+                    let gi = g[i] * self.grad_scale;
+                    let mi = self.b1 * m[i] + (1.0 - self.b1) * gi;
+                    let vi = self.b2 * v[i] + (1.0 - self.b2) * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    let update = (mi / self.bc1) / ((vi / self.bc2).sqrt() + self.eps);
+                    p[i] -= self.lr * (update + self.wd * p[i]);
+                }
+            });
         Ok(())
+    }
+}
+
+/// Sum of squared elements, in f64: one parallel pass on the CPU instead of a squared copy.
+fn sum_squares(g: &Tensor) -> Result<f64> {
+    if g.device().is_cpu() && g.dtype() == candle_core::DType::F32 {
+        return Ok(g
+            .contiguous()?
+            .apply_op1_no_bwd(&SumSquares)?
+            .to_scalar::<f64>()?);
+    }
+    Ok(g.sqr()?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?)
+}
+
+struct SumSquares;
+
+impl candle_core::CustomOp1 for SumSquares {
+    fn name(&self) -> &'static str {
+        "sum-squares"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
+        let (CpuStorage::F32(g), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("sum of squares takes a contiguous f32 tensor");
+        };
+        // Fixed chunks summed in order: the same total for any thread count.
+        let parts: Vec<f64> = g[a..b]
+            .par_chunks(1 << 14)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum())
+            .collect();
+        Ok((
+            CpuStorage::F64(vec![parts.iter().sum()]),
+            candle_core::Shape::from(()),
+        ))
     }
 }
 
@@ -127,7 +177,7 @@ impl AdamW {
         let mut sq = 0f64;
         for var in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                sq += sum_squares(g)?;
             }
         }
         Ok(sq.sqrt())

@@ -9,7 +9,7 @@
 //! gradient exactly once. The autograd path stays for other devices and dtypes, and a test
 //! checks the two agree.
 
-use super::blas::{batched_matmul as bmm, matmul};
+use super::blas::{add_matmul, batched_matmul as bmm, matmul};
 use super::fused;
 use super::llama::{Block, Linear, Llama};
 use crate::error::{Error, Result};
@@ -70,7 +70,7 @@ fn linear_fwd(l: &Linear, x: &Tensor) -> Result<(Tensor, LinearSaved)> {
         Some(lora) => {
             let low = matmul(x, &lora.a.detach(), false, true)?;
             let b = (lora.b.detach() * lora.scale)?;
-            y = fused::add(&y, &matmul(&low, &b, false, true)?)?;
+            y = add_matmul(y, &low, &b, false, true)?;
             Some(low)
         }
         None => None,
@@ -98,8 +98,8 @@ fn linear_bwd(
     if let (Some(lora), Some(low)) = (&l.lora, &s.low) {
         let b = (lora.b.detach() * lora.scale)?;
         let dlow = matmul(dy, &b, false, false)?;
-        if let Some(d) = dx.as_mut() {
-            *d = fused::add(d, &matmul(&dlow, &lora.a.detach(), false, false)?)?;
+        if let Some(d) = dx.take() {
+            dx = Some(add_matmul(d, &dlow, &lora.a.detach(), false, false)?);
         }
         grads.add(&lora.a, || Ok(matmul(&dlow, &s.x, true, false)?))?;
         grads.add(

@@ -59,6 +59,8 @@ const CANDIDATES: &[&str] = &[
 
 /// The fixed part of one product: transposes, inner size and leading dimensions.
 struct Call {
+    /// 0 overwrites the output, 1 adds the product to it.
+    beta: f32,
     ta: bool,
     tb: bool,
     k: usize,
@@ -138,7 +140,7 @@ impl Blas {
             call.lda as c_int,
             b,
             call.ldb as c_int,
-            0.0,
+            call.beta,
             c,
             call.ldc as c_int,
         );
@@ -309,6 +311,7 @@ impl CustomOp2 for Gemm {
             return Ok((CpuStorage::F32(y), Shape::from((m, n))));
         }
         let call = Call {
+            beta: 0.0,
             ta,
             tb,
             k,
@@ -468,6 +471,7 @@ impl CustomOp2 for BatchedGemm {
         let mut c = vec![0f32; batch * m * n];
         if m * n * k > 0 {
             let call = Call {
+                beta: 0.0,
                 ta: self.trans_a,
                 tb: self.trans_b,
                 k,
@@ -491,6 +495,103 @@ impl CustomOp2 for BatchedGemm {
             });
         }
         Ok((CpuStorage::F32(c), Shape::from(out_dims)))
+    }
+}
+
+/// `c + op(a) @ op(b)` for 2-D tensors, not differentiable. With a BLAS the product is added
+/// into `c`'s own buffer (no product tensor, no separate add), so `c` must be a fresh tensor
+/// no other handle shares, such as a product just computed.
+pub fn add_matmul(
+    c: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+) -> candle_core::Result<Tensor> {
+    let usable = blas().is_some()
+        && [&c, a, b]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() == 2)
+        && c.is_contiguous()
+        && !c.track_op();
+    if !usable {
+        let p = matmul(a, b, trans_a, trans_b)?;
+        return super::fused::add(&c, &p);
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    c.inplace_op3(&a, &b, &GemmAccumulate { trans_a, trans_b })?;
+    Ok(c)
+}
+
+struct GemmAccumulate {
+    trans_a: bool,
+    trans_b: bool,
+}
+
+impl candle_core::InplaceOp3 for GemmAccumulate {
+    fn name(&self) -> &'static str {
+        "blas-gemm-accumulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (Some(blas), CpuStorage::F32(c), CpuStorage::F32(a), CpuStorage::F32(b)) =
+            (blas(), s1, s2, s3)
+        else {
+            candle_core::bail!("blas gemm accumulate: needs f32 operands and a loaded BLAS");
+        };
+        let (Some((c0, c1)), Some((a0, a1)), Some((b0, b1))) = (
+            l1.contiguous_offsets(),
+            l2.contiguous_offsets(),
+            l3.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("blas gemm accumulate: operands must be contiguous");
+        };
+        let (cd, ad, bd) = (l1.dims(), l2.dims(), l3.dims());
+        let (m, k) = if self.trans_a {
+            (ad[1], ad[0])
+        } else {
+            (ad[0], ad[1])
+        };
+        let (k2, n) = if self.trans_b {
+            (bd[1], bd[0])
+        } else {
+            (bd[0], bd[1])
+        };
+        if k != k2 || cd != [m, n] || c1 - c0 != m * n || a1 - a0 != m * k || b1 - b0 != k * n {
+            candle_core::bail!("blas gemm accumulate: shapes {cd:?} += {ad:?} x {bd:?}");
+        }
+        if m * n * k == 0 {
+            return Ok(());
+        }
+        let call = Call {
+            beta: 1.0,
+            ta: self.trans_a,
+            tb: self.trans_b,
+            k,
+            lda: ad[1],
+            ldb: bd[1],
+            ldc: n,
+        };
+        // SAFETY: shapes and extents checked above; each block writes its own part of `c`.
+        unsafe {
+            blas.run_split(
+                &call,
+                m,
+                n,
+                a.as_ptr().add(a0),
+                b.as_ptr().add(b0),
+                c.as_mut_ptr().add(c0),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -547,6 +648,23 @@ mod tests {
             let op = |t: &Tensor, f: bool| if f { t.t().unwrap() } else { t.clone() };
             let want = op(&a, ta).matmul(&op(&b, tb)).unwrap();
             assert_eq!(got.dims(), &[2, 3, 5, 4]);
+            assert!(max_diff(&got, &want) < 1e-4, "ta={ta} tb={tb}");
+        }
+    }
+
+    #[test]
+    fn accumulated_products_match_candle() {
+        let dev = Device::Cpu;
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a_shape = if ta { (7, 70) } else { (70, 7) };
+            let b_shape = if tb { (40, 7) } else { (7, 40) };
+            let a = Tensor::randn(0f32, 1.0, a_shape, &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, b_shape, &dev).unwrap();
+            let c = Tensor::randn(0f32, 1.0, (70, 40), &dev).unwrap();
+            let op = |t: &Tensor, f: bool| if f { t.t().unwrap() } else { t.clone() };
+            let want = (&c + op(&a, ta).matmul(&op(&b, tb)).unwrap()).unwrap();
+            let fresh = (&c * 1.0).unwrap();
+            let got = add_matmul(fresh, &a, &b, ta, tb).unwrap();
             assert!(max_diff(&got, &want) < 1e-4, "ta={ta} tb={tb}");
         }
     }

@@ -11,7 +11,7 @@
 
 use super::blas::{add_matmul, batched_matmul as bmm, matmul};
 use super::fused;
-use super::llama::{Block, Linear, Llama};
+use super::llama::{Block, Linear, Llama, RmsNorm};
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, TensorId};
@@ -219,16 +219,7 @@ fn layer_bwd(
         &linear_bwd(&mlp.up_proj, &s.up, &du, grads, true)?.ok_or_else(missing)?,
     )?;
     let norm2 = &layer.post_attention_layernorm;
-    let (dx2_norm, dw2) = fused::rms_norm_grad(
-        &s.x2,
-        &norm2.weight.detach(),
-        &dh2,
-        norm2.eps,
-        norm2.weight.is_variable(),
-    )?;
-    if let Some(dw2) = dw2 {
-        grads.add(&norm2.weight, || Ok(dw2))?;
-    }
+    let dx2_norm = norm_bwd(norm2, &s.x2, &dh2, grads)?;
     let dx2 = fused::add(&dx3, &dx2_norm)?;
 
     let att = &layer.self_attn;
@@ -260,21 +251,22 @@ fn layer_bwd(
         [Some(a), Some(b), Some(c)] => fused::add(&fused::add(&a, &b)?, &c)?,
         _ => return Ok(None),
     };
-    let (dx_norm, dw) = fused::rms_norm_grad(
-        &s.x,
-        &norm.weight.detach(),
-        &dh1,
-        norm.eps,
-        norm.weight.is_variable(),
-    )?;
-    if let Some(dw) = dw {
-        grads.add(&norm.weight, || Ok(dw))?;
-    }
+    let dx_norm = norm_bwd(norm, &s.x, &dh1, grads)?;
     Ok(if need_dx {
         Some(fused::add(&dx2, &dx_norm)?)
     } else {
         None
     })
+}
+
+/// The input gradient of an RMSNorm, accumulating its gain's gradient when it is trained.
+fn norm_bwd(norm: &RmsNorm, x: &Tensor, dy: &Tensor, grads: &mut Grads) -> Result<Tensor> {
+    let trained = norm.weight.is_variable();
+    let (dx, dw) = fused::rms_norm_grad(x, &norm.weight.detach(), dy, norm.eps, trained)?;
+    if let Some(dw) = dw {
+        grads.add(&norm.weight, || Ok(dw))?;
+    }
+    Ok(dx)
 }
 
 fn missing() -> Error {
@@ -330,16 +322,7 @@ pub fn loss_and_grads(
     drop(dlogits);
     let dhn =
         Tensor::zeros((b * t, cfg.hidden_size), x.dtype(), dev)?.index_add(&pos, &dpicked, 0)?;
-    let (mut dx, dwn) = fused::rms_norm_grad(
-        &x,
-        &norm.weight.detach(),
-        &dhn,
-        norm.eps,
-        norm.weight.is_variable(),
-    )?;
-    if let Some(dwn) = dwn {
-        grads.add(&norm.weight, || Ok(dwn))?;
-    }
+    let mut dx = norm_bwd(norm, &x, &dhn, &mut grads)?;
     let need_embed = embed.is_variable();
     for (i, (layer, s)) in model.layers.iter().zip(saved.iter()).enumerate().rev() {
         let need_dx = i > 0 || need_embed;

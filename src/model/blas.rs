@@ -446,14 +446,11 @@ impl CustomOp2 for BatchedGemm {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let (Some(blas), CpuStorage::F32(a), CpuStorage::F32(b)) = (blas(), s1, s2) else {
-            candle_core::bail!("blas batched gemm: needs f32 operands and a loaded BLAS");
+        let Some(blas) = blas() else {
+            candle_core::bail!("blas batched gemm: no BLAS loaded");
         };
-        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("blas batched gemm: operands must be contiguous");
-        };
-        let (a, b) = (&a[a0..a1], &b[b0..b1]);
+        let a = super::fused::f32s(s1, l1, "batched gemm")?;
+        let b = super::fused::f32s(s2, l2, "batched gemm")?;
         let (ad, bd) = (l1.dims(), l2.dims());
         let r = ad.len();
         if ad[..r - 2] != bd[..r - 2] {

@@ -21,7 +21,7 @@ pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: fused kernels take f32 tensors")
     };
@@ -140,27 +140,8 @@ impl CustomOp2 for RmsNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let (need_x, need_w) = (x.track_op(), w.track_op());
-        let g = x.apply_op3_no_bwd(
-            w,
-            &dy.contiguous()?,
-            &RmsNormGrad {
-                eps: self.eps,
-                need_w,
-            },
-        )?;
-        let n = x.elem_count();
-        let dx = if need_x {
-            Some(g.narrow(0, 0, n)?.reshape(x.shape())?)
-        } else {
-            None
-        };
-        let dw = if need_w {
-            Some(g.narrow(0, n, w.elem_count())?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        let (dx, dw) = rms_norm_grad(x, w, dy, self.eps as f64, w.track_op())?;
+        Ok((x.track_op().then_some(dx), dw))
     }
 }
 
@@ -368,8 +349,7 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, p: &Tensor, dp: &Tensor) -> CResult<Option<Tensor>> {
-        let g = p.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
-        Ok(Some(g))
+        Ok(Some(causal_softmax_grad(p, dp, self.scale as f64)?))
     }
 }
 
@@ -455,12 +435,8 @@ impl CustomOp2 for SwiGlu {
         _y: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let both = g.apply_op3_no_bwd(u, &dy.contiguous()?, &SwiGluGrad)?;
-        let n = g.elem_count();
-        Ok((
-            Some(both.narrow(0, 0, n)?.reshape(g.shape())?),
-            Some(both.narrow(0, n, n)?.reshape(u.shape())?),
-        ))
+        let (dg, du) = swiglu_grad(g, u, dy)?;
+        Ok((Some(dg), Some(du)))
     }
 }
 

@@ -6,6 +6,7 @@ use selfret::cli::{self, Cli, Command};
 fn main() -> anyhow::Result<()> {
     selfret::model::pin_thread_count();
     selfret::model::tune_allocator();
+    selfret::model::blas::choose_openblas_kernels();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

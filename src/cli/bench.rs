@@ -308,6 +308,7 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
     ours.push(("decode", 160.0 / s));
     drop(inf);
     drop(frozen);
+    few_row_products(a.reps)?;
     if let Some(rss) = peak_rss_mb() {
         println!("peak RSS: {rss:.0} MB");
     }
@@ -318,6 +319,55 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
     if a.reference {
         print_reference(&source, &ours)?;
     }
+    Ok(())
+}
+
+/// The few-row kernel against the BLAS on the model's projection shapes, GFLOP/s (medians), to
+/// show where `rows::max_rows` belongs on this CPU.
+fn few_row_products(reps: usize) -> Result<()> {
+    use crate::model::{blas, rows};
+    if blas::blas().is_none() {
+        return Ok(());
+    }
+    let shapes = [(576usize, 1536usize), (1536, 576), (576, 49152)];
+    println!(
+        "\n| rows m | {} |",
+        shapes
+            .iter()
+            .map(|(k, n)| format!("{k}->{n} row kernel | {k}->{n} BLAS"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---|---|".repeat(shapes.len()));
+    let weights: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(k, n)| {
+            (0..k * n)
+                .map(|i| ((i % 97) as f32 - 48.0) / 480.0)
+                .collect()
+        })
+        .collect();
+    for m in [1usize, 4, 10, 16, 32, 48, 64, 96] {
+        let mut cells = Vec::new();
+        for (&(k, n), w) in shapes.iter().zip(&weights) {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i % 89) as f32 - 44.0) / 440.0)
+                .collect();
+            let flop = 2.0 * (m * k * n) as f64 / 1e9;
+            let s = time(reps.max(5), || {
+                std::hint::black_box(rows::matmul_nt(&x, k, w, k, m, k, n));
+                Ok(())
+            })?;
+            cells.push(format!("{:.0}", flop / s));
+            let s = time(reps.max(5), || {
+                std::hint::black_box(blas::blas_nt(&x, w, m, k, n));
+                Ok(())
+            })?;
+            cells.push(format!("{:.0}", flop / s));
+        }
+        println!("| {m} | {} |", cells.join(" | "));
+    }
+    println!("row kernel used up to m = {}", rows::max_rows());
     Ok(())
 }
 

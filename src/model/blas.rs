@@ -97,14 +97,15 @@ impl Blas {
             if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"MKL_Set_Num_Threads\0") {
                 set(1);
             }
-            if let Ok(cfg) =
-                lib.get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_config\0")
-            {
-                let p = cfg();
-                if !p.is_null() {
-                    let text = std::ffi::CStr::from_ptr(p).to_string_lossy();
-                    description = format!("{text} ({name})");
-                }
+            let text = |f: &[u8]| -> Option<String> {
+                let get = lib.get::<unsafe extern "C" fn() -> *const c_char>(f).ok()?;
+                let p = get();
+                (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+            };
+            if let Some(config) = text(b"openblas_get_config\0") {
+                // The configuration names the build target; the core is what runs here.
+                let core = text(b"openblas_get_corename\0").unwrap_or_default();
+                description = format!("{config}, kernels {core} ({name})");
             }
         }
         Ok(Blas {
@@ -198,6 +199,38 @@ impl Blas {
     }
 }
 
+/// Points OpenBLAS at the kernels this CPU can run, unless the user chose (`OPENBLAS_CORETYPE`).
+///
+/// OpenBLAS picks its kernels from the CPU model number when it loads, and on CPUs newer than the
+/// library (or under hypervisors that report unfamiliar models) it falls back to its oldest
+/// SSE3 target, "Prescott": on the development machine sgemm ran at 33 GFLOP/s per core that way
+/// and at 150 with the AVX-512 "SkylakeX" kernels the CPU does support. The choice here follows
+/// the instruction sets the CPU reports, which is all those kernels need. Call once at start-up,
+/// before any other thread exists (it sets an environment variable); without this call OpenBLAS
+/// keeps its own choice, which `backend()` reports.
+pub fn choose_openblas_kernels() {
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx512 = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512cd");
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let core = if avx512 {
+            "SKYLAKEX"
+        } else if avx2 {
+            "HASWELL"
+        } else {
+            return;
+        };
+        std::env::set_var("OPENBLAS_CORETYPE", core);
+    }
+}
+
 /// The process-wide BLAS, loaded on first use; `None` means candle's gemm is used.
 pub fn blas() -> Option<&'static Blas> {
     static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
@@ -218,6 +251,28 @@ pub fn blas() -> Option<&'static Blas> {
         }
     })
     .as_ref()
+}
+
+/// `x (m, k) @ w^T` with `w` (n, k), both row-major, always through the BLAS (never the row
+/// kernel): for the benchmark that places [`super::rows::max_rows`]. `None` without a BLAS.
+pub fn blas_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Option<Vec<f32>> {
+    let blas = blas()?;
+    if m == 0 || n == 0 || k == 0 || x.len() < m * k || w.len() < n * k {
+        return None;
+    }
+    let call = Call {
+        beta: 0.0,
+        ta: false,
+        tb: true,
+        k,
+        lda: k,
+        ldb: k,
+        ldc: n,
+    };
+    let mut c = vec![0f32; m * n];
+    // SAFETY: the lengths are checked above; `c` holds m x n.
+    unsafe { blas.run_split(&call, m, n, x.as_ptr(), w.as_ptr(), c.as_mut_ptr()) };
+    Some(c)
 }
 
 /// Which matrix-product backend is in use, for reports.
@@ -303,7 +358,7 @@ impl CustomOp2 for Gemm {
         if a_need > a_len || b_need > b_len {
             candle_core::bail!("blas gemm: operand layout runs past its storage");
         }
-        if !ta && tb && m <= super::rows::MAX_ROWS {
+        if !ta && tb && m <= super::rows::max_rows() {
             // Few rows against a row-major (n, k) weight: the packing-free row kernel.
             let x = &a[oa..];
             let w = &b[ob..];

@@ -38,6 +38,21 @@ pub fn matmul_nt(
     k: usize,
     n: usize,
 ) -> Vec<f32> {
+    matmul_nt_with(x, ldx, w, ldw, m, k, n, tiled_available())
+}
+
+/// [`matmul_nt`] with the kernel chosen by the caller (`tiled` needs AVX-512F).
+#[allow(clippy::too_many_arguments)]
+fn matmul_nt_with(
+    x: &[f32],
+    ldx: usize,
+    w: &[f32],
+    ldw: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    tiled: bool,
+) -> Vec<f32> {
     assert!(
         m == 0 || x.len() >= (m - 1) * ldx + k,
         "row kernel: x too short"
@@ -54,13 +69,12 @@ pub fn matmul_nt(
     let threads = rayon::current_num_threads().max(1);
     let block = n.div_ceil(threads * 4).max(16).next_multiple_of(4);
     let out = OutPtr(y.as_mut_ptr());
-    let tiled = tiled_available();
     (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
         let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
         #[cfg(target_arch = "x86_64")]
         if tiled {
-            // SAFETY: AVX-512F is available (checked by `tiled_available`); the asserts above
+            // SAFETY: the caller passes `tiled` only with AVX-512F; the asserts above
             // keep reads inside `x` and `w`, and this task writes columns j0..j1 of `y` only.
             unsafe { tiled_block(x, ldx, w, ldw, m, k, n, j0, j1, out.0) };
             return;
@@ -82,9 +96,7 @@ fn tiled_available() -> bool {
     {
         use std::sync::OnceLock;
         static AVX512: OnceLock<bool> = OnceLock::new();
-        *AVX512.get_or_init(|| {
-            std::env::var_os("SELFRET_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
-        })
+        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -284,55 +296,45 @@ unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn row_kernel_matches_a_plain_product() {
-        // Odd sizes: a tail after the 32- and 8-wide loops, a partial last column block.
-        let (m, k, n) = (3, 45, 300);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-            .collect();
-        let y = matmul_nt(&x, k, &w, k, m, k, n);
-        for i in 0..m {
-            for j in 0..n {
-                let want: f32 = (0..k).map(|l| x[i * k + l] * w[j * k + l]).sum();
-                assert!((y[i * n + j] - want).abs() < 1e-4, "({i}, {j})");
-            }
-        }
-        assert!((dot_portable(&x[..k], &w[..k]) - dot(&x[..k], &w[..k])).abs() < 1e-4);
+    /// Deterministic values in [-1, 1].
+    fn filled(len: usize, mul: usize, modulo: usize) -> Vec<f32> {
+        let half = (modulo / 2) as f32;
+        (0..len)
+            .map(|i| ((i * mul % modulo) as f32 - half) / half)
+            .collect()
     }
 
     #[test]
-    fn every_tile_shape_and_stride_matches_a_plain_product() {
-        // m and n cover every tile remainder (1-3 rows, 1-3 weight rows), k a masked tail, and
-        // leading dimensions larger than k (views into wider matrices).
-        for (m, k, n) in [
-            (1, 16, 4),
-            (5, 33, 7),
-            (7, 64, 66),
-            (13, 100, 301),
-            (48, 576, 40),
+    fn every_kernel_tile_shape_and_stride_matches_a_plain_product() {
+        // m and n cover every tile remainder (1-3 rows, 1-3 weight rows), k tails after the
+        // 32-, 16- and 8-wide loops, and leading dimensions equal to or larger than k (views
+        // into wider matrices). Both kernels run wherever the CPU can run them.
+        let kernels = [false, tiled_available()];
+        for (m, k, n, pad) in [
+            (3, 45, 300, 0),
+            (1, 16, 4, 3),
+            (5, 33, 7, 3),
+            (7, 64, 66, 3),
+            (13, 100, 301, 3),
+            (48, 576, 40, 3),
         ] {
-            let (ldx, ldw) = (k + 3, k + 5);
-            let x: Vec<f32> = (0..m * ldx)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let w: Vec<f32> = (0..n * ldw)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-                .collect();
-            let y = matmul_nt(&x, ldx, &w, ldw, m, k, n);
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f32 = (0..k).map(|l| x[i * ldx + l] * w[j * ldw + l]).sum();
-                    let tol = 1e-4 * (k as f32).sqrt().max(1.0);
-                    assert!(
-                        (y[i * n + j] - want).abs() < tol,
-                        "m{m} k{k} n{n} ({i}, {j})"
-                    );
+            let (ldx, ldw) = (k + pad, k + 2 * pad);
+            let x = filled(m * ldx, 37, 101);
+            let w = filled(n * ldw, 53, 97);
+            for tiled in kernels {
+                let y = matmul_nt_with(&x, ldx, &w, ldw, m, k, n, tiled);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = (0..k).map(|l| x[i * ldx + l] * w[j * ldw + l]).sum();
+                        let tol = 1e-4 * (k as f32).sqrt().max(1.0);
+                        assert!(
+                            (y[i * n + j] - want).abs() < tol,
+                            "tiled {tiled} m{m} k{k} n{n} ({i}, {j})"
+                        );
+                    }
                 }
             }
+            assert!((dot_portable(&x[..k], &w[..k]) - dot(&x[..k], &w[..k])).abs() < 1e-4);
         }
     }
 }

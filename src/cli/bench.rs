@@ -15,6 +15,8 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchKind {
     Model,
+    /// Only the matrix-product tables of the model bench (no model load).
+    Products,
     Trie,
     Query,
     Train,
@@ -82,6 +84,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if matches!(a.kind, BenchKind::Model | BenchKind::All) {
         bench_model(&a)?;
+    }
+    if a.kind == BenchKind::Products {
+        few_row_products(a.reps)?;
+        large_products(a.reps)?;
+        println!(
+            "plain f32 matmul 1024x576 @ 576x1536 through the model's path: {:.0} GFLOP/s",
+            gemm_gflops()?
+        );
     }
     if matches!(a.kind, BenchKind::Train | BenchKind::All) {
         bench_train(&a)?;
@@ -309,6 +319,7 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
     drop(inf);
     drop(frozen);
     few_row_products(a.reps)?;
+    large_products(a.reps)?;
     if let Some(rss) = peak_rss_mb() {
         println!("peak RSS: {rss:.0} MB");
     }
@@ -360,7 +371,7 @@ fn few_row_products(reps: usize) -> Result<()> {
             })?;
             cells.push(format!("{:.0}", flop / s));
             let s = time(reps.max(5), || {
-                std::hint::black_box(blas::blas_nt(&x, w, m, k, n));
+                std::hint::black_box(blas::blas_nt(&x, w, m, k, n, false));
                 Ok(())
             })?;
             cells.push(format!("{:.0}", flop / s));
@@ -368,6 +379,56 @@ fn few_row_products(reps: usize) -> Result<()> {
         println!("| {m} | {} |", cells.join(" | "));
     }
     println!("row kernel used up to m = {}", rows::max_rows());
+    Ok(())
+}
+
+/// Large products (prefill, self-assessment, training) on AMX tiles against the f32 BLAS on the
+/// model's shapes, GFLOP/s counted as f32 work (medians). Prints nothing without AMX.
+fn large_products(reps: usize) -> Result<()> {
+    use crate::model::{amx, blas};
+    if blas::blas().is_none() || !amx::available() {
+        println!("\nAMX: not available here (or SELFRET_AMX=off); large products use the BLAS");
+        return Ok(());
+    }
+    let shapes = [(576usize, 1536usize), (1536, 576), (576, 576), (576, 49152)];
+    println!(
+        "\n| rows m | {} |",
+        shapes
+            .iter()
+            .map(|(k, n)| format!("{k}->{n} BLAS f32 | AMX | AMX, weight packed once"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---|---|---|".repeat(shapes.len()));
+    for m in [64usize, 128, 512, 1024] {
+        let mut cells = Vec::new();
+        for &(k, n) in &shapes {
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i % 97) as f32 - 48.0) / 480.0)
+                .collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i % 89) as f32 - 44.0) / 440.0)
+                .collect();
+            let flop = 2.0 * (m * k * n) as f64 / 1e9;
+            for use_amx in [false, true] {
+                let s = time(reps.max(5), || {
+                    std::hint::black_box(blas::blas_nt(&x, &w, m, k, n, use_amx));
+                    Ok(())
+                })?;
+                cells.push(format!("{:.0}", flop / s));
+            }
+            let packs = blas::WeightPacks::default();
+            let xt = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
+            let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
+            blas::packed_product(&xt, &wt, true, &packs)?;
+            let s = time(reps.max(5), || {
+                std::hint::black_box(blas::packed_product(&xt, &wt, true, &packs)?);
+                Ok(())
+            })?;
+            cells.push(format!("{:.0}", flop / s));
+        }
+        println!("| {m} | {} |", cells.join(" | "));
+    }
     Ok(())
 }
 

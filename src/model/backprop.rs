@@ -62,7 +62,10 @@ struct LinearSaved {
 }
 
 fn linear_fwd(l: &Linear, x: &Tensor) -> Result<(Tensor, LinearSaved)> {
-    let mut y = matmul(x, &l.weight.detach(), false, true)?;
+    let mut y = match super::blas::packed_product(x, &l.weight, true, &l.packs)? {
+        Some(y) => y,
+        None => matmul(x, &l.weight.detach(), false, true)?,
+    };
     if let Some(b) = &l.bias {
         y = y.broadcast_add(&b.detach())?;
     }
@@ -87,7 +90,12 @@ fn linear_bwd(
     need_dx: bool,
 ) -> Result<Option<Tensor>> {
     let mut dx = if need_dx {
-        Some(matmul(dy, &l.weight.detach(), false, false)?)
+        Some(
+            match super::blas::packed_product(dy, &l.weight, false, &l.packs)? {
+                Some(dx) => dx,
+                None => matmul(dy, &l.weight.detach(), false, false)?,
+            },
+        )
     } else {
         None
     };
@@ -312,12 +320,19 @@ pub fn loss_and_grads(
     let pos = Tensor::new(positions, dev)?;
     let picked = hn.index_select(&pos, 0)?;
     let head = model.lm_head.as_ref().unwrap_or(embed);
-    let logits = matmul(&picked, &head.detach(), false, true)?;
+    let packs = &model.head_packs;
+    let logits = match super::blas::packed_product(&picked, head, true, packs)? {
+        Some(l) => l,
+        None => matmul(&picked, &head.detach(), false, true)?,
+    };
     let (loss, dlogits) = fused::cross_entropy_with_grad(&logits, targets, seed)?;
     drop(logits);
 
     let mut grads = Grads::default();
-    let dpicked = matmul(&dlogits, &head.detach(), false, false)?;
+    let dpicked = match super::blas::packed_product(&dlogits, head, false, packs)? {
+        Some(d) => d,
+        None => matmul(&dlogits, &head.detach(), false, false)?,
+    };
     grads.add(head, || Ok(matmul(&dlogits, &picked, true, false)?))?;
     drop(dlogits);
     let dhn =

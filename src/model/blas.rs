@@ -12,7 +12,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use std::ffi::{c_char, c_int};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
@@ -162,6 +162,58 @@ impl Blas {
         b: *const f32,
         c: *mut f32,
     ) {
+        self.run_split_with(call, m, n, a, b, c, true)
+    }
+
+    /// [`Blas::run_split`], with large products sent to AMX tiles only when `amx` allows.
+    ///
+    /// # Safety
+    /// As for [`Blas::run`], for the whole m x n output.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_split_with(
+        &self,
+        call: &Call,
+        m: usize,
+        n: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        amx: bool,
+    ) {
+        if amx && super::amx::available() && super::amx::worthwhile(m, n, call.k) {
+            let left = if call.ta {
+                super::amx::Operand {
+                    ptr: a,
+                    rows: m,
+                    row_stride: 1,
+                    k_stride: call.lda,
+                }
+            } else {
+                super::amx::Operand {
+                    ptr: a,
+                    rows: m,
+                    row_stride: call.lda,
+                    k_stride: 1,
+                }
+            };
+            let right = if call.tb {
+                super::amx::Operand {
+                    ptr: b,
+                    rows: n,
+                    row_stride: call.ldb,
+                    k_stride: 1,
+                }
+            } else {
+                super::amx::Operand {
+                    ptr: b,
+                    rows: n,
+                    row_stride: 1,
+                    k_stride: call.ldb,
+                }
+            };
+            // SAFETY: the caller's operands cover the product as `call` describes.
+            return super::amx::gemm(left, right, call.k, call.beta, c, call.ldc);
+        }
         let parts = self
             .threads
             .min(if m >= 64 { m / 32 } else { n / 256 })
@@ -253,9 +305,10 @@ pub fn blas() -> Option<&'static Blas> {
     .as_ref()
 }
 
-/// `x (m, k) @ w^T` with `w` (n, k), both row-major, always through the BLAS (never the row
-/// kernel): for the benchmark that places [`super::rows::max_rows`]. `None` without a BLAS.
-pub fn blas_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Option<Vec<f32>> {
+/// `x (m, k) @ w^T` with `w` (n, k), both row-major, never through the row kernel, and through
+/// AMX tiles only when `amx` allows: for the benchmarks that place [`super::rows::max_rows`] and
+/// compare the AMX path with the BLAS. `None` without a BLAS.
+pub fn blas_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, amx: bool) -> Option<Vec<f32>> {
     let blas = blas()?;
     if m == 0 || n == 0 || k == 0 || x.len() < m * k || w.len() < n * k {
         return None;
@@ -271,7 +324,7 @@ pub fn blas_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Option<Vec
     };
     let mut c = vec![0f32; m * n];
     // SAFETY: the lengths are checked above; `c` holds m x n.
-    unsafe { blas.run_split(&call, m, n, x.as_ptr(), w.as_ptr(), c.as_mut_ptr()) };
+    unsafe { blas.run_split_with(&call, m, n, x.as_ptr(), w.as_ptr(), c.as_mut_ptr(), amx) };
     Some(c)
 }
 
@@ -645,6 +698,117 @@ impl candle_core::InplaceOp3 for GemmAccumulate {
         }
         Ok(())
     }
+}
+
+/// AMX packings of one frozen weight, made on first use and shared by clones of the layer that
+/// owns them. A weight that changes (a training variable) never gets one: see
+/// [`packed_product`].
+#[derive(Clone, Default)]
+pub struct WeightPacks {
+    /// For `x @ w^T`: a projection's forward pass.
+    nt: Arc<OnceLock<super::amx::PackedMatrix>>,
+    /// For `dy @ w`: the input gradient of a frozen projection.
+    nn: Arc<OnceLock<super::amx::PackedMatrix>>,
+}
+
+impl std::fmt::Debug for WeightPacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WeightPacks(nt: {}, nn: {})",
+            self.nt.get().is_some(),
+            self.nn.get().is_some()
+        )
+    }
+}
+
+/// `x @ w^T` (`trans_w`) or `x @ w` against a weight that stays fixed as long as `packs` lives,
+/// on AMX tiles with the weight packed once: for the large products of prefill, assessment and
+/// LoRA training. `None` when that path does not apply (no AMX, a small product, a weight that
+/// is a training variable, an input that needs a gradient): the caller then multiplies as usual.
+pub fn packed_product(
+    x: &Tensor,
+    w: &Tensor,
+    trans_w: bool,
+    packs: &WeightPacks,
+) -> candle_core::Result<Option<Tensor>> {
+    use super::amx;
+    if !amx::available()
+        || w.is_variable()
+        || w.track_op()
+        || x.track_op()
+        || x.rank() != 2
+        || w.rank() != 2
+        || !x.device().is_cpu()
+        || !w.device().is_cpu()
+        || x.dtype() != DType::F32
+        || w.dtype() != DType::F32
+    {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    let (wr, wc) = w.dims2()?;
+    let (n, wk) = if trans_w { (wr, wc) } else { (wc, wr) };
+    if k != wk || !amx::worthwhile(m, n, k) {
+        return Ok(None);
+    }
+    let cell = if trans_w { &packs.nt } else { &packs.nn };
+    let packed = match cell.get() {
+        Some(p) => p,
+        None => {
+            let (storage, layout) = w.storage_and_layout();
+            let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+                return Ok(None);
+            };
+            let Some((off, transposed, ld)) = operand(layout) else {
+                return Ok(None);
+            };
+            // Element (j, p) of the right operand: w[j][p] with `trans_w`, else w[p][j].
+            let (mut row_stride, mut k_stride) = (ld as usize, 1);
+            if transposed {
+                std::mem::swap(&mut row_stride, &mut k_stride);
+            }
+            if !trans_w {
+                std::mem::swap(&mut row_stride, &mut k_stride);
+            }
+            let op = amx::Operand {
+                ptr: data[off..].as_ptr(),
+                rows: n,
+                row_stride,
+                k_stride,
+            };
+            // SAFETY: `operand` checked that the layout is a 2-D view inside the storage
+            // (leading dimension at least the row length), which covers n x k elements.
+            let packed = unsafe { amx::PackedMatrix::new(op, k) };
+            drop(storage);
+            cell.get_or_init(|| packed)
+        }
+    };
+    if packed.rows() != n || packed.k() != k {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, _)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let left = amx::Operand {
+        ptr: data[start..].as_ptr(),
+        rows: m,
+        row_stride: k,
+        k_stride: 1,
+    };
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `x` is contiguous m x k; `y` holds m x n and beta = 0 writes every element.
+    unsafe {
+        amx::gemm_packed(left, packed, 0.0, y.as_mut_ptr(), n);
+        y.set_len(m * n);
+    }
+    drop(storage);
+    Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
 }
 
 /// `x @ w^T` over the last dimension of `x` (any leading shape), the shape of every projection.

@@ -23,6 +23,8 @@ pub struct Linear {
     /// then a view of it): candle's matmul is ~3x faster on the few-row inputs of beam decoding
     /// that way.
     pub weight_t: Option<Tensor>,
+    /// The weight packed for AMX tiles, made on first use when the weight is frozen.
+    pub packs: super::blas::WeightPacks,
 }
 
 impl Linear {
@@ -40,6 +42,7 @@ impl Linear {
             bias,
             lora: None,
             weight_t: None,
+            packs: Default::default(),
         })
     }
 
@@ -49,10 +52,12 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = match &self.weight_t {
+        let packed = super::blas::packed_product(&x2, &self.weight, true, &self.packs)?;
+        let mut y = match (packed, &self.weight_t) {
+            (Some(y), _) => y,
             // candle's gemm wants the contiguous transposed copy; BLAS takes either layout.
-            Some(wt) if super::blas::blas().is_none() => x2.matmul(wt)?,
-            _ => super::frozen::linear_2d(&x2, &self.weight)?,
+            (None, Some(wt)) if super::blas::blas().is_none() => x2.matmul(wt)?,
+            (None, _) => super::frozen::linear_2d(&x2, &self.weight)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -76,13 +81,22 @@ impl Linear {
 
     fn detached_merged(&self) -> Result<Self> {
         if super::blas::blas().is_some() {
-            // BLAS and the few-row kernel read the (out, in) weight directly.
+            // BLAS and the few-row kernel read the (out, in) weight directly. A training
+            // variable is copied: the inference copy (and its packing) must not change when
+            // training steps on.
+            let merged = self.merged_weight()?;
+            let weight = if self.weight.is_variable() && self.lora.is_none() {
+                merged.copy()?
+            } else {
+                merged.contiguous()?
+            };
             return Ok(Linear {
                 name: self.name.clone(),
-                weight: self.merged_weight()?.contiguous()?,
+                weight,
                 bias: self.bias.as_ref().map(|b| b.detach()),
                 lora: None,
                 weight_t: None,
+                packs: Default::default(),
             });
         }
         let weight_t = self.merged_weight()?.t()?.contiguous()?;
@@ -92,6 +106,7 @@ impl Linear {
             bias: self.bias.as_ref().map(|b| b.detach()),
             lora: None,
             weight_t: Some(weight_t),
+            packs: Default::default(),
         })
     }
 }
@@ -487,6 +502,8 @@ pub struct Llama {
     pub(crate) rotary: Rotary,
     /// Fused kernels are used when no gradient is needed (inference copies).
     fused: bool,
+    /// The output projection packed for AMX tiles, when it is frozen.
+    pub(crate) head_packs: super::blas::WeightPacks,
 }
 
 impl Llama {
@@ -518,6 +535,7 @@ impl Llama {
             lm_head,
             rotary,
             fused: false,
+            head_packs: Default::default(),
         })
     }
 
@@ -561,7 +579,11 @@ impl Llama {
         let dims = hidden.dims().to_vec();
         let h = dims[dims.len() - 1];
         let rows = hidden.elem_count() / h;
-        let y = super::frozen::linear_2d(&hidden.reshape((rows, h))?, w)?;
+        let x = hidden.reshape((rows, h))?;
+        let y = match super::blas::packed_product(&x, w, true, &self.head_packs)? {
+            Some(y) => y,
+            None => super::frozen::linear_2d(&x, w)?,
+        };
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.config.vocab_size;
@@ -608,8 +630,17 @@ impl Llama {
     pub fn for_inference(&self) -> Result<Llama> {
         let mut m = self.clone();
         m.fused = true;
-        m.embed_tokens = self.embed_tokens.detach();
-        m.lm_head = self.lm_head.as_ref().map(|t| t.detach());
+        // Training variables are copied, so the inference copy stays as it is now.
+        let snapshot = |t: &Tensor| -> Result<Tensor> {
+            Ok(if t.is_variable() {
+                t.copy()?
+            } else {
+                t.detach()
+            })
+        };
+        m.embed_tokens = snapshot(&self.embed_tokens)?;
+        m.lm_head = self.lm_head.as_ref().map(snapshot).transpose()?;
+        m.head_packs = Default::default();
         m.norm.weight = self.norm.weight.detach();
         for layer in m.layers.iter_mut() {
             layer.input_layernorm.weight = layer.input_layernorm.weight.detach();

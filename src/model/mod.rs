@@ -1,6 +1,7 @@
 //! The language model: a trainable llama-family decoder, its tokenizer, where it comes from and
 //! how it is saved.
 
+pub mod amx;
 pub mod backprop;
 pub mod blas;
 pub mod checkpoint;

@@ -86,6 +86,58 @@ fn dequantised_model_matches_quantized_llama_and_speaks_english() {
     assert!(text.contains("Paris"), "unexpected answer {text:?}");
 }
 
+/// The large products of a prefill on AMX tiles (bf16x3) against plain f32 products, on the
+/// real model over a prompt long enough to take that path: the log-probabilities at every
+/// position agree closely and the most likely next token is the same everywhere.
+#[test]
+fn amx_prefill_matches_f32_products() {
+    let path = gguf_path();
+    let dev = Device::Cpu;
+    let w = load_gguf(&path, &dev).unwrap();
+    let text = CHAT.repeat(5);
+    let ids = w
+        .tokenizer
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert!(ids.len() >= 64, "prompt of {} tokens", ids.len());
+    let bundle =
+        ModelBundle::from_weights(w, ModelSource::Gguf(path), TrainMode::Frozen, &dev).unwrap();
+    let input = Tensor::new(ids.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let run = |amx: bool| -> (bool, Vec<Vec<f32>>) {
+        let present = selfret::model::amx::set_enabled(amx);
+        let model = bundle.inference().unwrap();
+        let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+        (present, lp.to_vec2().unwrap())
+    };
+    let (present, with_amx) = run(true);
+    let (_, plain) = run(false);
+    selfret::model::amx::set_enabled(true);
+    if !present {
+        eprintln!("no AMX on this CPU: both runs used f32 products");
+    }
+    let mut max_diff = 0f32;
+    for (a, b) in with_amx.iter().zip(&plain) {
+        for (x, y) in a.iter().zip(b) {
+            max_diff = max_diff.max((x - y).abs());
+        }
+        assert_eq!(top_k(a, 1), top_k(b, 1), "argmax differs");
+    }
+    eprintln!(
+        "AMX vs f32 log-prob max abs diff over {} positions: {max_diff:.2e}",
+        ids.len()
+    );
+    assert!(
+        max_diff < 5e-3,
+        "AMX and f32 log-probs differ by {max_diff}"
+    );
+}
+
 #[test]
 fn gguf_tokenizer_round_trips_and_matches_reference_ids() {
     let path = gguf_path();

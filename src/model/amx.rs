@@ -30,12 +30,25 @@ const ROW_CHUNK: usize = 256;
 /// and the user has not turned it off. Decided once.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
+    let ok = *OK.get_or_init(|| {
         let off = std::env::var("SELFRET_AMX")
             .map(|v| matches!(v.as_str(), "off" | "0" | "none"))
             .unwrap_or(false);
         !off && detect()
-    })
+    });
+    ok && ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the AMX path off (or back on) for the whole process, so a test or a benchmark can
+/// compare it with the f32 products on the same inputs. Returns whether the CPU has it at all.
+pub fn set_enabled(on: bool) -> bool {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let present = available();
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+    present
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

@@ -111,6 +111,50 @@ impl Linear {
     }
 }
 
+/// Stacks detached projections that read the same input into one (weights and biases
+/// concatenated by rows) and makes each part's weight a view of its rows, so the parts take no
+/// memory of their own. `None` (nothing changed) when the parts cannot share one product: an
+/// adapter, a transposed copy, or biases on only some.
+fn stack(parts: &mut [&mut Linear], name: &str) -> Result<Option<Linear>> {
+    if parts
+        .iter()
+        .any(|l| l.lora.is_some() || l.weight_t.is_some())
+    {
+        return Ok(None);
+    }
+    let with_bias = parts.iter().filter(|l| l.bias.is_some()).count();
+    if with_bias != 0 && with_bias != parts.len() {
+        return Ok(None);
+    }
+    let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+    let weight = Tensor::cat(&weights, 0)?;
+    let bias = if with_bias == 0 {
+        None
+    } else {
+        let biases: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias.as_ref()).collect();
+        Some(Tensor::cat(&biases, 0)?)
+    };
+    let mut offset = 0;
+    for part in parts.iter_mut() {
+        let rows = part.weight.dim(0)?;
+        part.weight = weight.narrow(0, offset, rows)?;
+        part.bias = bias
+            .as_ref()
+            .map(|b| b.narrow(0, offset, rows))
+            .transpose()?;
+        part.packs = Default::default();
+        offset += rows;
+    }
+    Ok(Some(Linear {
+        name: name.to_string(),
+        weight,
+        bias,
+        lora: None,
+        weight_t: None,
+        packs: Default::default(),
+    }))
+}
+
 /// Root-mean-square layer norm with a learned gain.
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
@@ -307,6 +351,9 @@ pub struct Attention {
     pub(crate) n_heads: usize,
     pub(crate) n_kv_heads: usize,
     pub(crate) head_dim: usize,
+    /// Inference copies: q, k and v stacked into one projection (their weights are views of
+    /// its rows), so that in decoding one pass of the threads over the weights serves all three.
+    pub(crate) qkv: Option<Linear>,
 }
 
 impl Attention {
@@ -323,6 +370,7 @@ impl Attention {
             n_heads: cfg.num_attention_heads,
             n_kv_heads: cfg.num_kv_heads(),
             head_dim: hd,
+            qkv: None,
         })
     }
 
@@ -337,13 +385,27 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?;
+        // Few rows (decoding): one pass of the threads over the stacked weight. Many rows: the
+        // separate products, whose outputs need no copying apart.
+        let few_rows = b * t <= super::rows::max_rows();
+        let (q, k, v) = match &self.qkv {
+            Some(stacked) if few_rows => {
+                let y = stacked.forward(x)?;
+                (
+                    y.narrow(2, 0, nh * hd)?,
+                    y.narrow(2, nh * hd, nkv * hd)?,
+                    y.narrow(2, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+            _ => (
+                self.q_proj.forward(x)?,
+                self.k_proj.forward(x)?,
+                self.v_proj.forward(x)?,
+            ),
+        };
+        let q = q.reshape((b, t, nh, hd))?;
+        let k = k.reshape((b, t, nkv, hd))?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
         let q = rotary.apply_to_heads(&q, offset, fused)?;
         let k = rotary.apply_to_heads(&k, offset, fused)?;
         let v = v.contiguous()?;
@@ -414,6 +476,8 @@ pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// Inference copies: gate and up stacked into one projection, as [`Attention::qkv`].
+    pub(crate) gate_up: Option<Linear>,
 }
 
 impl Mlp {
@@ -423,12 +487,20 @@ impl Mlp {
             gate_proj: Linear::load(vb.pp("gate_proj"), h, i, false)?,
             up_proj: Linear::load(vb.pp("up_proj"), h, i, false)?,
             down_proj: Linear::load(vb.pp("down_proj"), i, h, false)?,
+            gate_up: None,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?;
-        let u = self.up_proj.forward(x)?;
+        let few_rows = x.elem_count() / x.dim(D::Minus1)? <= super::rows::max_rows();
+        let (g, u) = match &self.gate_up {
+            Some(stacked) if few_rows => {
+                let y = stacked.forward(x)?;
+                let i = self.gate_proj.weight.dim(0)?;
+                (y.narrow(D::Minus1, 0, i)?, y.narrow(D::Minus1, i, i)?)
+            }
+            _ => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
+        };
         let a = if super::fused::supported(&g) {
             super::fused::swiglu(&g, &u)?
         } else {
@@ -614,6 +686,9 @@ impl Llama {
     /// projections; their parameters are created through `vb` (normally backed by a `VarMap`).
     pub fn add_lora(&mut self, lora: &LoraConfig, vb: VarBuilder) -> Result<()> {
         for layer in self.layers.iter_mut() {
+            // Stacked projections would bypass the new adapters.
+            layer.self_attn.qkv = None;
+            layer.mlp.gate_up = None;
             for (proj, linear) in layer.linears_mut() {
                 if lora.targets.contains(&proj) {
                     let (out_dim, in_dim) = linear.weight.dims2()?;
@@ -648,6 +723,15 @@ impl Llama {
             for (_, lin) in layer.linears_mut() {
                 *lin = lin.detached_merged()?;
             }
+            let att = &mut layer.self_attn;
+            let name = format!("{}+k+v", att.q_proj.name);
+            att.qkv = stack(
+                &mut [&mut att.q_proj, &mut att.k_proj, &mut att.v_proj],
+                &name,
+            )?;
+            let mlp = &mut layer.mlp;
+            let name = format!("{}+up", mlp.gate_proj.name);
+            mlp.gate_up = stack(&mut [&mut mlp.gate_proj, &mut mlp.up_proj], &name)?;
         }
         Ok(m)
     }

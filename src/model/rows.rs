@@ -123,30 +123,66 @@ unsafe fn tiled_block(
     y: *mut f32,
 ) {
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    // The weight rows two tiles on, to prefetch while this tile runs (see `tile`), when they
+    // are still this task's.
+    let ahead = |j: usize, c: usize| -> *const f32 {
+        if j + 3 * c <= j1 {
+            wp.add((j + c) * ldw)
+        } else {
+            std::ptr::null()
+        }
+    };
     let mut j = j0;
+    if (5..=12).contains(&m) {
+        // Up to 12 input rows in one pass over each pair of weight rows: the weights stream
+        // from memory once, with the arithmetic on them overlapping their loads (several passes
+        // of 4 rows left memory idle during the later ones).
+        while j < j1 {
+            let c = (j1 - j).min(2);
+            let (wj, yj, pf) = (wp.add(j * ldw), y.add(j), ahead(j, c));
+            macro_rules! all_rows {
+                ($($r:literal),*) => {
+                    match (m, c) {
+                        $(($r, 2) => tile::<$r, 2>(xp, ldx, wj, ldw, k, yj, n, pf),
+                          ($r, _) => tile::<$r, 1>(xp, ldx, wj, ldw, k, yj, n, pf),)*
+                        _ => unreachable!("5 to 12 rows"),
+                    }
+                };
+            }
+            all_rows!(5, 6, 7, 8, 9, 10, 11, 12);
+            j += c;
+        }
+        return;
+    }
     while j < j1 {
         let c = (j1 - j).min(4);
         let mut i = 0;
         while i < m {
             let r = (m - i).min(4);
             let (xi, wj, yij) = (xp.add(i * ldx), wp.add(j * ldw), y.add(i * n + j));
+            // The last pass over these weight rows fetches the next ones.
+            let pf = if i + r >= m {
+                ahead(j, c)
+            } else {
+                std::ptr::null()
+            };
             match (r, c) {
-                (4, 4) => tile::<4, 4>(xi, ldx, wj, ldw, k, yij, n),
-                (4, 3) => tile::<4, 3>(xi, ldx, wj, ldw, k, yij, n),
-                (4, 2) => tile::<4, 2>(xi, ldx, wj, ldw, k, yij, n),
-                (4, _) => tile::<4, 1>(xi, ldx, wj, ldw, k, yij, n),
-                (3, 4) => tile::<3, 4>(xi, ldx, wj, ldw, k, yij, n),
-                (3, 3) => tile::<3, 3>(xi, ldx, wj, ldw, k, yij, n),
-                (3, 2) => tile::<3, 2>(xi, ldx, wj, ldw, k, yij, n),
-                (3, _) => tile::<3, 1>(xi, ldx, wj, ldw, k, yij, n),
-                (2, 4) => tile::<2, 4>(xi, ldx, wj, ldw, k, yij, n),
-                (2, 3) => tile::<2, 3>(xi, ldx, wj, ldw, k, yij, n),
-                (2, 2) => tile::<2, 2>(xi, ldx, wj, ldw, k, yij, n),
-                (2, _) => tile::<2, 1>(xi, ldx, wj, ldw, k, yij, n),
-                (_, 4) => tile::<1, 4>(xi, ldx, wj, ldw, k, yij, n),
-                (_, 3) => tile::<1, 3>(xi, ldx, wj, ldw, k, yij, n),
-                (_, 2) => tile::<1, 2>(xi, ldx, wj, ldw, k, yij, n),
-                _ => tile::<1, 1>(xi, ldx, wj, ldw, k, yij, n),
+                (4, 4) => tile::<4, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (4, 3) => tile::<4, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (4, 2) => tile::<4, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (4, _) => tile::<4, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (3, 4) => tile::<3, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (3, 3) => tile::<3, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (3, 2) => tile::<3, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (3, _) => tile::<3, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (2, 4) => tile::<2, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (2, 3) => tile::<2, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (2, 2) => tile::<2, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (2, _) => tile::<2, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (_, 4) => tile::<1, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (_, 3) => tile::<1, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
+                (_, 2) => tile::<1, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
+                _ => tile::<1, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
             }
             i += r;
         }
@@ -160,7 +196,8 @@ unsafe fn tiled_block(
 ///
 /// # Safety
 /// As for [`tiled_block`]: R input rows from `x` (stride `ldx`), C weight rows from `w` (stride
-/// `ldw`), each `k` long; writes y[r * ldy + c].
+/// `ldw`), each `k` long; writes y[r * ldy + c]. `prefetch`, unless null, starts 2C more weight
+/// rows (same stride and length) to fetch along the way.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -172,11 +209,23 @@ unsafe fn tile<const R: usize, const C: usize>(
     k: usize,
     y: *mut f32,
     ldy: usize,
+    prefetch: *const f32,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     let mut l = 0;
     while l + 16 <= k {
+        if !prefetch.is_null() {
+            // The hardware prefetcher alone left beam decoding at a third of the memory
+            // bandwidth here: the next C weight rows into L1, the C after them into L2, each at
+            // the pace these rows are read.
+            for c in 0..C {
+                _mm_prefetch::<_MM_HINT_T0>(prefetch.add(c * ldw + l) as *const i8);
+            }
+            for c in C..2 * C {
+                _mm_prefetch::<_MM_HINT_T1>(prefetch.add(c * ldw + l) as *const i8);
+            }
+        }
         let mut wv = [_mm512_setzero_ps(); C];
         for (c, v) in wv.iter_mut().enumerate() {
             *v = _mm512_loadu_ps(w.add(c * ldw + l));

@@ -313,6 +313,41 @@ fn avx512() -> bool {
     *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
+/// The largest value of `x` (negative infinity when empty; NaNs are passed over): the shift
+/// of every softmax here, vectorised like [`exp_scaled`].
+pub(crate) fn max_of(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: AVX-512F is present (checked).
+        return unsafe { max_avx512(x) };
+    }
+    x.iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// [`max_of`] with AVX-512.
+///
+/// # Safety
+/// Needs AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_avx512(x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+    let n = x.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        acc = _mm512_max_ps(acc, _mm512_loadu_ps(x.as_ptr().add(i)));
+        i += 16;
+    }
+    if i < n {
+        let mask: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+        let v = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), mask, x.as_ptr().add(i));
+        acc = _mm512_max_ps(acc, v);
+    }
+    _mm512_reduce_max_ps(acc)
+}
+
 /// e^x in 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor series to degree 7
 /// (truncation below 1e-8 relative), then scaled by 2^n (which also gives 0 and infinity at the
 /// ends of the range, and NaN for NaN).
@@ -416,10 +451,13 @@ impl CustomOp1 for CausalSoftmax {
                 for (ri, (yr, xr)) in yc.chunks_mut(s).zip(xc.chunks(s)).enumerate() {
                     let row = ci * rows_per_task + ri;
                     let visible = self.offset + row % self.t + 1;
-                    let mut max = f32::NEG_INFINITY;
-                    for v in &xr[..visible] {
-                        max = max.max(v * self.scale);
-                    }
+                    let max = if self.scale >= 0.0 {
+                        max_of(&xr[..visible]) * self.scale
+                    } else {
+                        xr[..visible]
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |m, v| m.max(v * self.scale))
+                    };
                     let sum = exp_scaled(&xr[..visible], &mut yr[..visible], self.scale, max);
                     let inv = 1.0 / sum;
                     for y in &mut yr[..visible] {
@@ -590,7 +628,7 @@ struct CrossEntropy {
 }
 
 fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_of(row);
     let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
     max + sum.ln()
 }
@@ -776,7 +814,7 @@ impl CustomOp1 for CrossEntropyStep<'_> {
             .zip(x.par_chunks(vocab))
             .zip(self.targets.par_iter())
             .map(|((or, xr), &t)| {
-                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let max = max_of(xr);
                 let sum = exp_scaled(xr, or, 1.0, max);
                 let k = per_row / sum;
                 for o in or.iter_mut() {

@@ -122,14 +122,6 @@ struct Packed {
 }
 
 impl Packed {
-    /// Room for `blocks` row blocks (every element is then written by the packers).
-    fn zeroed(blocks: usize, k_blocks: usize) -> Packed {
-        Packed {
-            data: vec![0; blocks * k_blocks * 2 * TILE_ELEMS],
-            k_blocks,
-        }
-    }
-
     /// Offset (in u16) of the high tile of row block `rb`, contraction block `kb`.
     #[inline(always)]
     fn tile(&self, rb: usize, kb: usize) -> usize {
@@ -198,12 +190,15 @@ unsafe fn split_row(row: &[f32; TILE_K], hi: *mut u16, lo: *mut u16) {
 unsafe fn pack(op: &Operand, k: usize, right: bool) -> Packed {
     let k_blocks = k.div_ceil(TILE_K);
     let blocks = op.rows.div_ceil(TILE).next_multiple_of(2);
-    let mut packed = Packed::zeroed(blocks, k_blocks);
-    packed
-        .data
+    let len = blocks * k_blocks * 2 * TILE_ELEMS;
+    let mut data: Vec<u16> = Vec::with_capacity(len);
+    // Written in place without zeroing first: every element is written below (the gathered
+    // blocks carry the zero padding).
+    data.spare_capacity_mut()[..len]
         .par_chunks_mut(k_blocks * 2 * TILE_ELEMS)
         .enumerate()
         .for_each(|(rb, out)| {
+            let out = out.as_mut_ptr() as *mut u16;
             let mut buf = [[0f32; TILE_K]; TILE];
             let mut split = [[[0u32; TILE]; TILE]; 2];
             for kb in 0..k_blocks {
@@ -211,7 +206,7 @@ unsafe fn pack(op: &Operand, k: usize, right: bool) -> Packed {
                 // `out` holds this row block's tiles.
                 unsafe {
                     gather(op, k, rb * TILE, kb * TILE_K, &mut buf);
-                    let hi = out.as_mut_ptr().add(kb * 2 * TILE_ELEMS);
+                    let hi = out.add(kb * 2 * TILE_ELEMS);
                     let lo = hi.add(TILE_ELEMS);
                     if !right {
                         for (r, row) in buf.iter().enumerate() {
@@ -238,7 +233,9 @@ unsafe fn pack(op: &Operand, k: usize, right: bool) -> Packed {
                 }
             }
         });
-    packed
+    // SAFETY: every one of the `len` elements was written above.
+    unsafe { data.set_len(len) };
+    Packed { data, k_blocks }
 }
 
 /// A right operand packed once for many products: a frozen weight.

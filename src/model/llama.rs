@@ -476,7 +476,8 @@ pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
-    /// Inference copies: gate and up stacked into one projection, as [`Attention::qkv`].
+    /// Inference copies: gate and up stacked into one projection, as [`Attention::qkv`]; used
+    /// at every size, since the activation reads its two halves in place.
     pub(crate) gate_up: Option<Linear>,
 }
 
@@ -492,15 +493,12 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let few_rows = x.elem_count() / x.dim(D::Minus1)? <= super::rows::max_rows();
-        let (g, u) = match &self.gate_up {
-            Some(stacked) if few_rows => {
-                let y = stacked.forward(x)?;
-                let i = self.gate_proj.weight.dim(0)?;
-                (y.narrow(D::Minus1, 0, i)?, y.narrow(D::Minus1, i, i)?)
-            }
-            _ => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
-        };
+        if let Some(stacked) = self.gate_up.as_ref().filter(|_| super::fused::supported(x)) {
+            // One product for both halves, read in place by the activation.
+            let y = stacked.forward(x)?;
+            return self.down_proj.forward(&super::fused::swiglu_stacked(&y)?);
+        }
+        let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
         let a = if super::fused::supported(&g) {
             super::fused::swiglu(&g, &u)?
         } else {

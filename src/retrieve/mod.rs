@@ -220,36 +220,40 @@ pub struct Retriever<'a> {
     pub trie: &'a CorpusTrie,
 }
 
-/// Padding a verdict batch may add, as a fraction of its real tokens.
-const VERDICT_PADDING: f64 = 0.1;
+/// What one more forward pass costs, in tokens of batch: every pass streams all the weights
+/// from memory (about 30 ms for the 135M model on the development machine), about what 50
+/// tokens of prefill compute take there. Verdict batches pad rows to a common length when that
+/// padding is cheaper than another pass.
+const VERDICT_CALL_TOKENS: usize = 48;
 /// Rows in one verdict batch at most (bounds the memory of the forked caches).
 const VERDICT_BATCH: usize = 16;
 
-/// Groups row indices into batches of similar length: sorted by length, a batch takes the next
-/// row while its padding stays within `max_padding` of its real tokens and it has room.
-pub fn length_batches(rows: &[Vec<u32>], max_padding: f64, max_rows: usize) -> Vec<Vec<usize>> {
+/// Groups row indices into right-padded batches of at most `max_rows`, minimising the total
+/// cost `sum over batches of (call_tokens + rows x longest row)`: padding is traded against
+/// passes. Rows are taken in length order (some optimal grouping always is) and the best split
+/// of that order is found exactly (dynamic programming over split points).
+pub fn length_batches(rows: &[Vec<u32>], call_tokens: usize, max_rows: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| (rows[i].len(), i));
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut real = 0usize;
-    for i in order {
-        let len = rows[i].len();
-        let fits = batches.last().is_some_and(|b| {
-            // Sorted ascending, so the new row is the longest: every row pads to `len`.
-            let padded = (b.len() + 1) * len;
-            b.len() < max_rows
-                && (padded - (real + len)) as f64 <= max_padding * (real + len) as f64
-        });
-        if fits {
-            real += len;
-            if let Some(b) = batches.last_mut() {
-                b.push(i);
-            }
-        } else {
-            real = len;
-            batches.push(vec![i]);
-        }
+    let n = order.len();
+    let max_rows = max_rows.max(1);
+    // best[j]: (cost, start of the last batch) for the first j rows in order.
+    let mut best: Vec<(usize, usize)> = vec![(0, 0); n + 1];
+    for j in 1..=n {
+        let longest = rows[order[j - 1]].len();
+        best[j] = (j.saturating_sub(max_rows)..j)
+            .map(|i| (best[i].0 + call_tokens + (j - i) * longest, i))
+            .min()
+            .unwrap_or((0, 0));
     }
+    let mut batches = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = best[j].1;
+        batches.push(order[i..j].to_vec());
+        j = i;
+    }
+    batches.reverse();
     batches
 }
 
@@ -761,7 +765,7 @@ impl Retriever<'_> {
             return Ok((vec![0.5; rows.len()], best));
         };
         let mut p_rej = vec![0.5; rows.len()];
-        for group in length_batches(rows, VERDICT_PADDING, VERDICT_BATCH) {
+        for group in length_batches(rows, VERDICT_CALL_TOKENS, VERDICT_BATCH) {
             let group_rows: Vec<&[u32]> = group.iter().map(|&i| rows[i].as_slice()).collect();
             let wanted: Vec<Vec<usize>> = group_rows
                 .iter()
@@ -846,29 +850,66 @@ mod tests {
     use super::length_batches;
 
     #[test]
-    fn length_batches_cover_every_row_once_with_little_padding() {
-        let lens = [30usize, 5, 31, 120, 29, 118, 7, 6, 30, 125, 1];
-        let rows: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
-        let batches = length_batches(&rows, 0.1, 3);
-        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
-        seen.sort();
-        assert_eq!(seen, (0..rows.len()).collect::<Vec<_>>());
-        for b in &batches {
-            assert!(b.len() <= 3);
-            let max = b.iter().map(|&i| lens[i]).max().unwrap();
-            let real: usize = b.iter().map(|&i| lens[i]).sum();
-            assert!((b.len() * max - real) as f64 <= 0.1 * real as f64, "{b:?}");
+    fn length_batches_cover_every_row_once_at_least_cost() {
+        let cost = |lens: &[usize], batches: &[Vec<usize>], call: usize| -> usize {
+            batches
+                .iter()
+                .map(|b| call + b.len() * b.iter().map(|&i| lens[i]).max().unwrap_or(0))
+                .sum()
+        };
+        // Every way to cut the rows into batches (set partitions), by brute force.
+        fn partitions(n: usize) -> Vec<Vec<Vec<usize>>> {
+            if n == 0 {
+                return vec![vec![]];
+            }
+            let mut out = Vec::new();
+            for p in partitions(n - 1) {
+                for k in 0..=p.len() {
+                    let mut q = p.clone();
+                    if k == p.len() {
+                        q.push(vec![n - 1]);
+                    } else {
+                        q[k].push(n - 1);
+                    }
+                    out.push(q);
+                }
+            }
+            out
         }
-        // Similar lengths share a batch: 29, 30, 30 and 118, 120, 125 (within 10% padding).
-        assert!(batches.contains(&vec![4, 0, 8]));
-        assert!(batches.contains(&vec![5, 3, 9]));
-        // Equal lengths fill batches up to the row limit.
+        let lens = [30usize, 5, 31, 120, 29, 118, 7];
+        let rows: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
+        let all = partitions(lens.len());
+        for (call, max_rows) in [(0, 3), (48, 3), (48, 16), (500, 4)] {
+            let batches = length_batches(&rows, call, max_rows);
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+            seen.sort();
+            assert_eq!(seen, (0..rows.len()).collect::<Vec<_>>());
+            assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= max_rows));
+            let least = all
+                .iter()
+                .filter(|p| p.iter().all(|b| b.len() <= max_rows))
+                .map(|p| cost(&lens, p, call))
+                .min()
+                .unwrap();
+            assert_eq!(
+                cost(&lens, &batches, call),
+                least,
+                "call {call}, rows {max_rows}"
+            );
+        }
+        // Free passes: no padding at all. Costly passes: one batch up to the row limit.
+        let free = length_batches(&rows, 0, 16);
+        assert!(free
+            .iter()
+            .all(|b| b.iter().all(|&i| lens[i] == lens[b[0]])));
+        assert_eq!(length_batches(&rows, 10_000, 16).len(), 1);
         let same: Vec<Vec<u32>> = (0..7).map(|_| vec![1; 10]).collect();
-        let sizes: Vec<usize> = length_batches(&same, 0.0, 3)
+        let sizes: Vec<usize> = length_batches(&same, 1, 3)
             .iter()
             .map(|b| b.len())
             .collect();
-        assert_eq!(sizes, [3, 3, 1]);
-        assert!(length_batches(&[], 0.1, 3).is_empty());
+        assert_eq!(sizes.iter().sum::<usize>(), 7);
+        assert_eq!(sizes.len(), 3);
+        assert!(length_batches(&[], 48, 3).is_empty());
     }
 }

@@ -83,9 +83,17 @@ fn detect() -> bool {
     false
 }
 
-/// Whether an m x n x k product is worth the tiles: every side spans a few tiles, and there is
-/// enough work per packed element that packing stays a small part of the cost.
+/// Whether an m x n x k product is worth the tiles, both operands packed for it: every side
+/// spans several tiles, so each packed element serves many tile products, and there are column
+/// pairs for every thread. (A LoRA adapter's rank-32 products failed this and ran slower on
+/// the tiles than through the BLAS.)
 pub fn worthwhile(m: usize, n: usize, k: usize) -> bool {
+    m >= 64 && n >= 128 && k >= 64 && m * n * k >= 1 << 22
+}
+
+/// Whether a product against a weight packed already ([`PackedMatrix`]) is worth the tiles:
+/// only the input rows are packed per product.
+pub fn worthwhile_packed(m: usize, n: usize, k: usize) -> bool {
     m >= 32 && n >= 32 && k >= 32 && m * n * k >= 1 << 21
 }
 

@@ -749,7 +749,7 @@ pub fn packed_product(
     let (m, k) = x.dims2()?;
     let (wr, wc) = w.dims2()?;
     let (n, wk) = if trans_w { (wr, wc) } else { (wc, wr) };
-    if k != wk || !amx::worthwhile(m, n, k) {
+    if k != wk || !amx::worthwhile_packed(m, n, k) {
         return Ok(None);
     }
     let cell = if trans_w { &packs.nt } else { &packs.nn };

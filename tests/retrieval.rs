@@ -199,6 +199,24 @@ fn single_item_tries_are_auto_completed() {
         .find(|c| c.passage_id == "a")
         .unwrap();
     assert!(solo.steps.iter().all(|s| s.kind == StepKind::AutoComplete));
+    // "Solo" needs no passage search, so with self-assessment on it skips the title batch and
+    // its verdict row reads its auto-completed title tokens: the same scores as the title batch
+    // gives them with self-assessment off.
+    let unassessed = RetrieveOptions {
+        assess: false,
+        ..Default::default()
+    };
+    let off = s.query("lighthouses", &unassessed, &mut |_| {}).unwrap();
+    assert_eq!(trace.titles.len(), off.titles.len());
+    for (a, b) in trace.titles.iter().zip(&off.titles) {
+        assert_eq!(a.title, b.title);
+        for (x, y) in a.steps.iter().zip(&b.steps) {
+            let (x, y) = (x.logprob.unwrap(), y.logprob.unwrap());
+            assert!((x - y).abs() < 1e-4, "{}: {x} vs {y}", a.title);
+        }
+        assert!((a.logprob - b.logprob).abs() < 1e-3);
+        assert!((a.norm_prob - b.norm_prob).abs() < 1e-4);
+    }
 }
 
 /// Batched self-assessment (candidates grouped by length, right-padded, continuing the title's
@@ -206,7 +224,6 @@ fn single_item_tries_are_auto_completed() {
 /// that continues the verdict's cache is the answer read from the passage from scratch.
 #[test]
 fn batched_verdicts_and_reused_answer_match_reading_each_passage_alone() {
-    use candle_core::{Tensor, D};
     let corpus = demo_corpus();
     // Four heads sharing two key/value heads: cut and forked caches are then strided views.
     let opts = TinyOptions {
@@ -217,7 +234,26 @@ fn batched_verdicts_and_reused_answer_match_reading_each_passage_alone() {
     };
     let bundle = tiny_bundle(&corpus, &opts, TrainMode::Frozen);
     assert_eq!(bundle.model.config.num_kv_heads(), 2);
+    // The demo corpus (three passages a title: every title's passages are searched), then the
+    // same passages each under a title of its own (no search: titles are scored from their
+    // verdict rows).
+    let own_titles: Vec<selfret::corpus::Passage> = corpus
+        .passages
+        .iter()
+        .map(|p| selfret::corpus::Passage {
+            title: format!("{} ({})", p.title, p.id),
+            ..p.clone()
+        })
+        .collect();
+    let separate = Corpus::from_passages(own_titles, vec![]);
     let s = QuerySession::new(bundle, corpus.clone()).unwrap();
+    check_against_reading_alone(&s, &corpus);
+    let s = QuerySession::new(s.bundle, separate.clone()).unwrap();
+    check_against_reading_alone(&s, &separate);
+}
+
+fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
+    use candle_core::{Tensor, D};
     let tok = &s.bundle.tokenizer;
     let codec = &s.codec;
     let split = codec.verdict_split();

@@ -274,6 +274,26 @@ impl RowBatch {
     }
 }
 
+/// What self-assessment read: see [`Retriever::verdicts`].
+struct Verdicts {
+    p_reject: Vec<f64>,
+    extra: Vec<Vec<f32>>,
+    best: Vec<Option<(usize, KvCache)>>,
+}
+
+/// A title's scores from its token log-probabilities: log P(title | query) and the
+/// length-normalised probability. Tokens not read yet (a deferred title's auto-completed ones,
+/// until its verdict row reads them) are left out, the mean taken over the tokens read.
+fn fill_title_scores(t: &mut TitleCandidate) {
+    let known: Vec<f64> = t
+        .steps
+        .iter()
+        .filter_map(|s| s.logprob.map(f64::from))
+        .collect();
+    t.logprob = known.iter().sum();
+    t.norm_prob = (t.logprob / known.len().max(1) as f64).exp();
+}
+
 struct Beam {
     cursor: Cursor,
     tokens: Vec<u32>,
@@ -281,6 +301,19 @@ struct Beam {
     score: f64,
     /// Row in the current KV cache / logprob matrix.
     row: usize,
+}
+
+impl Beam {
+    /// An empty beam at `cursor` (a trie's root).
+    fn at(cursor: Cursor) -> Beam {
+        Beam {
+            cursor,
+            tokens: Vec::new(),
+            steps: Vec::new(),
+            score: 0.0,
+            row: 0,
+        }
+    }
 }
 
 fn rows_to_vecs(lp: &Tensor) -> Result<Vec<Vec<f32>>> {
@@ -347,13 +380,7 @@ impl Retriever<'_> {
         timings: &mut Timings,
     ) -> Result<Vec<Beam>> {
         let mut finished: Vec<Beam> = Vec::new();
-        let root = Beam {
-            cursor: trie.root(),
-            tokens: Vec::new(),
-            steps: Vec::new(),
-            score: 0.0,
-            row: 0,
-        };
+        let root = Beam::at(trie.root());
         if trie.unique_item(root.cursor).is_some() {
             // A single item (e.g. a title with one passage): nothing to choose, all auto-complete.
             let mut only = vec![self.auto_complete(trie, root)];
@@ -495,16 +522,21 @@ impl Retriever<'_> {
         trace.timings = timings;
         progress(&trace);
 
-        // Stage 2: all titles through the model in one right-padded batch from the query's
+        // Stage 2: the titles through the model in one right-padded batch from the query's
         // cache (the context of each title's passages, and the log-probabilities of the title
         // tokens the beam search auto-completed; it scored the others already), then each
-        // title's passage trie is searched.
+        // title's passage trie is searched. A title with a single passage needs no search:
+        // with self-assessment on it skips this batch, since its verdict row reads the title
+        // again anyway and gives those log-probabilities then (one pass over the weights
+        // fewer when no title has several passages).
         let t1 = Instant::now();
         let title_rows: Vec<Vec<u32>> = trace
             .titles
             .iter()
             .map(|t| t.steps.iter().map(|s| s.token).collect())
             .collect();
+        // Positions whose next-token distribution a title needs: before each auto-completed
+        // token, and the last (its passages' first token).
         let wanted: Vec<Vec<usize>> = trace
             .titles
             .iter()
@@ -518,45 +550,73 @@ impl Retriever<'_> {
                 at
             })
             .collect();
-        let rows: Vec<&[u32]> = title_rows.iter().map(|r| r.as_slice()).collect();
-        let (batch, mut dists) = self.continue_rows(&prefix_cache, &rows, &wanted, &mut timings)?;
-        let title_caches = (0..rows.len())
-            .map(|i| batch.cut(i))
-            .collect::<Result<Vec<_>>>()?;
-        drop(batch);
+        let deferred: Vec<bool> = trace
+            .titles
+            .iter()
+            .map(|t| {
+                let ptrie = &self.trie.passages[t.title_index];
+                opts.assess && ptrie.unique_item(ptrie.root()).is_some()
+            })
+            .collect();
+        let run: Vec<usize> = (0..title_rows.len()).filter(|&i| !deferred[i]).collect();
+        let rows: Vec<&[u32]> = run.iter().map(|&i| title_rows[i].as_slice()).collect();
+        let run_wanted: Vec<Vec<usize>> = run.iter().map(|&i| wanted[i].clone()).collect();
+        let mut title_caches: Vec<Option<KvCache>> = vec![None; title_rows.len()];
+        let mut dists: Vec<Vec<Vec<f32>>> = vec![Vec::new(); title_rows.len()];
+        if !run.is_empty() {
+            let (batch, run_dists) =
+                self.continue_rows(&prefix_cache, &rows, &run_wanted, &mut timings)?;
+            for (k, (&i, d)) in run.iter().zip(run_dists).enumerate() {
+                title_caches[i] = Some(batch.cut(k)?);
+                dists[i] = d;
+            }
+        }
         for tr in 0..trace.titles.len() {
             let at = |pos: usize| wanted[tr].iter().position(|&p| p == pos);
-            let mut total = 0.0f64;
-            for k in 0..trace.titles[tr].steps.len() {
-                let step = &trace.titles[tr].steps[k];
-                let v = match (k, step.logprob) {
-                    (0, _) => prefix_lp[step.token as usize],
-                    (_, Some(v)) => v,
-                    (_, None) => at(k - 1)
-                        .map(|i| dists[tr][i][step.token as usize])
-                        .unwrap_or(f32::NEG_INFINITY),
-                };
-                trace.titles[tr].steps[k].logprob = Some(v);
-                total += v as f64;
+            let known = |k: usize, step: &TokenStep| match (k, step.logprob) {
+                (0, _) => Some(prefix_lp[step.token as usize]),
+                (_, Some(v)) => Some(v),
+                (_, None) => at(k - 1)
+                    .and_then(|i| dists[tr].get(i))
+                    .map(|d| d[step.token as usize]),
+            };
+            let values: Vec<Option<f32>> = trace.titles[tr]
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(k, st)| known(k, st))
+                .collect();
+            for (st, v) in trace.titles[tr].steps.iter_mut().zip(&values) {
+                st.logprob = v.or(st.logprob);
             }
-            let n = trace.titles[tr].steps.len().max(1) as f64;
-            trace.titles[tr].logprob = total;
-            trace.titles[tr].norm_prob = (total / n).exp();
-            let last = trace.titles[tr].steps.len().saturating_sub(1);
-            let first = at(last)
-                .map(|i| std::mem::take(&mut dists[tr][i]))
-                .unwrap_or_default();
-            let cache = &title_caches[tr];
+            // A deferred title is scored on its known tokens until its verdict row fills in
+            // the rest (`fill_title_scores`).
+            fill_title_scores(&mut trace.titles[tr]);
             let t_idx = trace.titles[tr].title_index;
             let ptrie = &self.trie.passages[t_idx];
-            let beams = self.constrained_search(
-                ptrie,
-                cache,
-                first,
-                opts.passages.max(1),
-                true,
-                &mut timings,
-            )?;
+            let beams = match &title_caches[tr] {
+                Some(cache) => {
+                    let last = trace.titles[tr].steps.len().saturating_sub(1);
+                    let first = at(last)
+                        .and_then(|i| dists[tr].get_mut(i))
+                        .map(std::mem::take)
+                        .unwrap_or_default();
+                    self.constrained_search(
+                        ptrie,
+                        cache,
+                        first,
+                        opts.passages.max(1),
+                        true,
+                        &mut timings,
+                    )?
+                }
+                // One passage: no model call needed to find it.
+                None => {
+                    let mut only = vec![self.auto_complete(ptrie, Beam::at(ptrie.root()))];
+                    self.fill_pieces(&mut only);
+                    only
+                }
+            };
             for beam in beams {
                 let item = ptrie
                     .find(&beam.tokens)
@@ -588,9 +648,10 @@ impl Retriever<'_> {
         // different titles share one batch: far fewer, larger matrix products). Each title keeps
         // the cache of its most acceptable candidate: the top-ranked passage is always one of
         // them (S_P is monotone in 1 - P(reject) within a title, whatever tau and delta are), so
-        // the answer continues that cache instead of reading the passage again.
+        // the answer continues that cache instead of reading the passage again. A deferred
+        // title's row also reads the log-probabilities of its auto-completed tokens.
         let t2 = Instant::now();
-        let mut best_rows: Vec<Option<(usize, KvCache)>> = vec![None; title_caches.len()];
+        let mut best_rows: Vec<Option<(usize, KvCache)>> = vec![None; title_rows.len()];
         if opts.assess && !trace.candidates.is_empty() {
             let rows: Vec<Vec<u32>> = trace
                 .candidates
@@ -601,18 +662,43 @@ impl Retriever<'_> {
                     r
                 })
                 .collect();
+            let extra: Vec<Vec<(usize, u32)>> = trace
+                .candidates
+                .iter()
+                .map(|c| {
+                    let tr = c.title_rank;
+                    if !deferred[tr] {
+                        return Vec::new();
+                    }
+                    let steps = &trace.titles[tr].steps;
+                    (1..steps.len())
+                        .filter(|&k| steps[k].logprob.is_none())
+                        .map(|k| (k - 1, steps[k].token))
+                        .collect()
+                })
+                .collect();
             let keys: Vec<usize> = trace.candidates.iter().map(|c| c.title_rank).collect();
-            let (p_rej, best) = self.verdicts(
+            let verdicts = self.verdicts(
                 &prefix_cache,
                 &rows,
+                &extra,
                 &keys,
-                title_caches.len(),
+                title_rows.len(),
                 &mut timings,
             )?;
-            for (c, p) in trace.candidates.iter_mut().zip(p_rej) {
+            for (c, p) in trace.candidates.iter_mut().zip(verdicts.p_reject) {
                 c.p_reject = p;
             }
-            best_rows = best;
+            for ((c, ex), lps) in trace.candidates.iter().zip(&extra).zip(verdicts.extra) {
+                let title = &mut trace.titles[c.title_rank];
+                for (&(pos, _), lp) in ex.iter().zip(lps) {
+                    if let Some(st) = title.steps.get_mut(pos + 1) {
+                        st.logprob = st.logprob.or(Some(lp));
+                    }
+                }
+                fill_title_scores(title);
+            }
+            best_rows = verdicts.best;
             trace.rerank(opts.tau, opts.delta);
         }
         timings.assess_ms = t2.elapsed().as_secs_f64() * 1e3;
@@ -638,7 +724,15 @@ impl Retriever<'_> {
                     _ => {
                         let mut ids = self.verdict_row(c);
                         ids.extend_from_slice(&self.codec.accept[self.codec.verdict_split()..]);
-                        (ids, title_caches[c.title_rank].clone())
+                        match &title_caches[c.title_rank] {
+                            Some(cache) => (ids, cache.clone()),
+                            // A deferred title has no cache of its own: read it again.
+                            None => {
+                                let mut with_title = title_rows[c.title_rank].clone();
+                                with_title.extend(ids);
+                                (with_title, prefix_cache.clone())
+                            }
+                        }
                     }
                 };
                 let text = self.greedy(&ids, &mut cache, opts.max_answer_tokens, &mut timings)?;
@@ -746,48 +840,73 @@ impl Retriever<'_> {
         r
     }
 
-    /// P(reject) for each row continuing the (one-row) `cache`, and for each key (`keys[i]` <
-    /// `n_keys` labels row `i`) the cache of its row least likely rejected (first on ties), cut to
-    /// that row's own length. Rows run in batches of similar length (sorted, a batch grows while
-    /// padding stays small), right-padded, each read at its own last position.
+    /// P(reject) for each row continuing the (one-row) `cache`; the log-probability of each
+    /// `(position, token)` in `extra[i]` within row `i`; and for each key (`keys[i]` < `n_keys`
+    /// labels row `i`) the cache of its row least likely rejected (first on ties), cut to that
+    /// row's own length. Rows run in batches grouped by length ([`length_batches`]),
+    /// right-padded, each read at its own last position (and its extra positions).
     fn verdicts(
         &self,
         cache: &KvCache,
         rows: &[Vec<u32>],
+        extra: &[Vec<(usize, u32)>],
         keys: &[usize],
         n_keys: usize,
         timings: &mut Timings,
-    ) -> Result<(Vec<f64>, Vec<Option<(usize, KvCache)>>)> {
+    ) -> Result<Verdicts> {
         let split = self.codec.verdict_split();
-        let mut best: Vec<Option<(usize, KvCache)>> = vec![None; n_keys];
+        let mut out = Verdicts {
+            p_reject: vec![0.5; rows.len()],
+            extra: extra
+                .iter()
+                .map(|e| vec![f32::NEG_INFINITY; e.len()])
+                .collect(),
+            best: vec![None; n_keys],
+        };
         let (Some(&acc), Some(&rej)) = (self.codec.accept.get(split), self.codec.reject.get(split))
         else {
-            return Ok((vec![0.5; rows.len()], best));
+            return Ok(out);
         };
-        let mut p_rej = vec![0.5; rows.len()];
+        let no_extra = Vec::new();
+        let extra_of = |i: usize| extra.get(i).unwrap_or(&no_extra);
         for group in length_batches(rows, VERDICT_CALL_TOKENS, VERDICT_BATCH) {
             let group_rows: Vec<&[u32]> = group.iter().map(|&i| rows[i].as_slice()).collect();
-            let wanted: Vec<Vec<usize>> = group_rows
+            // The verdict position first, then the extra ones.
+            let wanted: Vec<Vec<usize>> = group
                 .iter()
-                .map(|r| vec![r.len().saturating_sub(1)])
+                .map(|&i| {
+                    let mut at = vec![rows[i].len().saturating_sub(1)];
+                    at.extend(extra_of(i).iter().map(|&(p, _)| p));
+                    at
+                })
                 .collect();
             let (batch, dists) = self.continue_rows(cache, &group_rows, &wanted, timings)?;
             let mut read = Vec::with_capacity(group.len());
             for (k, dist) in dists.iter().enumerate() {
+                let i = group[k];
+                for ((_, token), (d, slot)) in extra_of(i)
+                    .iter()
+                    .zip(dist.iter().skip(1).zip(out.extra[i].iter_mut()))
+                {
+                    if let Some(&v) = d.get(*token as usize) {
+                        *slot = v;
+                    }
+                }
                 let Some(row) = dist.first().filter(|d| !d.is_empty()) else {
                     continue;
                 };
                 let (a, r) = (row[acc as usize] as f64, row[rej as usize] as f64);
                 let m = a.max(r);
                 let (ea, er) = ((a - m).exp(), (r - m).exp());
-                p_rej[group[k]] = er / (ea + er);
+                out.p_reject[i] = er / (ea + er);
                 read.push(k);
             }
             // Least rejected first, the earlier candidate on ties (as the ranking breaks them).
+            let p_rej = &out.p_reject;
             let order = |i: usize, j: usize| p_rej[i].total_cmp(&p_rej[j]).then(i.cmp(&j));
             for k in read {
                 let i = group[k];
-                let Some(slot) = best.get_mut(keys[i]) else {
+                let Some(slot) = out.best.get_mut(keys[i]) else {
                     continue;
                 };
                 if slot.as_ref().is_none_or(|(j, _)| order(i, *j).is_lt()) {
@@ -795,7 +914,7 @@ impl Retriever<'_> {
                 }
             }
         }
-        Ok((p_rej, best))
+        Ok(out)
     }
 
     /// The model's answer to `query` read from one given passage, in the same format as the

@@ -92,9 +92,11 @@ pub fn worthwhile(m: usize, n: usize, k: usize) -> bool {
 }
 
 /// Whether a product against a weight packed already ([`PackedMatrix`]) is worth the tiles:
-/// only the input rows are packed per product.
+/// only the input rows are packed per product. From the row kernel's limit on: with 17-32 rows
+/// the tiles still stream a cold weight at 12-14 GB/s here, where the row kernel and the BLAS
+/// fell to 6-8 (`bench products` shows both).
 pub fn worthwhile_packed(m: usize, n: usize, k: usize) -> bool {
-    m >= 32 && n >= 32 && k >= 32 && m * n * k >= 1 << 21
+    m > super::rows::max_rows() && n >= 32 && k >= 32 && m * n * k >= 1 << 18
 }
 
 /// One operand as the product sees it: `rows` x `k` (k is the contraction), element (i, p) at

@@ -133,23 +133,35 @@ unsafe fn tiled_block(
         }
     };
     let mut j = j0;
-    if (5..=12).contains(&m) {
-        // Up to 12 input rows in one pass over each pair of weight rows: the weights stream
+    if m >= 5 {
+        // Up to 12 input rows at a time against each pair of weight rows: the weights stream
         // from memory once, with the arithmetic on them overlapping their loads (several passes
-        // of 4 rows left memory idle during the later ones).
+        // of 4 rows left memory idle during the later ones). More rows take further groups of
+        // up to 12 over the same pair, then in L1.
         while j < j1 {
             let c = (j1 - j).min(2);
-            let (wj, yj, pf) = (wp.add(j * ldw), y.add(j), ahead(j, c));
-            macro_rules! all_rows {
-                ($($r:literal),*) => {
-                    match (m, c) {
-                        $(($r, 2) => tile::<$r, 2>(xp, ldx, wj, ldw, k, yj, n, pf),
-                          ($r, _) => tile::<$r, 1>(xp, ldx, wj, ldw, k, yj, n, pf),)*
-                        _ => unreachable!("5 to 12 rows"),
-                    }
+            let wj = wp.add(j * ldw);
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(12);
+                let (xi, yij) = (xp.add(i * ldx), y.add(i * n + j));
+                let pf = if i == 0 {
+                    ahead(j, c)
+                } else {
+                    std::ptr::null()
                 };
+                macro_rules! rows {
+                    ($($r:literal),*) => {
+                        match (r, c) {
+                            $(($r, 2) => tile::<$r, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
+                              ($r, _) => tile::<$r, 1>(xi, ldx, wj, ldw, k, yij, n, pf),)*
+                            _ => unreachable!("1 to 12 rows"),
+                        }
+                    };
+                }
+                rows!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
+                i += r;
             }
-            all_rows!(5, 6, 7, 8, 9, 10, 11, 12);
             j += c;
         }
         return;

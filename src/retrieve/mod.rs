@@ -492,7 +492,11 @@ impl Retriever<'_> {
         let prompt = self.codec.query(self.tokenizer, query)?;
         let mut prefix_cache = self.model.new_cache();
         let prefix_lp = self
-            .forward_last(&[prompt.clone()], &mut prefix_cache, &mut timings)?
+            .forward_last(
+                std::slice::from_ref(&prompt),
+                &mut prefix_cache,
+                &mut timings,
+            )?
             .remove(0);
         let title_beams = self.constrained_search(
             &self.trie.titles,

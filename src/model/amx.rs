@@ -702,8 +702,9 @@ mod kernel_rate {
         }
         for (m, n, k) in [
             (1024usize, 1536usize, 576usize),
-            (640, 1536, 576),
-            (640, 576, 1536),
+            (650, 576, 576),
+            (650, 192, 576),
+            (650, 1536, 576),
             (64, 1536, 576),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
@@ -725,5 +726,33 @@ mod kernel_rate {
             let flop = 2.0 * (m * n * k) as f64 * reps as f64;
             eprintln!("gemm {m}x{k} @ {k}x{n}: {:.0} GFLOP/s", flop / s / 1e9);
         }
+    }
+
+    /// Packing a left operand alone: `pack_rate -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn pack_rate() {
+        if !available() {
+            return;
+        }
+        let (m, k) = (650usize, 576usize);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
+        let op = Operand {
+            ptr: a.as_ptr(),
+            rows: m,
+            row_stride: k,
+            k_stride: 1,
+        };
+        let reps = 200;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(unsafe { pack(&op, k, false) });
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        eprintln!(
+            "pack {m} x {k}: {:.3} ms ({:.2} ns per element)",
+            s * 1e3,
+            s * 1e9 / (m * k) as f64
+        );
     }
 }

@@ -419,6 +419,11 @@ impl Attention {
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
+        if fused && t == 1 && super::fused::supported(&q) {
+            // Beam decoding: the new position attends to every cached one, in one kernel.
+            let y = super::fused::decode_attention(&q, &k, &v, scale)?;
+            return self.o_proj.forward(&y.reshape((b, 1, nh * hd))?);
+        }
         // Inference prefill: one BLAS product per head instead of candle's batched gemm.
         let per_head_blas = fused && t > 1 && super::fused::supported(&q);
         let scores = if per_head_blas {

@@ -112,6 +112,21 @@ pub struct Operand {
 unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
 
+impl Operand {
+    /// A matrix stored with leading dimension `ld`: with `rows_along_ld` operand row i starts at
+    /// `ptr + i * ld` (its contraction values contiguous), otherwise the matrix is stored
+    /// transposed (contraction step p starts at `ptr + p * ld`).
+    pub fn strided(ptr: *const f32, rows: usize, ld: usize, rows_along_ld: bool) -> Operand {
+        let (row_stride, k_stride) = if rows_along_ld { (ld, 1) } else { (1, ld) };
+        Operand {
+            ptr,
+            rows,
+            row_stride,
+            k_stride,
+        }
+    }
+}
+
 /// Round to the nearest bf16 (ties to even), as the upper 16 bits of an f32.
 #[cfg(test)]
 fn bf16(x: f32) -> u16 {

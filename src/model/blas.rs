@@ -181,36 +181,9 @@ impl Blas {
         amx: bool,
     ) {
         if amx && super::amx::available() && super::amx::worthwhile(m, n, call.k) {
-            let left = if call.ta {
-                super::amx::Operand {
-                    ptr: a,
-                    rows: m,
-                    row_stride: 1,
-                    k_stride: call.lda,
-                }
-            } else {
-                super::amx::Operand {
-                    ptr: a,
-                    rows: m,
-                    row_stride: call.lda,
-                    k_stride: 1,
-                }
-            };
-            let right = if call.tb {
-                super::amx::Operand {
-                    ptr: b,
-                    rows: n,
-                    row_stride: call.ldb,
-                    k_stride: 1,
-                }
-            } else {
-                super::amx::Operand {
-                    ptr: b,
-                    rows: n,
-                    row_stride: 1,
-                    k_stride: call.ldb,
-                }
-            };
+            use super::amx::Operand;
+            let left = Operand::strided(a, m, call.lda, !call.ta);
+            let right = Operand::strided(b, n, call.ldb, call.tb);
             // SAFETY: the caller's operands cover the product as `call` describes.
             return super::amx::gemm(left, right, call.k, call.beta, c, call.ldc);
         }
@@ -763,20 +736,10 @@ pub fn packed_product(
             let Some((off, transposed, ld)) = operand(layout) else {
                 return Ok(None);
             };
-            // Element (j, p) of the right operand: w[j][p] with `trans_w`, else w[p][j].
-            let (mut row_stride, mut k_stride) = (ld as usize, 1);
-            if transposed {
-                std::mem::swap(&mut row_stride, &mut k_stride);
-            }
-            if !trans_w {
-                std::mem::swap(&mut row_stride, &mut k_stride);
-            }
-            let op = amx::Operand {
-                ptr: data[off..].as_ptr(),
-                rows: n,
-                row_stride,
-                k_stride,
-            };
+            // Element (j, p) of the right operand: w[j][p] with `trans_w`, else w[p][j]; a
+            // layout that is itself a transpose flips that.
+            let op =
+                amx::Operand::strided(data[off..].as_ptr(), n, ld as usize, trans_w != transposed);
             // SAFETY: `operand` checked that the layout is a 2-D view inside the storage
             // (leading dimension at least the row length), which covers n x k elements.
             let packed = unsafe { amx::PackedMatrix::new(op, k) };
@@ -865,6 +828,31 @@ mod tests {
             let want = op(&a, ta).matmul(&op(&b, tb)).unwrap();
             assert_eq!(got.dims(), &[2, 3, 5, 4]);
             assert!(max_diff(&got, &want) < 1e-4, "ta={ta} tb={tb}");
+        }
+    }
+
+    /// Products large enough for the AMX tiles (where the CPU has them), every transpose
+    /// combination and both accumulation modes, against candle's f32 matmul.
+    #[test]
+    fn large_products_match_candle_in_every_layout() {
+        let dev = Device::Cpu;
+        let (m, k, n) = (130, 128, 260);
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a_shape = if ta { (k, m) } else { (m, k) };
+            let b_shape = if tb { (n, k) } else { (k, n) };
+            let a = Tensor::randn(0f32, 1.0, a_shape, &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, b_shape, &dev).unwrap();
+            let op = |t: &Tensor, f: bool| if f { t.t().unwrap() } else { t.clone() };
+            let want = op(&a, ta).matmul(&op(&b, tb)).unwrap();
+            // Sums of 128 unit-variance products: errors of 1e-5 relative stay below 1e-3.
+            let got = matmul(&a, &b, ta, tb).unwrap();
+            assert!(max_diff(&got, &want) < 1e-3, "ta={ta} tb={tb}");
+            let c = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+            let got = add_matmul((&c * 1.0).unwrap(), &a, &b, ta, tb).unwrap();
+            assert!(
+                max_diff(&got, &(&c + &want).unwrap()) < 1e-3,
+                "ta={ta} tb={tb} +="
+            );
         }
     }
 

@@ -333,6 +333,15 @@ fn bench_model(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Deterministic operand values in [-0.1, 0.1] for the product benches, repeating every
+/// `period` (a prime, so rows do not line up).
+fn bench_values(len: usize, period: usize) -> Vec<f32> {
+    let half = (period / 2) as f32;
+    (0..len)
+        .map(|i| ((i % period) as f32 - half) / (10.0 * half))
+        .collect()
+}
+
 /// The few-row kernel against the BLAS on the model's projection shapes, GFLOP/s (medians), to
 /// show where `rows::max_rows` belongs on this CPU.
 fn few_row_products(reps: usize) -> Result<()> {
@@ -352,18 +361,12 @@ fn few_row_products(reps: usize) -> Result<()> {
     println!("|---|{}", "---|---|".repeat(shapes.len()));
     let weights: Vec<Vec<f32>> = shapes
         .iter()
-        .map(|&(k, n)| {
-            (0..k * n)
-                .map(|i| ((i % 97) as f32 - 48.0) / 480.0)
-                .collect()
-        })
+        .map(|&(k, n)| bench_values(k * n, 97))
         .collect();
     for m in [1usize, 4, 10, 16, 32, 48, 64, 96] {
         let mut cells = Vec::new();
         for (&(k, n), w) in shapes.iter().zip(&weights) {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i % 89) as f32 - 44.0) / 440.0)
-                .collect();
+            let x = bench_values(m * k, 89);
             let flop = 2.0 * (m * k * n) as f64 / 1e9;
             let s = time(reps.max(5), || {
                 std::hint::black_box(rows::matmul_nt(&x, k, w, k, m, k, n));
@@ -403,12 +406,8 @@ fn large_products(reps: usize) -> Result<()> {
     for m in [64usize, 128, 512, 1024] {
         let mut cells = Vec::new();
         for &(k, n) in &shapes {
-            let w: Vec<f32> = (0..k * n)
-                .map(|i| ((i % 97) as f32 - 48.0) / 480.0)
-                .collect();
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i % 89) as f32 - 44.0) / 440.0)
-                .collect();
+            let w = bench_values(k * n, 97);
+            let x = bench_values(m * k, 89);
             let flop = 2.0 * (m * k * n) as f64 / 1e9;
             for use_amx in [false, true] {
                 let s = time(reps.max(5), || {

@@ -7,7 +7,7 @@
 //! `lo*lo`, and the split's own remainder are each about 2^-16 of a term, so a product agrees with
 //! f32 to roughly 1e-5 relative: far below what moves a ranking or a training step, and checked
 //! against f64 sums in the tests. Three bf16 products still run 2-3x faster than one f32 product
-//! through the best AVX-512 sgemm on the development machine (`bench model` prints both rates).
+//! through the best AVX-512 sgemm on the development machine (`bench products` prints both rates).
 //!
 //! Used only where it pays: CPUs that have AMX-BF16, Linux granting the tile state, products big
 //! enough that packing the operands is cheap beside the work. `SELFRET_AMX=off` turns it off.
@@ -27,35 +27,37 @@ const TILE_ELEMS: usize = TILE * TILE_K;
 const ROW_CHUNK: usize = 256;
 
 /// Whether products may run on AMX here: the CPU has it, the kernel lets this process use it,
-/// and the user has not turned it off. Decided once.
+/// and neither the user (`SELFRET_AMX=off`) nor [`set_enabled`] has turned it off.
 pub fn available() -> bool {
+    present() && ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The CPU and the kernel allow the tiles and `SELFRET_AMX` does not forbid them. Decided once.
+fn present() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    let ok = *OK.get_or_init(|| {
+    *OK.get_or_init(|| {
         let off = std::env::var("SELFRET_AMX")
             .map(|v| matches!(v.as_str(), "off" | "0" | "none"))
             .unwrap_or(false);
         !off && detect()
-    });
-    ok && ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+    })
 }
 
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Turns the AMX path off (or back on) for the whole process, so a test or a benchmark can
-/// compare it with the f32 products on the same inputs. Returns whether the CPU has it at all.
+/// compare it with the f32 products on the same inputs. Returns whether the tiles are there
+/// at all.
 pub fn set_enabled(on: bool) -> bool {
     ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
-    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
-    let present = available();
-    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
-    present
+    present()
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> bool {
     use std::arch::x86_64::__cpuid_count;
-    // CPUID.(7,0):EDX bit 24 is AMX-TILE, bit 22 AMX-BF16; AVX-512F (EBX bit 16) for the packing.
-    // CPUID is available on every x86_64 CPU; leaf 7 is checked against the maximum leaf.
+    // CPUID.(7,0):EDX bit 24 is AMX-TILE, bit 22 AMX-BF16. CPUID is available on every x86_64
+    // CPU; leaf 7 is checked against the maximum leaf.
     let (max_leaf, leaf7) = (__cpuid_count(0, 0).eax, __cpuid_count(7, 0));
     if max_leaf < 7 || leaf7.edx & (1 << 24) == 0 || leaf7.edx & (1 << 22) == 0 {
         return false;

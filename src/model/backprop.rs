@@ -9,7 +9,7 @@
 //! gradient exactly once. The autograd path stays for other devices and dtypes, and a test
 //! checks the two agree.
 
-use super::blas::{add_matmul, batched_matmul as bmm, matmul};
+use super::blas::{add_matmul, batched_matmul as bmm, matmul, WeightPacks};
 use super::fused;
 use super::llama::{Block, Linear, Llama, RmsNorm};
 use crate::error::{Error, Result};
@@ -61,11 +61,17 @@ struct LinearSaved {
     low: Option<Tensor>,
 }
 
-fn linear_fwd(l: &Linear, x: &Tensor) -> Result<(Tensor, LinearSaved)> {
-    let mut y = match super::blas::packed_product(x, &l.weight, true, &l.packs)? {
+/// `x @ w^T` (`trans_w`) or `x @ w` for a weight that gets no gradient through this product:
+/// on the tiles against its packing when that applies, else through [`matmul`].
+fn weight_product(x: &Tensor, w: &Tensor, trans_w: bool, packs: &WeightPacks) -> Result<Tensor> {
+    Ok(match super::blas::packed_product(x, w, trans_w, packs)? {
         Some(y) => y,
-        None => matmul(x, &l.weight.detach(), false, true)?,
-    };
+        None => matmul(x, &w.detach(), false, trans_w)?,
+    })
+}
+
+fn linear_fwd(l: &Linear, x: &Tensor) -> Result<(Tensor, LinearSaved)> {
+    let mut y = weight_product(x, &l.weight, true, &l.packs)?;
     if let Some(b) = &l.bias {
         y = y.broadcast_add(&b.detach())?;
     }
@@ -90,12 +96,7 @@ fn linear_bwd(
     need_dx: bool,
 ) -> Result<Option<Tensor>> {
     let mut dx = if need_dx {
-        Some(
-            match super::blas::packed_product(dy, &l.weight, false, &l.packs)? {
-                Some(dx) => dx,
-                None => matmul(dy, &l.weight.detach(), false, false)?,
-            },
-        )
+        Some(weight_product(dy, &l.weight, false, &l.packs)?)
     } else {
         None
     };
@@ -320,19 +321,12 @@ pub fn loss_and_grads(
     let pos = Tensor::new(positions, dev)?;
     let picked = hn.index_select(&pos, 0)?;
     let head = model.lm_head.as_ref().unwrap_or(embed);
-    let packs = &model.head_packs;
-    let logits = match super::blas::packed_product(&picked, head, true, packs)? {
-        Some(l) => l,
-        None => matmul(&picked, &head.detach(), false, true)?,
-    };
+    let logits = weight_product(&picked, head, true, &model.head_packs)?;
     let (loss, dlogits) = fused::cross_entropy_with_grad(&logits, targets, seed)?;
     drop(logits);
 
     let mut grads = Grads::default();
-    let dpicked = match super::blas::packed_product(&dlogits, head, false, packs)? {
-        Some(d) => d,
-        None => matmul(&dlogits, &head.detach(), false, false)?,
-    };
+    let dpicked = weight_product(&dlogits, head, false, &model.head_packs)?;
     grads.add(head, || Ok(matmul(&dlogits, &picked, true, false)?))?;
     drop(dlogits);
     let dhn =

@@ -758,12 +758,7 @@ pub fn packed_product(
     let Some((start, _)) = layout.contiguous_offsets() else {
         return Ok(None);
     };
-    let left = amx::Operand {
-        ptr: data[start..].as_ptr(),
-        rows: m,
-        row_stride: k,
-        k_stride: 1,
-    };
+    let left = amx::Operand::strided(data[start..].as_ptr(), m, k, true);
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     // SAFETY: `x` is contiguous m x k; `y` holds m x n and beta = 0 writes every element.
     unsafe {

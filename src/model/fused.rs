@@ -295,7 +295,7 @@ impl CustomOp1 for Rope {
 pub(crate) fn exp_scaled(x: &[f32], out: &mut [f32], scale: f32, shift: f32) -> f32 {
     let n = x.len().min(out.len());
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if super::rows::avx512() {
         // SAFETY: AVX-512F is present (checked); both slices hold `n` values.
         return unsafe { exp_scaled_avx512(&x[..n], &mut out[..n], scale, shift) };
     }
@@ -307,22 +307,25 @@ pub(crate) fn exp_scaled(x: &[f32], out: &mut [f32], scale: f32, shift: f32) -> 
     sum
 }
 
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
-}
-
 /// The largest value of `x` (negative infinity when empty; NaNs are passed over): the shift
 /// of every softmax here, vectorised like [`exp_scaled`].
 pub(crate) fn max_of(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if super::rows::avx512() {
         // SAFETY: AVX-512F is present (checked).
         return unsafe { max_avx512(x) };
     }
     x.iter()
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// The largest of `scale * x[i]`: a softmax's shift, for either sign of the scale.
+fn scaled_max(x: &[f32], scale: f32) -> f32 {
+    if scale >= 0.0 {
+        max_of(x) * scale
+    } else {
+        x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(v * scale))
+    }
 }
 
 /// [`max_of`] with AVX-512.
@@ -451,13 +454,7 @@ impl CustomOp1 for CausalSoftmax {
                 for (ri, (yr, xr)) in yc.chunks_mut(s).zip(xc.chunks(s)).enumerate() {
                     let row = ci * rows_per_task + ri;
                     let visible = self.offset + row % self.t + 1;
-                    let max = if self.scale >= 0.0 {
-                        max_of(&xr[..visible]) * self.scale
-                    } else {
-                        xr[..visible]
-                            .iter()
-                            .fold(f32::NEG_INFINITY, |m, v| m.max(v * self.scale))
-                    };
+                    let max = scaled_max(&xr[..visible], self.scale);
                     let sum = exp_scaled(&xr[..visible], &mut yr[..visible], self.scale, max);
                     let inv = 1.0 / sum;
                     for y in &mut yr[..visible] {
@@ -521,27 +518,30 @@ impl CustomOp3 for DecodeAttention {
             candle_core::bail!("decode attention: queries {qd:?} against keys {kd:?}");
         }
         let mut y = vec![0f32; q.len()];
-        y.par_chunks_mut(r * d).enumerate().for_each(|(head, out)| {
-            let keys = &k[head * s * d..(head + 1) * s * d];
-            let values = &v[head * s * d..(head + 1) * s * d];
-            let mut scores = vec![0f32; s];
-            let mut probs = vec![0f32; s];
-            for (qi, o) in out.chunks_mut(d).enumerate() {
-                let query = &q[(head * r + qi) * d..(head * r + qi + 1) * d];
-                for (sc, key) in scores.iter_mut().zip(keys.chunks(d)) {
-                    *sc = super::rows::dot(query, key);
-                }
-                let max = max_of(&scores) * self.scale;
-                let sum = exp_scaled(&scores, &mut probs, self.scale, max);
-                let inv = 1.0 / sum;
-                for (p, value) in probs.iter().zip(values.chunks(d)) {
-                    let w = p * inv;
-                    for (o, x) in o.iter_mut().zip(value) {
-                        *o += w * x;
+        // Score and probability rows, one pair per worker rather than per head.
+        let buffers = || (vec![0f32; s], vec![0f32; s]);
+        y.par_chunks_mut(r * d).enumerate().for_each_init(
+            buffers,
+            |(scores, probs), (head, out)| {
+                let keys = &k[head * s * d..(head + 1) * s * d];
+                let values = &v[head * s * d..(head + 1) * s * d];
+                for (qi, o) in out.chunks_mut(d).enumerate() {
+                    let query = &q[(head * r + qi) * d..(head * r + qi + 1) * d];
+                    for (sc, key) in scores.iter_mut().zip(keys.chunks(d)) {
+                        *sc = super::rows::dot(query, key);
+                    }
+                    let max = scaled_max(scores, self.scale);
+                    let sum = exp_scaled(scores, probs, self.scale, max);
+                    let inv = 1.0 / sum;
+                    for (p, value) in probs.iter().zip(values.chunks(d)) {
+                        let w = p * inv;
+                        for (o, x) in o.iter_mut().zip(value) {
+                            *o += w * x;
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         Ok((CpuStorage::F32(y), ql.shape().clone()))
     }
 }
@@ -582,6 +582,14 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// `out = silu(g) * u = g * u / (1 + e^-g)` for one row.
+fn swiglu_row(g: &[f32], u: &[f32], out: &mut [f32]) {
+    exp_scaled(g, out, -1.0, 0.0);
+    for ((y, g), u) in out.iter_mut().zip(g).zip(u) {
+        *y = g * u / (1.0 + *y);
+    }
+}
+
 /// `silu(gate) * up`, the SwiGLU activation, as one op with its gradient.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> CResult<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
@@ -616,11 +624,7 @@ impl CustomOp1 for SwiGluStacked {
                 .zip(x.par_chunks(width))
                 .for_each(|(yr, xr)| {
                     let (g, u) = xr.split_at(half);
-                    // y = g * u / (1 + e^-g)
-                    exp_scaled(g, yr, -1.0, 0.0);
-                    for ((y, g), u) in yr.iter_mut().zip(g).zip(u) {
-                        *y = g * u / (1.0 + *y);
-                    }
+                    swiglu_row(g, u, yr);
                 });
         }
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -653,13 +657,7 @@ impl CustomOp2 for SwiGlu {
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(4096)
             .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
-            .for_each(|(yc, (gc, uc))| {
-                // y = g * u / (1 + e^-g)
-                exp_scaled(gc, yc, -1.0, 0.0);
-                for ((y, g), u) in yc.iter_mut().zip(gc).zip(uc) {
-                    *y = g * u / (1.0 + *y);
-                }
-            });
+            .for_each(|(yc, (gc, uc))| swiglu_row(gc, uc, yc));
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 

@@ -38,7 +38,7 @@ pub fn matmul_nt(
     k: usize,
     n: usize,
 ) -> Vec<f32> {
-    matmul_nt_with(x, ldx, w, ldw, m, k, n, tiled_available())
+    matmul_nt_with(x, ldx, w, ldw, m, k, n, avx512())
 }
 
 /// [`matmul_nt`] with the kernel chosen by the caller (`tiled` needs AVX-512F).
@@ -91,7 +91,8 @@ fn matmul_nt_with(
     y
 }
 
-fn tiled_available() -> bool {
+/// Whether this CPU runs AVX-512F (the tiled kernel and the fused kernels' vector paths).
+pub(crate) fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
@@ -102,7 +103,8 @@ fn tiled_available() -> bool {
     false
 }
 
-/// Output columns `j0..j1` of `y = x @ w^T`, in tiles of up to 4 weight rows x 4 input rows.
+/// Output columns `j0..j1` of `y = x @ w^T`: up to 4 input rows against 4 weight rows at a
+/// time, more in groups of up to 12 against pairs of weight rows.
 ///
 /// # Safety
 /// AVX-512F must be available; `x`, `w` must hold the rows described; `y` must have m x n
@@ -166,37 +168,27 @@ unsafe fn tiled_block(
         }
         return;
     }
+    // Up to 4 rows: one tile of all of them against up to 4 weight rows, fetching the next.
     while j < j1 {
         let c = (j1 - j).min(4);
-        let mut i = 0;
-        while i < m {
-            let r = (m - i).min(4);
-            let (xi, wj, yij) = (xp.add(i * ldx), wp.add(j * ldw), y.add(i * n + j));
-            // The last pass over these weight rows fetches the next ones.
-            let pf = if i + r >= m {
-                ahead(j, c)
-            } else {
-                std::ptr::null()
-            };
-            match (r, c) {
-                (4, 4) => tile::<4, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (4, 3) => tile::<4, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (4, 2) => tile::<4, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (4, _) => tile::<4, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (3, 4) => tile::<3, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (3, 3) => tile::<3, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (3, 2) => tile::<3, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (3, _) => tile::<3, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (2, 4) => tile::<2, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (2, 3) => tile::<2, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (2, 2) => tile::<2, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (2, _) => tile::<2, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (_, 4) => tile::<1, 4>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (_, 3) => tile::<1, 3>(xi, ldx, wj, ldw, k, yij, n, pf),
-                (_, 2) => tile::<1, 2>(xi, ldx, wj, ldw, k, yij, n, pf),
-                _ => tile::<1, 1>(xi, ldx, wj, ldw, k, yij, n, pf),
-            }
-            i += r;
+        let (wj, yj, pf) = (wp.add(j * ldw), y.add(j), ahead(j, c));
+        match (m, c) {
+            (4, 4) => tile::<4, 4>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (4, 3) => tile::<4, 3>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (4, 2) => tile::<4, 2>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (4, _) => tile::<4, 1>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (3, 4) => tile::<3, 4>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (3, 3) => tile::<3, 3>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (3, 2) => tile::<3, 2>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (3, _) => tile::<3, 1>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (2, 4) => tile::<2, 4>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (2, 3) => tile::<2, 3>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (2, 2) => tile::<2, 2>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (2, _) => tile::<2, 1>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (_, 4) => tile::<1, 4>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (_, 3) => tile::<1, 3>(xp, ldx, wj, ldw, k, yj, n, pf),
+            (_, 2) => tile::<1, 2>(xp, ldx, wj, ldw, k, yj, n, pf),
+            _ => tile::<1, 1>(xp, ldx, wj, ldw, k, yj, n, pf),
         }
         j += c;
     }
@@ -213,6 +205,7 @@ unsafe fn tiled_block(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const C: usize>(
     x: *const f32,
     ldx: usize,
@@ -370,7 +363,7 @@ mod tests {
         // m and n cover every tile remainder (1-3 rows, 1-3 weight rows), k tails after the
         // 32-, 16- and 8-wide loops, and leading dimensions equal to or larger than k (views
         // into wider matrices). Both kernels run wherever the CPU can run them.
-        let kernels = [false, tiled_available()];
+        let kernels = [false, avx512()];
         for (m, k, n, pad) in [
             (3, 45, 300, 0),
             (1, 16, 4, 3),

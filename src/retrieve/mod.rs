@@ -294,6 +294,12 @@ fn fill_title_scores(t: &mut TitleCandidate) {
     t.norm_prob = (t.logprob / known.len().max(1) as f64).exp();
 }
 
+/// The steps (after the first, which the query's own distribution scores) with no
+/// log-probability yet: tokens a beam search auto-completed without a model call.
+fn unscored(steps: &[TokenStep]) -> impl Iterator<Item = usize> + '_ {
+    (1..steps.len()).filter(|&k| steps[k].logprob.is_none())
+}
+
 struct Beam {
     cursor: Cursor,
     tokens: Vec<u32>,
@@ -545,10 +551,7 @@ impl Retriever<'_> {
             .titles
             .iter()
             .map(|t| {
-                let mut at: Vec<usize> = (1..t.steps.len())
-                    .filter(|&k| t.steps[k].logprob.is_none())
-                    .map(|k| k - 1)
-                    .collect();
+                let mut at: Vec<usize> = unscored(&t.steps).map(|k| k - 1).collect();
                 at.push(t.steps.len().saturating_sub(1));
                 at.dedup();
                 at
@@ -590,8 +593,8 @@ impl Retriever<'_> {
                 .enumerate()
                 .map(|(k, st)| known(k, st))
                 .collect();
-            for (st, v) in trace.titles[tr].steps.iter_mut().zip(&values) {
-                st.logprob = v.or(st.logprob);
+            for (st, v) in trace.titles[tr].steps.iter_mut().zip(values) {
+                st.logprob = v;
             }
             // A deferred title is scored on its known tokens until its verdict row fills in
             // the rest (`fill_title_scores`).
@@ -675,10 +678,7 @@ impl Retriever<'_> {
                         return Vec::new();
                     }
                     let steps = &trace.titles[tr].steps;
-                    (1..steps.len())
-                        .filter(|&k| steps[k].logprob.is_none())
-                        .map(|k| (k - 1, steps[k].token))
-                        .collect()
+                    unscored(steps).map(|k| (k - 1, steps[k].token)).collect()
                 })
                 .collect();
             let keys: Vec<usize> = trace.candidates.iter().map(|c| c.title_rank).collect();
@@ -694,6 +694,9 @@ impl Retriever<'_> {
                 c.p_reject = p;
             }
             for ((c, ex), lps) in trace.candidates.iter().zip(&extra).zip(verdicts.extra) {
+                if ex.is_empty() {
+                    continue;
+                }
                 let title = &mut trace.titles[c.title_rank];
                 for (&(pos, _), lp) in ex.iter().zip(lps) {
                     if let Some(st) = title.steps.get_mut(pos + 1) {

@@ -84,6 +84,13 @@ fn untrained_model_returns_only_real_passages() {
         t2.rerank(5.0, 0.05);
         assert_eq!(t2.candidates.len(), trace.candidates.len());
         assert!(trace.answer.is_some());
+        // The pass log that `bench query` replays covers every forward pass.
+        let t = &trace.timings;
+        assert_eq!(t.passes.len(), t.forward_calls);
+        let rows: usize = t.passes.iter().map(|p| p.rows).sum();
+        let logit_rows: usize = t.passes.iter().map(|p| p.logit_rows).sum();
+        assert_eq!((rows, logit_rows), (t.tokens_forwarded, t.logit_rows));
+        assert!(t.passes.iter().all(|p| p.logit_rows <= p.rows));
     }
 }
 

@@ -642,7 +642,7 @@ pub fn query(a: QueryArgs) -> Result<()> {
     if let Some(ans) = &trace.answer {
         println!("answer: {} [{}]", ans.text, ans.cited.join(", "));
     }
-    let t = trace.timings;
+    let t = &trace.timings;
     println!(
         "time: titles {:.0} ms, passages {:.0} ms, assessment {:.0} ms, answer {:.0} ms",
         t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms

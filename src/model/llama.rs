@@ -385,24 +385,7 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        // Few rows (decoding): one pass of the threads over the stacked weight. Many rows: the
-        // separate products, whose outputs need no copying apart.
-        let few_rows = b * t <= super::rows::max_rows();
-        let (q, k, v) = match &self.qkv {
-            Some(stacked) if few_rows => {
-                let y = stacked.forward(x)?;
-                (
-                    y.narrow(2, 0, nh * hd)?,
-                    y.narrow(2, nh * hd, nkv * hd)?,
-                    y.narrow(2, (nh + nkv) * hd, nkv * hd)?,
-                )
-            }
-            _ => (
-                self.q_proj.forward(x)?,
-                self.k_proj.forward(x)?,
-                self.v_proj.forward(x)?,
-            ),
-        };
+        let (q, k, v) = self.project_qkv(x)?;
         let q = q.reshape((b, t, nh, hd))?;
         let k = k.reshape((b, t, nkv, hd))?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
@@ -446,6 +429,30 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
         self.o_proj.forward(&y)
+    }
+
+    /// Queries, keys and values for `x` (b, t, hidden).
+    fn project_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // Few rows (decoding): one pass of the threads over the stacked weight. Many rows: the
+        // separate products, whose outputs need no copying apart.
+        let few_rows = b * t <= super::rows::max_rows();
+        Ok(match &self.qkv {
+            Some(stacked) if few_rows => {
+                let y = stacked.forward(x)?;
+                (
+                    y.narrow(2, 0, nh * hd)?,
+                    y.narrow(2, nh * hd, nkv * hd)?,
+                    y.narrow(2, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+            _ => (
+                self.q_proj.forward(x)?,
+                self.k_proj.forward(x)?,
+                self.v_proj.forward(x)?,
+            ),
+        })
     }
 
     /// Scaled, masked softmax from basic ops, for devices and dtypes the fused kernel lacks.
@@ -497,8 +504,13 @@ impl Mlp {
         })
     }
 
+    /// The stacked gate/up projection, when this copy has one and the activation can read it.
+    fn stacked_for(&self, x: &Tensor) -> Option<&Linear> {
+        self.gate_up.as_ref().filter(|_| super::fused::supported(x))
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(stacked) = self.gate_up.as_ref().filter(|_| super::fused::supported(x)) {
+        if let Some(stacked) = self.stacked_for(x) {
             // One product for both halves, read in place by the activation.
             let y = stacked.forward(x)?;
             return self.down_proj.forward(&super::fused::swiglu_stacked(&y)?);
@@ -621,7 +633,11 @@ impl Llama {
 
     /// Final-norm hidden states (batch, seq, hidden) for token ids (batch, seq). With a cache, the
     /// ids continue the cached sequences (all rows have the same cached length).
-    pub fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        super::on_pool(|| self.hidden_here(ids, cache))
+    }
+
+    fn hidden_here(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
         let mut x = self
@@ -678,6 +694,39 @@ impl Llama {
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
         let logits = self.logits(&last)?;
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    /// Runs only the projections that a forward pass over `rows` positions makes (`logit_rows` of
+    /// them onto the vocabulary), through the same product paths and weights, on placeholder
+    /// activations: the matrix work alone, which `bench query` measures a query against.
+    pub fn matrix_work(&self, rows: usize, logit_rows: usize) -> Result<()> {
+        super::on_pool(|| {
+            let cfg = &self.config;
+            let dev = self.device();
+            let placeholder = |cols: usize| Tensor::full(0.01f32, (1, rows, cols), dev);
+            let x = placeholder(cfg.hidden_size)?;
+            let heads = placeholder(cfg.num_attention_heads * cfg.head_dim())?;
+            let inner = placeholder(cfg.intermediate_size)?;
+            for layer in &self.layers {
+                layer.self_attn.project_qkv(&x)?;
+                layer.self_attn.o_proj.forward(&heads)?;
+                let mlp = &layer.mlp;
+                match mlp.stacked_for(&x) {
+                    Some(stacked) => {
+                        stacked.forward(&x)?;
+                    }
+                    None => {
+                        mlp.gate_proj.forward(&x)?;
+                        mlp.up_proj.forward(&x)?;
+                    }
+                }
+                mlp.down_proj.forward(&inner)?;
+            }
+            if logit_rows > 0 {
+                self.logits(&Tensor::full(0.01f32, (logit_rows, cfg.hidden_size), dev)?)?;
+            }
+            Ok(())
+        })
     }
 
     /// An empty KV cache sized for this model.

@@ -263,6 +263,20 @@ pub fn pin_thread_count() {
     }
 }
 
+/// Runs `f` on a thread of rayon's pool (at once when already on one).
+///
+/// A parallel loop started from outside the pool hands its work to the pool and puts the caller
+/// to sleep until the pool is done: two thread wake-ups per loop, and a forward pass runs a few
+/// hundred loops. Started on a pool thread, the loop runs partly on the caller itself, and the
+/// other threads join in as they wake.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// Keeps freed memory in the process for reuse, once at start-up (glibc only).
 ///
 /// glibc hands every block over 32 MB (logits, embedding gradients, optimiser moments) straight

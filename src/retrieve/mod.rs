@@ -132,8 +132,17 @@ pub struct Answer {
     pub cited: Vec<String>,
 }
 
+/// The size of one batched forward pass, so a benchmark can replay a query's matrix work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ForwardPass {
+    /// Token positions run through the transformer body.
+    pub rows: usize,
+    /// Positions of those projected onto the vocabulary.
+    pub logit_rows: usize,
+}
+
 /// Wall time per stage, milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub titles_ms: f64,
     pub passages_ms: f64,
@@ -145,6 +154,18 @@ pub struct Timings {
     pub tokens_forwarded: usize,
     /// Positions projected onto the vocabulary.
     pub logit_rows: usize,
+    /// Every forward pass, in order.
+    #[serde(default)]
+    pub passes: Vec<ForwardPass>,
+}
+
+impl Timings {
+    fn count_pass(&mut self, rows: usize, logit_rows: usize) {
+        self.forward_calls += 1;
+        self.tokens_forwarded += rows;
+        self.logit_rows += logit_rows;
+        self.passes.push(ForwardPass { rows, logit_rows });
+    }
 }
 
 /// Everything retrieval computed for one query, serialisable for export and the GUI.
@@ -342,9 +363,7 @@ impl Retriever<'_> {
         let t = ids.first().map(|r| r.len()).unwrap_or(0);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let input = Tensor::from_vec(flat, (ids.len(), t), self.model.device())?;
-        timings.forward_calls += 1;
-        timings.tokens_forwarded += ids.len() * t;
-        timings.logit_rows += ids.len();
+        timings.count_pass(ids.len() * t, ids.len());
         rows_to_vecs(&self.model.next_token_logprobs(&input, Some(cache))?)
     }
 
@@ -529,7 +548,7 @@ impl Retriever<'_> {
             });
         }
         timings.titles_ms = t0.elapsed().as_secs_f64() * 1e3;
-        trace.timings = timings;
+        trace.timings = timings.clone();
         progress(&trace);
 
         // Stage 2: the titles through the model in one right-padded batch from the query's
@@ -646,7 +665,7 @@ impl Retriever<'_> {
             }
             trace.rerank(opts.tau, opts.delta);
             timings.passages_ms = t1.elapsed().as_secs_f64() * 1e3;
-            trace.timings = timings;
+            trace.timings = timings.clone();
             progress(&trace);
         }
 
@@ -709,7 +728,7 @@ impl Retriever<'_> {
             trace.rerank(opts.tau, opts.delta);
         }
         timings.assess_ms = t2.elapsed().as_secs_f64() * 1e3;
-        trace.timings = timings;
+        trace.timings = timings.clone();
         progress(&trace);
 
         // Stage 4: answer from the top passage, continuing its acceptance verdict.
@@ -801,9 +820,7 @@ impl Retriever<'_> {
                     .map(move |&p| (i * max + p) as u32)
             })
             .collect();
-        timings.forward_calls += 1;
-        timings.tokens_forwarded += n * max;
-        timings.logit_rows += picks.len();
+        timings.count_pass(n * max, picks.len());
         let mut flat_lp = if picks.is_empty() {
             Vec::new()
         } else {

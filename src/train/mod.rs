@@ -281,6 +281,16 @@ pub fn batch_grads(
     max_len: usize,
     seed: f64,
 ) -> Result<(f64, GradStore)> {
+    crate::model::on_pool(|| batch_grads_here(model, examples, pad, max_len, seed))
+}
+
+fn batch_grads_here(
+    model: &Llama,
+    examples: &[&Example],
+    pad: u32,
+    max_len: usize,
+    seed: f64,
+) -> Result<(f64, GradStore)> {
     if crate::model::backprop::supported(model) {
         let b = pack_batch(model, examples, pad, max_len)?;
         let (loss, grads) = crate::model::backprop::loss_and_grads(

@@ -186,6 +186,10 @@ impl AdamW {
     /// One update at learning rate `lr`, clipping the global gradient norm to `clip` (if set).
     /// Returns the gradient norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64, clip: Option<f64>) -> Result<f64> {
+        crate::model::on_pool(|| self.step_here(grads, lr, clip))
+    }
+
+    fn step_here(&mut self, grads: &GradStore, lr: f64, clip: Option<f64>) -> Result<f64> {
         let norm = self.grad_norm(grads)?;
         let scale = match clip {
             Some(c) if norm > c && norm > 0.0 => c / norm,

@@ -526,7 +526,6 @@ impl CustomOp2 for BatchedGemm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let Some(blas) = blas() else {
             candle_core::bail!("blas batched gemm: no BLAS loaded");
         };
@@ -546,18 +545,17 @@ impl CustomOp2 for BatchedGemm {
         let batch: usize = ad[..r - 2].iter().product();
         let mut out_dims = ad[..r - 2].to_vec();
         out_dims.extend([m, n]);
-        let mut c = vec![0f32; batch * m * n];
-        if m * n * k > 0 {
-            let call = Call {
-                beta: 0.0,
-                ta: self.trans_a,
-                tb: self.trans_b,
-                k,
-                lda: ca,
-                ldb: cb,
-                ldc: n,
-            };
-            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+        let call = Call {
+            beta: 0.0,
+            ta: self.trans_a,
+            tb: self.trans_b,
+            k,
+            lda: ca,
+            ldb: cb,
+            ldc: n,
+        };
+        let c = super::fused::par_filled(batch * m * n, m * n, |i, ci| {
+            if k > 0 {
                 // SAFETY: operand i is the i-th contiguous (ra, ca) / (rb, cb) block, and
                 // `ci` holds this product's m x n output.
                 unsafe {
@@ -570,8 +568,8 @@ impl CustomOp2 for BatchedGemm {
                         ci.as_mut_ptr(),
                     )
                 }
-            });
-        }
+            }
+        });
         Ok((CpuStorage::F32(c), Shape::from(out_dims)))
     }
 }

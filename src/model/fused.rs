@@ -16,6 +16,32 @@ type CResult<T> = candle_core::Result<T>;
 /// Rows handed to one rayon task: enough work to amortise the task, few enough to balance.
 const ROW_CHUNK: usize = 16;
 
+/// A buffer of `len` floats built chunk by chunk on the pool: each task zeroes its own chunk of
+/// `chunk` floats (the last may be shorter) and `fill(index, chunk)` writes it. A zeroed `vec!`
+/// would first clear the whole output in one memset on the calling thread while the other
+/// threads wait, and push everything else out of the caches.
+pub(crate) fn par_filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            for v in c.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every element of `c` was initialised just above.
+            let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            fill(i, c);
+        });
+    // SAFETY: the chunks cover 0..len, and each element was initialised above.
+    unsafe { y.set_len(len) };
+    y
+}
+
 /// Whether the fused kernels handle this tensor: f32 on the CPU.
 pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -119,17 +145,16 @@ impl CustomOp2 for RmsNorm {
         if h == 0 || x.len() % h != 0 {
             candle_core::bail!("rms-norm: input {:?} vs gain {h}", xl.shape());
         }
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(h * ROW_CHUNK)
-            .zip(x.par_chunks(h * ROW_CHUNK))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
-                    let r = inv_rms(xr, self.eps);
-                    for ((y, x), w) in yr.iter_mut().zip(xr).zip(w) {
-                        *y = x * r * w;
-                    }
+        let chunk = h * ROW_CHUNK;
+        let y = par_filled(x.len(), chunk, |ci, yc| {
+            let xc = &x[ci * chunk..ci * chunk + yc.len()];
+            for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
+                let r = inv_rms(xr, self.eps);
+                for ((y, x), w) in yr.iter_mut().zip(xr).zip(w) {
+                    *y = x * r * w;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -253,9 +278,8 @@ impl CustomOp1 for Rope {
             );
         }
         let sign = if self.from_heads { -1f32 } else { 1f32 };
-        let mut y = vec![0f32; x.len()];
         // Output (bi, o, i) of shape (b, a2, a1, d) reads input (bi, i, o); one task per (bi, o).
-        y.par_chunks_mut(a1 * d).enumerate().for_each(|(bo, yb)| {
+        let y = par_filled(x.len(), a1 * d, |bo, yb| {
             let (bi, o) = (bo / a2, bo % a2);
             for i in 0..a1 {
                 let src = ((bi * a1 + i) * a2 + o) * d;
@@ -445,23 +469,21 @@ impl CustomOp1 for CausalSoftmax {
                 self.offset
             );
         }
-        let mut y = vec![0f32; x.len()];
         let rows_per_task = ROW_CHUNK * 4;
-        y.par_chunks_mut(s * rows_per_task)
-            .zip(x.par_chunks(s * rows_per_task))
-            .enumerate()
-            .for_each(|(ci, (yc, xc))| {
-                for (ri, (yr, xr)) in yc.chunks_mut(s).zip(xc.chunks(s)).enumerate() {
-                    let row = ci * rows_per_task + ri;
-                    let visible = self.offset + row % self.t + 1;
-                    let max = scaled_max(&xr[..visible], self.scale);
-                    let sum = exp_scaled(&xr[..visible], &mut yr[..visible], self.scale, max);
-                    let inv = 1.0 / sum;
-                    for y in &mut yr[..visible] {
-                        *y *= inv;
-                    }
+        let chunk = s * rows_per_task;
+        let y = par_filled(x.len(), chunk, |ci, yc| {
+            let xc = &x[ci * chunk..ci * chunk + yc.len()];
+            for (ri, (yr, xr)) in yc.chunks_mut(s).zip(xc.chunks(s)).enumerate() {
+                let row = ci * rows_per_task + ri;
+                let visible = self.offset + row % self.t + 1;
+                let max = scaled_max(&xr[..visible], self.scale);
+                let sum = exp_scaled(&xr[..visible], &mut yr[..visible], self.scale, max);
+                let inv = 1.0 / sum;
+                for y in &mut yr[..visible] {
+                    *y *= inv;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -618,15 +640,15 @@ impl CustomOp1 for SwiGluStacked {
         let half = width / 2;
         let last = dims.len() - 1;
         dims[last] = half;
-        let mut y = vec![0f32; x.len() / 2];
-        if half > 0 {
-            y.par_chunks_mut(half)
-                .zip(x.par_chunks(width))
-                .for_each(|(yr, xr)| {
-                    let (g, u) = xr.split_at(half);
-                    swiglu_row(g, u, yr);
-                });
-        }
+        // Whole rows per task, about 16K outputs each.
+        let rows = (1 << 14) / half.max(1) + 1;
+        let y = par_filled(x.len() / 2, rows * half, |ci, yc| {
+            for (ri, yr) in yc.chunks_mut(half).enumerate() {
+                let at = (ci * rows + ri) * width;
+                let (g, u) = x[at..at + width].split_at(half);
+                swiglu_row(g, u, yr);
+            }
+        });
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 }
@@ -654,10 +676,10 @@ impl CustomOp2 for SwiGlu {
         if g.len() != u.len() {
             candle_core::bail!("swiglu: gate {:?} vs up {:?}", gl.shape(), ul.shape());
         }
-        let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(4096)
-            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
-            .for_each(|(yc, (gc, uc))| swiglu_row(gc, uc, yc));
+        let y = par_filled(g.len(), 4096, |ci, yc| {
+            let at = ci * 4096;
+            swiglu_row(&g[at..at + yc.len()], &u[at..at + yc.len()], yc);
+        });
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
@@ -738,10 +760,44 @@ struct CrossEntropy {
     lse: Arc<Mutex<Vec<f32>>>,
 }
 
-fn log_sum_exp(row: &[f32]) -> f32 {
+/// `ln(sum(exp(row)))`, shifted by the row's maximum; `scratch` receives the shifted exps.
+fn log_sum_exp_into(row: &[f32], scratch: &mut [f32]) -> f32 {
     let max = max_of(row);
-    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
-    max + sum.ln()
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + exp_scaled(row, scratch, 1.0, max).ln()
+}
+
+/// Log-probabilities over the last dimension: a row of logits becomes `x - logsumexp(x)` in two
+/// passes over it, one row per task. Candle's version runs five separate element-wise ops over
+/// the whole vocabulary-wide matrix, each waking its own thread pool; not differentiable.
+pub fn log_softmax(logits: &Tensor) -> CResult<Tensor> {
+    if !supported(logits) || logits.rank() == 0 {
+        return candle_nn::ops::log_softmax(logits, candle_core::D::Minus1);
+    }
+    logits.contiguous()?.apply_op1_no_bwd(&LogSoftmax)
+}
+
+struct LogSoftmax;
+
+impl CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-log-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "logits")?;
+        let width = l.shape().dims().last().copied().unwrap_or(0);
+        let y = par_filled(x.len(), width, |r, out| {
+            let row = &x[r * width..r * width + out.len()];
+            let lse = log_sum_exp_into(row, out);
+            for (o, v) in out.iter_mut().zip(row) {
+                *o = v - lse;
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
 }
 
 impl CustomOp1 for CrossEntropy {
@@ -752,7 +808,7 @@ impl CustomOp1 for CrossEntropy {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32s(s, l, "logits")?;
         let vocab = l.shape().dims().last().copied().unwrap_or(1);
-        let lse: Vec<f32> = x.par_chunks(vocab).map(log_sum_exp).collect();
+        let lse: Vec<f32> = x.par_chunks(vocab).map_init(|| vec![0f32; vocab], |buf, row| log_sum_exp_into(row, buf)).collect();
         let total: f64 = lse
             .iter()
             .zip(x.chunks(vocab))
@@ -800,7 +856,7 @@ impl CustomOp2 for CrossEntropyGrad {
         let vocab = xl.shape().dims().last().copied().unwrap_or(1);
         let mut lse = self.lse.lock().map(|l| l.clone()).unwrap_or_default();
         if lse.len() != self.targets.len() {
-            lse = x.par_chunks(vocab).map(log_sum_exp).collect();
+            lse = x.par_chunks(vocab).map_init(|| vec![0f32; vocab], |buf, row| log_sum_exp_into(row, buf)).collect();
         }
         let scale = g / self.targets.len() as f32;
         let mut out = vec![0f32; x.len()];
@@ -1145,5 +1201,20 @@ mod tests {
         assert!(max_diff(&grad, &want) < 1e-6);
         assert!(cross_entropy(&x, &[1, 2]).is_err());
         assert!(cross_entropy(&x, &[0, 0, 0, 0, 0, 50]).is_err());
+    }
+
+    /// Vocabulary-wide rows (one task each) and a short row with a large spread, against
+    /// candle's log-softmax; every row's probabilities sum to one.
+    #[test]
+    fn log_softmax_matches_candle() {
+        for (rows, width, spread) in [(3, 49_152, 8.0), (5, 37, 60.0), (1, 1, 1.0)] {
+            let x = (rand(&[rows, width], 4) * spread).unwrap();
+            let fused = log_softmax(&x).unwrap();
+            let plain = candle_nn::ops::log_softmax(&x, D::Minus1).unwrap();
+            assert!(max_diff(&fused, &plain) < 2e-5, "{rows} x {width}");
+            let total = fused.exp().unwrap().sum(D::Minus1).unwrap();
+            let ones = Tensor::ones(rows, DType::F32, &Device::Cpu).unwrap();
+            assert!(max_diff(&total, &ones) < 1e-4);
+        }
     }
 }

@@ -693,7 +693,7 @@ impl Llama {
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
         let logits = self.logits(&last)?;
-        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+        Ok(super::fused::log_softmax(&logits)?)
     }
 
     /// Runs only the projections that a forward pass over `rows` positions makes (`logit_rows` of

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::{KvCache, Llama};
 use crate::prompts::PromptCodec;
 use crate::trie::{CorpusTrie, Cursor, TokenTrie};
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use tokenizers::Tokenizer;
@@ -826,9 +826,8 @@ impl Retriever<'_> {
         } else {
             let idx = Tensor::new(picks.as_slice(), self.model.device())?;
             let picked = hidden.reshape((n * max, h))?.index_select(&idx, 0)?;
-            rows_to_vecs(&candle_nn::ops::log_softmax(
+            rows_to_vecs(&crate::model::fused::log_softmax(
                 &self.model.logits(&picked)?,
-                D::Minus1,
             )?)?
         }
         .into_iter();

@@ -527,7 +527,7 @@ impl SelfretApp {
                     self.train.running = true;
                     self.busy = Some("training".into());
                     self.worker.submit(Job::Index {
-                        spec,
+                        spec: Box::new(spec),
                         run: PathBuf::from(self.project.run_dir.trim()),
                         resume,
                     });

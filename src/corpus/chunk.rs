@@ -38,12 +38,10 @@ pub fn chunk_text(text: &str, opts: ChunkOptions) -> Vec<String> {
             }
             continue;
         }
-        if current.len() + words.len() > max
-            || (current.len() >= opts.min_words && !current.is_empty())
+        if (current.len() + words.len() > max || current.len() >= opts.min_words)
+            && !current.is_empty()
         {
-            if !current.is_empty() {
-                pieces.push(std::mem::take(&mut current));
-            }
+            pieces.push(std::mem::take(&mut current));
         }
         current.extend(words);
     }

@@ -26,6 +26,14 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer, through a method so closures capture the whole (Send) wrapper rather than
+    /// its raw-pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `y (m, n) = x (m, k) @ w^T` where `w` is (n, k) row-major with leading dimension `ldw` and `x`
 /// is (m, k) row-major with leading dimension `ldx`. Splits the weight rows (output columns)
 /// over the rayon pool.
@@ -70,13 +78,12 @@ fn matmul_nt_with(
     let block = n.div_ceil(threads * 4).max(16).next_multiple_of(4);
     let out = OutPtr(y.as_mut_ptr());
     (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
-        let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
         #[cfg(target_arch = "x86_64")]
         if tiled {
             // SAFETY: the caller passes `tiled` only with AVX-512F; the asserts above
             // keep reads inside `x` and `w`, and this task writes columns j0..j1 of `y` only.
-            unsafe { tiled_block(x, ldx, w, ldw, m, k, n, j0, j1, out.0) };
+            unsafe { tiled_block(x, ldx, w, ldw, m, k, n, j0, j1, out.get()) };
             return;
         }
         let _ = tiled;
@@ -84,7 +91,7 @@ fn matmul_nt_with(
             let row = &w[j * ldw..j * ldw + k];
             for i in 0..m {
                 // SAFETY: (i, j) is inside `y`, and column j belongs to this task.
-                unsafe { *out.0.add(i * n + j) = dot(&x[i * ldx..i * ldx + k], row) };
+                unsafe { *out.get().add(i * n + j) = dot(&x[i * ldx..i * ldx + k], row) };
             }
         }
     });

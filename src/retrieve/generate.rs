@@ -136,7 +136,8 @@ fn pick(logprobs: &[f32], opts: &GenerateOptions, rng: &mut StdRng) -> u32 {
         .map(|&i| ((logprobs[i] - max) / t).exp())
         .collect();
     let total: f32 = weights.iter().sum();
-    if !(total > 0.0) {
+    // Also catches a NaN total.
+    if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return argmax();
     }
     let mut x = rng.random::<f32>() * total;

@@ -34,13 +34,13 @@ pub fn combined_scores(
 ) -> (Vec<f64>, Vec<(f64, f64)>) {
     let s_t = title_scores(title_norm_probs, tau);
     let mut out = vec![(0.0, 0.0); candidates.len()];
-    for t in 0..title_norm_probs.len() {
+    for (t, st) in s_t.iter().enumerate() {
         let members: Vec<usize> = (0..candidates.len())
             .filter(|&i| candidates[i].0 == t)
             .collect();
         let rej: Vec<f64> = members.iter().map(|&i| candidates[i].1).collect();
         for (k, sp) in passage_scores(&rej, delta).into_iter().enumerate() {
-            out[members[k]] = (sp, s_t[t] * sp);
+            out[members[k]] = (sp, st * sp);
         }
     }
     (s_t, out)

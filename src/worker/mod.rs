@@ -18,7 +18,8 @@ use std::sync::Arc;
 pub enum Job {
     LoadCorpus(PathBuf, LoadOptions),
     Index {
-        spec: IndexSpec,
+        /// Boxed: the spec is by far the largest job.
+        spec: Box<IndexSpec>,
         run: PathBuf,
         resume: bool,
     },
@@ -237,7 +238,7 @@ impl Worker {
 fn download_reporter<'a>(send: &'a dyn Fn(Event)) -> impl FnMut(&str, u64, u64) + 'a {
     let mut last: Option<(String, u64)> = None;
     move |file: &str, done: u64, total: u64| {
-        let pct = if total > 0 { done * 100 / total } else { 0 };
+        let pct = (done * 100).checked_div(total).unwrap_or(0);
         if last.as_ref().is_some_and(|(f, p)| f == file && *p == pct) {
             return;
         }

@@ -729,6 +729,17 @@ impl Llama {
         })
     }
 
+    /// Packs every frozen weight for the AMX tiles now (nothing without them) by running the
+    /// matrix work of the smallest pass that takes the packed path, so the first query after
+    /// loading does not pay for the packing (about 0.3 s for the 135M model).
+    pub fn prepare_products(&self) -> Result<()> {
+        if !super::amx::available() {
+            return Ok(());
+        }
+        let rows = super::rows::max_rows() + 1;
+        self.matrix_work(rows, rows)
+    }
+
     /// An empty KV cache sized for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())

@@ -408,6 +408,7 @@ impl QuerySession {
         let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
         let trie = CorpusTrie::build(&corpus, &bundle.tokenizer, &codec)?;
         let model = bundle.inference()?;
+        model.prepare_products()?;
         Ok(QuerySession {
             bundle,
             model,

@@ -10,7 +10,7 @@
 //! gradient only for the operands that need one (a frozen base weight gets none, which is what
 //! makes LoRA steps cheap).
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use std::ffi::{c_char, c_int};
 use std::sync::{Arc, OnceLock};
 
@@ -75,6 +75,14 @@ struct SendPtr<T>(T);
 // SAFETY: used only for the disjoint blocks handed out in `run_split`.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T: Copy> SendPtr<T> {
+    /// The pointer, through a method so closures capture the whole (Send) wrapper rather than
+    /// its field.
+    fn get(self) -> T {
+        self.0
+    }
+}
 
 impl Blas {
     /// Loads `name` and turns the library's own threading off: [`Blas::run_split`] spreads
@@ -485,6 +493,157 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> candle_co
     }
 }
 
+/// Query positions per task in [`causal_attention`]: each block's products stop at the last key
+/// its rows can see, so the work above the causal diagonal shrinks to a staircase of this step.
+const CAUSAL_BLOCK: usize = 64;
+
+/// Attention for the last `t` of `s` positions (the first `s - t` cached), each seeing itself and
+/// everything before it: `q` (b, g, rep * t, d) with the query heads that share a key/value head
+/// stacked along the rows, `k` and `v` (b, g, s, d); returns the weighted values in `q`'s layout.
+///
+/// Separate products over all keys spend nearly half their work above the diagonal of a long
+/// prefill, and write the whole score matrix out before the softmax reads it back. Here each task
+/// takes one block of query positions of one head: its scores against only the keys it can see,
+/// the softmax, and the weighted values, with the scores staying in cache. Not differentiable;
+/// `None` without a BLAS or for inputs it does not cover (the caller then multiplies as usual).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    t: usize,
+) -> candle_core::Result<Option<Tensor>> {
+    let usable = blas().is_some()
+        && [q, k, v]
+            .iter()
+            .all(|x| x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4);
+    if !usable {
+        return Ok(None);
+    }
+    let op = CausalAttention {
+        scale: scale as f32,
+        t,
+    };
+    Ok(Some(q.contiguous()?.apply_op3_no_bwd(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        &op,
+    )?))
+}
+
+struct CausalAttention {
+    scale: f32,
+    t: usize,
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "blas-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let Some(blas) = blas() else {
+            candle_core::bail!("causal attention: no BLAS loaded");
+        };
+        let q = super::fused::f32s(s1, l1, "attention queries")?;
+        let k = super::fused::f32s(s2, l2, "attention keys")?;
+        let v = super::fused::f32s(s3, l3, "attention values")?;
+        let (qd, kd) = (l1.dims(), l2.dims());
+        let t = self.t;
+        if kd != l3.dims() || qd[..2] != kd[..2] || qd[3] != kd[3] {
+            candle_core::bail!("causal attention: queries {qd:?}, keys {kd:?}, values {:?}", l3.dims());
+        }
+        let (groups, rows, d, s) = (qd[0] * qd[1], qd[2], qd[3], kd[2]);
+        if t == 0 || rows % t != 0 || s < t {
+            candle_core::bail!("causal attention: {rows} query rows for {t} positions over {s} keys");
+        }
+        let (rep, offset) = (rows / t, s - t);
+        let blocks = t.div_ceil(CAUSAL_BLOCK);
+        let len = groups * rows * d;
+        let mut y: Vec<f32> = Vec::with_capacity(len);
+        let out = SendPtr(y.as_mut_ptr());
+        let scores_call = Call {
+            beta: 0.0,
+            ta: false,
+            tb: true,
+            k: d,
+            lda: d,
+            ldb: d,
+            ldc: 0,
+        };
+        let scratch = || (vec![0f32; CAUSAL_BLOCK * s], vec![0f32; CAUSAL_BLOCK * s]);
+        (0..groups * rep * blocks).into_par_iter().for_each_init(
+            scratch,
+            |(scores, probs), task| {
+                let (group, r, block) = (task / (rep * blocks), task / blocks % rep, task % blocks);
+                let (i0, i1) = (block * CAUSAL_BLOCK, ((block + 1) * CAUSAL_BLOCK).min(t));
+                let (n, seen) = (i1 - i0, offset + i1);
+                let first_row = group * rows + r * t + i0;
+                let keys = group * s * d;
+                // SAFETY: the query block is rows first_row.. of q (n x d), the keys and values
+                // the first `seen` of this group's s rows, the scratch holds n x seen, and this
+                // task alone writes output rows first_row..first_row + n; beta 0 writes them all.
+                unsafe {
+                    let call = Call {
+                        ldc: seen,
+                        ..scores_call
+                    };
+                    blas.run(
+                        &call,
+                        n,
+                        seen,
+                        q.as_ptr().add(first_row * d),
+                        k.as_ptr().add(keys),
+                        scores.as_mut_ptr(),
+                    );
+                }
+                for i in 0..n {
+                    let visible = offset + i0 + i + 1;
+                    let row = &scores[i * seen..i * seen + visible];
+                    let p = &mut probs[i * seen..(i + 1) * seen];
+                    let max = super::fused::scaled_max(row, self.scale);
+                    let sum = super::fused::exp_scaled(row, &mut p[..visible], self.scale, max);
+                    let inv = 1.0 / sum;
+                    p[..visible].iter_mut().for_each(|x| *x *= inv);
+                    p[visible..].fill(0.0);
+                }
+                let call = Call {
+                    beta: 0.0,
+                    ta: false,
+                    tb: false,
+                    k: seen,
+                    lda: seen,
+                    ldb: d,
+                    ldc: d,
+                };
+                // SAFETY: as above.
+                unsafe {
+                    blas.run(
+                        &call,
+                        n,
+                        d,
+                        probs.as_ptr(),
+                        v.as_ptr().add(keys),
+                        out.get().add(first_row * d),
+                    );
+                }
+            },
+        );
+        // SAFETY: the tasks cover every (group, head, block) and so every output row.
+        unsafe { y.set_len(len) };
+        Ok((CpuStorage::F32(y), Shape::from(qd)))
+    }
+}
+
 /// `op(a) @ op(b)` for each matrix of two stacks of equal leading shape (attention's
 /// per-head products), not differentiable. Every product is one single-threaded BLAS call and
 /// the products are spread over the rayon pool: candle's batched gemm runs these small
@@ -821,6 +980,44 @@ mod tests {
             let want = op(&a, ta).matmul(&op(&b, tb)).unwrap();
             assert_eq!(got.dims(), &[2, 3, 5, 4]);
             assert!(max_diff(&got, &want) < 1e-4, "ta={ta} tb={tb}");
+        }
+    }
+
+    /// Blocked causal attention against the plain formula (scores, mask, softmax, values in
+    /// candle): several blocks per head with a short last one, no cache, one position, stacked
+    /// query heads, and a long cached prefix.
+    #[test]
+    fn causal_attention_matches_masked_softmax_products() {
+        let dev = Device::Cpu;
+        for (b, g, rep, t, offset, d) in [
+            (2, 3, 3, 150, 20, 64),
+            (1, 1, 2, 5, 0, 8),
+            (1, 2, 1, 1, 9, 16),
+            (1, 1, 1, 70, 300, 32),
+        ] {
+            let s = offset + t;
+            let q = Tensor::randn(0f32, 1.0, (b, g, rep * t, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, g, s, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, g, s, d), &dev).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let Some(got) = causal_attention(&q, &k, &v, scale, t).unwrap() else {
+                assert!(blas().is_none(), "declined with a BLAS loaded");
+                return;
+            };
+            let mask: Vec<f32> = (0..rep * t)
+                .flat_map(|row| {
+                    (0..s).map(move |j| if j <= offset + row % t { 0.0 } else { f32::NEG_INFINITY })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (rep * t, s), &dev).unwrap();
+            let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap();
+            let att = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+            let want = att.matmul(&v).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(max_diff(&got, &want) < 1e-5, "{b} {g} {rep} {t} {offset} {d}");
         }
     }
 

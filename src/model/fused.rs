@@ -344,7 +344,7 @@ pub(crate) fn max_of(x: &[f32]) -> f32 {
 }
 
 /// The largest of `scale * x[i]`: a softmax's shift, for either sign of the scale.
-fn scaled_max(x: &[f32], scale: f32) -> f32 {
+pub(crate) fn scaled_max(x: &[f32], scale: f32) -> f32 {
     if scale >= 0.0 {
         max_of(x) * scale
     } else {

@@ -396,7 +396,6 @@ impl Attention {
             Some((cache, layer)) => cache.append(layer, k, v)?,
             None => (k, v),
         };
-        let s = k.dim(2)?;
         // Query heads that share a key/value head are stacked along the sequence axis, so keys and
         // values are never copied per head: (b, nkv, rep*t, hd) x (b, nkv, hd, s).
         let rep = nh / nkv;
@@ -407,10 +406,40 @@ impl Attention {
             let y = super::fused::decode_attention(&q, &k, &v, scale)?;
             return self.o_proj.forward(&y.reshape((b, 1, nh * hd))?);
         }
+        // Inference prefill: blocks of query positions against the keys they see, through BLAS.
+        let blocked = match fused && t > 1 && super::fused::supported(&q) {
+            true => super::blas::causal_attention(&q, &k, &v, scale, t)?,
+            false => None,
+        };
+        let y = match blocked {
+            Some(y) => y,
+            None => self.products_attention(&q, &k, &v, scale, t, mask, fused)?,
+        };
+        let y = y
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        self.o_proj.forward(&y)
+    }
+
+    /// Attention as two products around a softmax: (b, nkv, rep*t, hd) queries against keys
+    /// and values (b, nkv, s, hd); training and the devices without the blocked kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn products_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        t: usize,
+        mask: Option<&Tensor>,
+        fused: bool,
+    ) -> Result<Tensor> {
         // Inference prefill: one BLAS product per head instead of candle's batched gemm.
-        let per_head_blas = fused && t > 1 && super::fused::supported(&q);
+        let per_head_blas = fused && t > 1 && super::fused::supported(q);
+        let s = k.dim(2)?;
         let scores = if per_head_blas {
-            super::blas::batched_matmul(&q, &k, false, true)?
+            super::blas::batched_matmul(q, k, false, true)?
         } else {
             q.matmul(&k.t()?)?
         };
@@ -419,16 +448,11 @@ impl Attention {
         } else {
             self.masked_softmax(scores, scale, mask, fused)?
         };
-        let y = if per_head_blas {
-            super::blas::batched_matmul(&att, &v, false, false)?
+        Ok(if per_head_blas {
+            super::blas::batched_matmul(&att, v, false, false)?
         } else {
-            att.matmul(&v)?
-        }; // (b, nkv, rep*t, hd)
-        let y = y
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
-        self.o_proj.forward(&y)
+            att.matmul(v)?
+        }) // (b, nkv, rep*t, hd)
     }
 
     /// Queries, keys and values for `x` (b, t, hidden).

@@ -304,3 +304,21 @@ pub fn release_memory() {
         libc::malloc_trim(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Work handed to `on_pool` from an outside thread runs on a pool thread and returns its
+    /// value; from a pool thread it runs in place.
+    #[test]
+    fn on_pool_runs_on_a_pool_thread() {
+        assert!(rayon::current_thread_index().is_none());
+        let (index, value) = super::on_pool(|| (rayon::current_thread_index(), 6 * 7));
+        assert!(index.is_some());
+        assert_eq!(value, 42);
+        let nested = super::on_pool(|| {
+            let outer = rayon::current_thread_index();
+            super::on_pool(move || rayon::current_thread_index() == outer)
+        });
+        assert!(nested);
+    }
+}

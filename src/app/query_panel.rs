@@ -83,8 +83,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
     }
     let t = &trace.timings;
     ui.weak(format!(
-        "titles {:.0} ms | passages {:.0} ms | assessment {:.0} ms | answer {:.0} ms | {} forward passes",
-        t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms, t.forward_calls
+        "titles {:.0} ms | passages {:.0} ms | assessment {:.0} ms | answer {:.0} ms | {} forward passes over {} token positions",
+        t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
     ));
     ui.horizontal(|ui| {
         ui.colored_label(CHOSEN, "chosen by the model");

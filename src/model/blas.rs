@@ -560,11 +560,16 @@ impl CustomOp3 for CausalAttention {
         let (qd, kd) = (l1.dims(), l2.dims());
         let t = self.t;
         if kd != l3.dims() || qd[..2] != kd[..2] || qd[3] != kd[3] {
-            candle_core::bail!("causal attention: queries {qd:?}, keys {kd:?}, values {:?}", l3.dims());
+            candle_core::bail!(
+                "causal attention: queries {qd:?}, keys {kd:?}, values {:?}",
+                l3.dims()
+            );
         }
         let (groups, rows, d, s) = (qd[0] * qd[1], qd[2], qd[3], kd[2]);
         if t == 0 || rows % t != 0 || s < t {
-            candle_core::bail!("causal attention: {rows} query rows for {t} positions over {s} keys");
+            candle_core::bail!(
+                "causal attention: {rows} query rows for {t} positions over {s} keys"
+            );
         }
         let (rep, offset) = (rows / t, s - t);
         let blocks = t.div_ceil(CAUSAL_BLOCK);
@@ -1006,7 +1011,13 @@ mod tests {
             };
             let mask: Vec<f32> = (0..rep * t)
                 .flat_map(|row| {
-                    (0..s).map(move |j| if j <= offset + row % t { 0.0 } else { f32::NEG_INFINITY })
+                    (0..s).map(move |j| {
+                        if j <= offset + row % t {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
                 })
                 .collect();
             let mask = Tensor::from_vec(mask, (rep * t, s), &dev).unwrap();
@@ -1017,7 +1028,10 @@ mod tests {
             let att = candle_nn::ops::softmax_last_dim(&scores).unwrap();
             let want = att.matmul(&v).unwrap();
             assert_eq!(got.dims(), want.dims());
-            assert!(max_diff(&got, &want) < 1e-5, "{b} {g} {rep} {t} {offset} {d}");
+            assert!(
+                max_diff(&got, &want) < 1e-5,
+                "{b} {g} {rep} {t} {offset} {d}"
+            );
         }
     }
 

@@ -809,7 +809,10 @@ impl CustomOp1 for CrossEntropy {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32s(s, l, "logits")?;
         let vocab = l.shape().dims().last().copied().unwrap_or(1);
-        let lse: Vec<f32> = x.par_chunks(vocab).map_init(|| vec![0f32; vocab], |buf, row| log_sum_exp_into(row, buf)).collect();
+        let lse: Vec<f32> = x
+            .par_chunks(vocab)
+            .map_init(|| vec![0f32; vocab], |buf, row| log_sum_exp_into(row, buf))
+            .collect();
         let total: f64 = lse
             .iter()
             .zip(x.chunks(vocab))
@@ -857,7 +860,10 @@ impl CustomOp2 for CrossEntropyGrad {
         let vocab = xl.shape().dims().last().copied().unwrap_or(1);
         let mut lse = self.lse.lock().map(|l| l.clone()).unwrap_or_default();
         if lse.len() != self.targets.len() {
-            lse = x.par_chunks(vocab).map_init(|| vec![0f32; vocab], |buf, row| log_sum_exp_into(row, buf)).collect();
+            lse = x
+                .par_chunks(vocab)
+                .map_init(|| vec![0f32; vocab], |buf, row| log_sum_exp_into(row, buf))
+                .collect();
         }
         let scale = g / self.targets.len() as f32;
         let mut out = vec![0f32; x.len()];

@@ -499,7 +499,9 @@ const CAUSAL_BLOCK: usize = 64;
 
 /// Attention for the last `t` of `s` positions (the first `s - t` cached), each seeing itself and
 /// everything before it: `q` (b, g, rep * t, d) with the query heads that share a key/value head
-/// stacked along the rows, `k` and `v` (b, g, s, d); returns the weighted values in `q`'s layout.
+/// stacked along the rows, `k` and `v` (b, g, s, d). Returns the weighted values as (b, t,
+/// g * rep * d), heads side by side per position: the input of the output projection, with no
+/// transpose between.
 ///
 /// Separate products over all keys spend nearly half their work above the diagonal of a long
 /// prefill, and write the whole score matrix out before the softmax reads it back. Here each task
@@ -565,13 +567,16 @@ impl CustomOp3 for CausalAttention {
                 l3.dims()
             );
         }
-        let (groups, rows, d, s) = (qd[0] * qd[1], qd[2], qd[3], kd[2]);
+        let (batch, kv_heads, rows, d, s) = (qd[0], qd[1], qd[2], qd[3], kd[2]);
+        let groups = batch * kv_heads;
         if t == 0 || rows % t != 0 || s < t {
             candle_core::bail!(
                 "causal attention: {rows} query rows for {t} positions over {s} keys"
             );
         }
         let (rep, offset) = (rows / t, s - t);
+        // Output row stride: every head's values for one position.
+        let width = kv_heads * rep * d;
         let blocks = t.div_ceil(CAUSAL_BLOCK);
         let len = groups * rows * d;
         let mut y: Vec<f32> = Vec::with_capacity(len);
@@ -594,9 +599,12 @@ impl CustomOp3 for CausalAttention {
                 let (n, seen) = (i1 - i0, offset + i1);
                 let first_row = group * rows + r * t + i0;
                 let keys = group * s * d;
+                let (bi, head) = (group / kv_heads, group % kv_heads * rep + r);
+                let first_out = (bi * t + i0) * width + head * d;
                 // SAFETY: the query block is rows first_row.. of q (n x d), the keys and values
                 // the first `seen` of this group's s rows, the scratch holds n x seen, and this
-                // task alone writes output rows first_row..first_row + n; beta 0 writes them all.
+                // task alone writes this head's d columns of output rows bi * t + i0.. (n of
+                // them, stride `width`); beta 0 writes them all.
                 unsafe {
                     let call = Call {
                         ldc: seen,
@@ -628,7 +636,7 @@ impl CustomOp3 for CausalAttention {
                     k: seen,
                     lda: seen,
                     ldb: d,
-                    ldc: d,
+                    ldc: width,
                 };
                 // SAFETY: as above.
                 unsafe {
@@ -638,14 +646,15 @@ impl CustomOp3 for CausalAttention {
                         d,
                         probs.as_ptr(),
                         v.as_ptr().add(keys),
-                        out.get().add(first_row * d),
+                        out.get().add(first_out),
                     );
                 }
             },
         );
-        // SAFETY: the tasks cover every (group, head, block) and so every output row.
+        // SAFETY: the tasks cover every (batch, head, block), so every head's columns of every
+        // output row.
         unsafe { y.set_len(len) };
-        Ok((CpuStorage::F32(y), Shape::from(qd)))
+        Ok((CpuStorage::F32(y), Shape::from((batch, t, width))))
     }
 }
 
@@ -1026,7 +1035,15 @@ mod tests {
                 .broadcast_add(&mask)
                 .unwrap();
             let att = candle_nn::ops::softmax_last_dim(&scores).unwrap();
-            let want = att.matmul(&v).unwrap();
+            let want = att
+                .matmul(&v)
+                .unwrap()
+                .reshape((b, g * rep, t, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, t, g * rep * d))
+                .unwrap();
             assert_eq!(got.dims(), want.dims());
             assert!(
                 max_diff(&got, &want) < 1e-5,

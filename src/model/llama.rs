@@ -413,12 +413,12 @@ impl Attention {
         };
         let y = match blocked {
             Some(y) => y,
-            None => self.products_attention(&q, &k, &v, scale, t, mask, fused)?,
+            None => self
+                .products_attention(&q, &k, &v, scale, t, mask, fused)?
+                .reshape((b, nh, t, hd))?
+                .transpose(1, 2)?
+                .reshape((b, t, nh * hd))?,
         };
-        let y = y
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
         self.o_proj.forward(&y)
     }
 

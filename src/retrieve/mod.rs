@@ -511,7 +511,6 @@ impl Retriever<'_> {
             delta: opts.delta,
             ..Default::default()
         };
-        let mut timings = Timings::default();
         let t0 = Instant::now();
         // Stage 1: title beams from the query prompt.
         let prompt = self.codec.query(self.tokenizer, query)?;
@@ -520,7 +519,7 @@ impl Retriever<'_> {
             .forward_last(
                 std::slice::from_ref(&prompt),
                 &mut prefix_cache,
-                &mut timings,
+                &mut trace.timings,
             )?
             .remove(0);
         let title_beams = self.constrained_search(
@@ -529,7 +528,7 @@ impl Retriever<'_> {
             prefix_lp.clone(),
             opts.titles.max(1),
             false,
-            &mut timings,
+            &mut trace.timings,
         )?;
         for beam in title_beams {
             let title_index = self
@@ -547,8 +546,7 @@ impl Retriever<'_> {
                 s_t: 0.0,
             });
         }
-        timings.titles_ms = t0.elapsed().as_secs_f64() * 1e3;
-        trace.timings = timings.clone();
+        trace.timings.titles_ms = t0.elapsed().as_secs_f64() * 1e3;
         progress(&trace);
 
         // Stage 2: the titles through the model in one right-padded batch from the query's
@@ -591,7 +589,7 @@ impl Retriever<'_> {
         let mut dists: Vec<Vec<Vec<f32>>> = vec![Vec::new(); title_rows.len()];
         if !run.is_empty() {
             let (batch, run_dists) =
-                self.continue_rows(&prefix_cache, &rows, &run_wanted, &mut timings)?;
+                self.continue_rows(&prefix_cache, &rows, &run_wanted, &mut trace.timings)?;
             for (k, (&i, d)) in run.iter().zip(run_dists).enumerate() {
                 title_caches[i] = Some(batch.cut(k)?);
                 dists[i] = d;
@@ -633,7 +631,7 @@ impl Retriever<'_> {
                         first,
                         opts.passages.max(1),
                         true,
-                        &mut timings,
+                        &mut trace.timings,
                     )?
                 }
                 // One passage: no model call needed to find it.
@@ -664,8 +662,7 @@ impl Retriever<'_> {
                 });
             }
             trace.rerank(opts.tau, opts.delta);
-            timings.passages_ms = t1.elapsed().as_secs_f64() * 1e3;
-            trace.timings = timings.clone();
+            trace.timings.passages_ms = t1.elapsed().as_secs_f64() * 1e3;
             progress(&trace);
         }
 
@@ -707,7 +704,7 @@ impl Retriever<'_> {
                 &extra,
                 &keys,
                 title_rows.len(),
-                &mut timings,
+                &mut trace.timings,
             )?;
             for (c, p) in trace.candidates.iter_mut().zip(verdicts.p_reject) {
                 c.p_reject = p;
@@ -727,8 +724,7 @@ impl Retriever<'_> {
             best_rows = verdicts.best;
             trace.rerank(opts.tau, opts.delta);
         }
-        timings.assess_ms = t2.elapsed().as_secs_f64() * 1e3;
-        trace.timings = timings.clone();
+        trace.timings.assess_ms = t2.elapsed().as_secs_f64() * 1e3;
         progress(&trace);
 
         // Stage 4: answer from the top passage, continuing its acceptance verdict.
@@ -761,15 +757,15 @@ impl Retriever<'_> {
                         }
                     }
                 };
-                let text = self.greedy(&ids, &mut cache, opts.max_answer_tokens, &mut timings)?;
+                let text =
+                    self.greedy(&ids, &mut cache, opts.max_answer_tokens, &mut trace.timings)?;
                 trace.answer = Some(Answer {
                     text,
                     cited: vec![best],
                 });
             }
-            timings.answer_ms = t3.elapsed().as_secs_f64() * 1e3;
+            trace.timings.answer_ms = t3.elapsed().as_secs_f64() * 1e3;
         }
-        trace.timings = timings;
         progress(&trace);
         Ok(trace)
     }

@@ -362,21 +362,23 @@ fn bench_values(len: usize, period: usize) -> Vec<f32> {
 
 /// The few-row kernel against the BLAS on the model's projection shapes, GFLOP/s (medians), to
 /// show where `rows::max_rows` belongs on this CPU.
+/// The header of a products table: one column per kernel for each (k -> n) shape.
+fn products_header(shapes: &[(usize, usize)], kernels: &[&str]) {
+    let cells: Vec<String> = shapes
+        .iter()
+        .flat_map(|(k, n)| kernels.iter().map(move |name| format!("{k}->{n} {name}")))
+        .collect();
+    println!("\n| rows m | {} |", cells.join(" | "));
+    println!("|---|{}", "---|".repeat(cells.len()));
+}
+
 fn few_row_products(reps: usize) -> Result<()> {
     use crate::model::{blas, rows};
     if blas::blas().is_none() {
         return Ok(());
     }
     let shapes = [(576usize, 1536usize), (1536, 576), (576, 49152)];
-    println!(
-        "\n| rows m | {} |",
-        shapes
-            .iter()
-            .map(|(k, n)| format!("{k}->{n} row kernel | {k}->{n} BLAS"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!("|---|{}", "---|---|".repeat(shapes.len()));
+    products_header(&shapes, &["row kernel", "BLAS"]);
     let weights: Vec<Vec<f32>> = shapes
         .iter()
         .map(|&(k, n)| bench_values(k * n, 97))
@@ -412,15 +414,7 @@ fn large_products(reps: usize) -> Result<()> {
         return Ok(());
     }
     let shapes = [(576usize, 1536usize), (1536, 576), (576, 576), (576, 49152)];
-    println!(
-        "\n| rows m | {} |",
-        shapes
-            .iter()
-            .map(|(k, n)| format!("{k}->{n} BLAS f32 | AMX | AMX, weight packed once"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!("|---|{}", "---|---|---|".repeat(shapes.len()));
+    products_header(&shapes, &["BLAS f32", "AMX", "AMX, weight packed once"]);
     for m in [64usize, 128, 512, 1024] {
         let mut cells = Vec::new();
         for &(k, n) in &shapes {

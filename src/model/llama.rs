@@ -668,7 +668,8 @@ impl Llama {
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.config.hidden_size))?;
-        let mask = if t > 1 {
+        // CPU f32 attention masks inside its softmax kernels; other devices add a mask.
+        let mask = if t > 1 && !super::fused::supported(&x) {
             Some(causal_mask(t, offset, self.device())?)
         } else {
             None

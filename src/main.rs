@@ -19,6 +19,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Query(a)) => cli::query(a),
         Some(Command::FetchModel) => cli::fetch_model(),
         Some(Command::Eval(a)) => cli::eval(a),
+        Some(Command::Tune(a)) => cli::tune(a),
         Some(Command::Bench(a)) => cli::bench::run(a),
         Some(Command::PseudoQueries(a)) => cli::pseudo_queries(a),
         Some(Command::Titles(a)) => cli::titles(a),

@@ -47,9 +47,24 @@ fn untrained_model_returns_only_real_passages() {
         max_answer_tokens: 4,
         ..Default::default()
     };
+    // An empty question and meaningless weights are refused with a message.
+    let err = s.query("  ", &opts, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
+    for bad in [f64::NAN, -1.0, 0.0, f64::INFINITY] {
+        let o = RetrieveOptions {
+            tau: bad,
+            ..opts.clone()
+        };
+        let err = s.query("BM25", &o, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("tau"), "{err}");
+    }
+    let zero = RetrieveOptions {
+        passages: 0,
+        ..opts.clone()
+    };
+    assert!(s.query("BM25", &zero, &mut |_| {}).is_err());
     for q in [
         "who invented the inverted index",
-        "",
         "ÜNICODE ✓ query 123",
         "BM25",
     ] {
@@ -81,7 +96,11 @@ fn untrained_model_returns_only_real_passages() {
         }
         // Re-ranking with new temperatures needs no model and keeps the same candidates.
         let mut t2 = trace.clone();
-        t2.rerank(5.0, 0.05);
+        t2.rerank(selfret::retrieve::score::RankWeights {
+            tau: 5.0,
+            delta: 0.05,
+            passage_weight: 0.5,
+        });
         assert_eq!(t2.candidates.len(), trace.candidates.len());
         assert!(trace.answer.is_some());
         // The pass log that `bench query` replays covers every forward pass.
@@ -160,6 +179,49 @@ fn trained_tiny_model_retrieves_its_own_sentences() {
     let rate = hits as f64 / total as f64;
     eprintln!("Hits@1 on own sentences: {hits}/{total} = {rate:.2}");
     assert!(rate >= 0.8, "Hits@1 {rate}");
+
+    // With self-assessment on, an assessment this model was never trained on gives P(reject)
+    // values that cannot tell a title's passages apart: ranked by them alone (the paper's S_P)
+    // the gold passage is first about as often as chance; the passage term (the model's own
+    // likelihood of the passage) puts it first.
+    let assessed = RetrieveOptions {
+        assess: true,
+        ..opts.clone()
+    };
+    let (mut paper_hits, mut passage_hits) = (0, 0);
+    for p in &corpus.passages {
+        let Some(sentence) = split_sentences(&p.text)
+            .into_iter()
+            .find(|s| s.split_whitespace().count() >= 6)
+        else {
+            continue;
+        };
+        let mut trace = s.query(&sentence, &assessed, &mut |_| {}).unwrap();
+        let first = |t: &selfret::retrieve::RetrievalTrace| {
+            t.ranking.first().map(|x| x.passage_id.clone()) == Some(p.id.clone())
+        };
+        let w = trace.weights();
+        trace.rerank(selfret::retrieve::score::RankWeights {
+            passage_weight: 0.0,
+            ..w
+        });
+        paper_hits += first(&trace) as usize;
+        trace.rerank(selfret::retrieve::score::RankWeights {
+            passage_weight: 1.0,
+            ..w
+        });
+        passage_hits += first(&trace) as usize;
+    }
+    let (paper, passage) = (
+        paper_hits as f64 / total as f64,
+        passage_hits as f64 / total as f64,
+    );
+    eprintln!("with assessment: paper's S {paper:.2}, with the passage term {passage:.2}");
+    assert!(passage >= 0.8, "passage term Hits@1 {passage}");
+    assert!(
+        passage >= paper + 0.2,
+        "passage term {passage} vs paper {paper}"
+    );
 }
 
 #[test]
@@ -374,6 +436,7 @@ fn evaluation_runs_baselines_reader_and_self_retrieval_together() {
         &plan,
         &mut |_, _, _| {},
         &mut || false,
+        &mut |_, _| {},
     )
     .unwrap();
     let names: Vec<&str> = systems.iter().map(|s| s.system.as_str()).collect();

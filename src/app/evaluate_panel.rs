@@ -4,7 +4,26 @@ use super::dialogs::{path_row, PathField};
 use super::{AppCommand, SelfretApp};
 use egui_plot::{Bar, BarChart, Legend, Plot};
 
-const METRICS: [&str; 5] = ["hits@1", "hits@5", "hits@10", "mrr@5", "answer_em"];
+const METRICS: [&str; 7] = [
+    "hits@1",
+    "hits@5",
+    "hits@10",
+    "mrr@5",
+    "title@1",
+    "gold_in_candidates",
+    "answer_em",
+];
+
+/// What each column means (shown on hover).
+const HINTS: [&str; 7] = [
+    "The gold passage is ranked first",
+    "The gold passage is within the first 5",
+    "The gold passage is within the first 10",
+    "Mean reciprocal rank of the gold passage within the first 5",
+    "The top passage's title is the gold passage's title: where a failure is a wrong title",
+    "The gold passage is among the passages returned at all (for Self-Retrieval: generated under the trie)",
+    "The generated answer equals a gold answer (SQuAD normalisation)",
+];
 
 /// Draws the panel.
 pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
@@ -49,8 +68,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             .striped(true)
             .show(&mut cols[0], |ui| {
                 ui.strong("system");
-                for m in METRICS {
-                    ui.strong(m);
+                for (m, hint) in METRICS.iter().zip(HINTS) {
+                    ui.strong(*m).on_hover_text(hint);
                 }
                 ui.strong("ms/query");
                 ui.end_row();
@@ -120,6 +139,10 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             egui::Grid::new("per-query-grid")
                 .striped(true)
                 .show(ui, |ui| {
+                    ui.strong("gold passage");
+                    ui.strong("question");
+                    ui.strong("answer");
+                    ui.end_row();
                     for q in &sr.queries {
                         let (mark, color) = match q.gold_rank {
                             Some(1) => ("hit@1".to_string(), egui::Color32::from_rgb(60, 150, 80)),

@@ -50,6 +50,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     .logarithmic(true)
                     .text("tau"),
             )
+            .on_hover_text("Title temperature: S_T = softmax over the title beams of (length-normalised title probability) / tau. Small tau: the likeliest title dominates.")
             .changed();
         changed |= ui
             .add(
@@ -57,14 +58,22 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     .logarithmic(true)
                     .text("delta"),
             )
+            .on_hover_text("Self-assessment temperature: S_P = softmax within a title of (1 - P(reject)) / delta.")
+            .changed();
+        changed |= ui
+            .add(
+                egui::Slider::new(&mut app.project.retrieve.passage_weight, 0.0..=3.0)
+                    .text("passage weight"),
+            )
+            .on_hover_text("Weight w of the passage's own likelihood: within a title, candidates are ranked by softmax((1 - P(reject)) / delta + w x log P_trie(passage)). 0 is the paper's formula.")
             .changed();
     });
-    let (tau, delta) = (app.project.retrieve.tau, app.project.retrieve.delta);
+    let weights = app.project.retrieve.weights();
     let Some(trace) = app.trace.as_mut() else {
         return;
     };
-    if changed || trace.tau != tau || trace.delta != delta {
-        trace.rerank(tau, delta);
+    if changed || trace.weights() != weights {
+        trace.rerank(weights);
     }
     ui.separator();
     if !app.trace_done {
@@ -123,25 +132,41 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     ui.weak(st);
                 }
             });
-            const COLUMNS: [&str; 8] = [
+            const COLUMNS: [&str; 10] = [
                 "rank",
                 "passage",
                 "title",
                 "log P(title)",
+                "log P(passage)",
                 "P(reject)",
                 "S_T",
+                "S_gen",
                 "S_P",
                 "S",
+            ];
+            const HINTS: [&str; 10] = [
+                "Final rank, by S",
+                "Passage id (click to open it)",
+                "The passage's title",
+                "log-probability of the title tokens given the question",
+                "log-probability of the passage among its title's passages (the model's distribution renormalised over what the trie allowed)",
+                "The model's own verdict: probability that the passage cannot answer the question",
+                "Title score: softmax over title beams of the length-normalised title probability / tau",
+                "Passage term: softmax within the title of w x log P(passage)",
+                "Self-assessment term: softmax within the title of (1 - P(reject)) / delta",
+                "Final score: S_T x softmax within the title of ((1 - P(reject)) / delta + w x log P(passage))",
             ];
             let mut rows: Vec<&crate::retrieve::PassageCandidate> =
                 trace.candidates.iter().collect();
             let key = |c: &crate::retrieve::PassageCandidate, col: usize| -> f64 {
                 match col {
                     3 => trace.titles[c.title_rank].logprob,
-                    4 => c.p_reject,
-                    5 => trace.titles[c.title_rank].s_t,
-                    6 => c.s_p,
-                    7 => c.s,
+                    4 => c.passage_logprob,
+                    5 => c.p_reject,
+                    6 => trace.titles[c.title_rank].s_t,
+                    7 => c.s_gen,
+                    8 => c.s_p,
+                    9 => c.s,
                     _ => c.rank as f64,
                 }
             };
@@ -160,7 +185,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             });
             egui::Grid::new("score-table")
                 .striped(true)
-                .num_columns(8)
+                .num_columns(COLUMNS.len())
                 .show(ui, |ui| {
                     for (k, h) in COLUMNS.iter().enumerate() {
                         let arrow = if app.score_sort.0 == k {
@@ -174,6 +199,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                         };
                         if ui
                             .selectable_label(app.score_sort.0 == k, format!("{h}{arrow}"))
+                            .on_hover_text(HINTS[k])
                             .clicked()
                         {
                             app.score_sort = if app.score_sort.0 == k {
@@ -191,8 +217,10 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                         }
                         ui.label(&c.title);
                         ui.label(format!("{:.3}", trace.titles[c.title_rank].logprob));
+                        ui.label(format!("{:.3}", c.passage_logprob));
                         ui.label(format!("{:.3}", c.p_reject));
                         ui.label(format!("{:.3}", trace.titles[c.title_rank].s_t));
+                        ui.label(format!("{:.3}", c.s_gen));
                         ui.label(format!("{:.3}", c.s_p));
                         ui.label(format!("{:.4}", c.s));
                         ui.end_row();
@@ -212,8 +240,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     for c in trace.candidates.iter().filter(|c| c.title_rank == tr) {
                         ui.horizontal(|ui| {
                             ui.weak(format!(
-                                "#{} {} P(reject) {:.2}:",
-                                c.rank, c.passage_id, c.p_reject
+                                "#{} {} log P(passage) {:.2}, P(reject) {:.2}:",
+                                c.rank, c.passage_id, c.passage_logprob, c.p_reject
                             ));
                         });
                         token_line(ui, &c.steps);
@@ -244,9 +272,14 @@ fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
                 .logprob
                 .map(|l| format!("{l:.3}"))
                 .unwrap_or_else(|| "not computed".into());
+            let kind = match s.kind {
+                StepKind::Chosen => "chosen by the model",
+                StepKind::Forced => "forced by the trie",
+                StepKind::AutoComplete => "auto-completed (the prefix was unique)",
+            };
             ui.label(text).on_hover_text(format!(
-                "{:?} token {} | log p {lp} | {} allowed",
-                s.kind, s.token, s.alternatives
+                "{:?} ({kind}) | log p {lp} | log p under the trie {:.3} | {} tokens allowed",
+                s.piece, s.trie_logprob, s.alternatives
             ));
         }
     });

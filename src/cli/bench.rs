@@ -595,6 +595,7 @@ fn bench_eval(a: &BenchArgs) -> Result<()> {
         &plan,
         &mut |_, _, _| {},
         &mut || false,
+        &mut |_, _| {},
     )?;
     println!("{}", crate::eval::table(&systems));
     Ok(())

@@ -36,6 +36,8 @@ pub enum Command {
     FetchModel,
     /// Measure Self-Retrieval against BM25 and dense retrieval on a query file.
     Eval(EvalArgs),
+    /// Search the ranking's weights on the records `eval --traces` wrote (no model needed).
+    Tune(TuneArgs),
     /// Print performance tables (model, trie, query, train, eval).
     Bench(bench::BenchArgs),
     /// Let a model write questions for passages (kept when its own retrieval finds them).
@@ -50,6 +52,9 @@ pub struct ModelChoice {
     /// Run directory made by `index`.
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// The run's checkpoint folder to use (e.g. a learning-curve snapshot `checkpoint-30min`).
+    #[arg(long, requires = "run", default_value = "checkpoint")]
+    pub checkpoint: String,
     /// A model source (`tiny`, .gguf, folder, hf:REPO), used untrained over --corpus.
     #[arg(long, requires = "corpus")]
     pub model: Option<String>,
@@ -58,10 +63,23 @@ pub struct ModelChoice {
     pub corpus: Option<PathBuf>,
 }
 
+/// Prints what loading a corpus did (and what it skipped, with file and line) on stderr.
+fn report_load(corpus: &crate::corpus::Corpus) {
+    eprintln!("{}", corpus.load_report(20));
+}
+
 impl ModelChoice {
     fn open(&self) -> Result<QuerySession> {
+        let session = self.open_quietly()?;
+        if session.corpus.skipped_count() > 0 {
+            report_load(&session.corpus);
+        }
+        Ok(session)
+    }
+
+    fn open_quietly(&self) -> Result<QuerySession> {
         Ok(match (&self.run, &self.corpus, &self.model) {
-            (Some(run), _, _) => QuerySession::open_run(run)?,
+            (Some(run), _, _) => QuerySession::open_run_at(run, &run.join(&self.checkpoint))?,
             (None, Some(corpus), Some(model)) => {
                 let source: ModelSource = model.parse().map_err(anyhow::Error::msg)?;
                 let mut dl = download_bar();
@@ -167,6 +185,10 @@ pub struct IndexArgs {
     /// Run directory (checkpoint, run.ron, metrics.jsonl).
     #[arg(long)]
     pub out: PathBuf,
+    /// A whole training recipe: `quick` (about a hundred passages, ~10 min on 2 cores) or
+    /// `thorough` (thousands of passages, ~2 h). Flags given with it override single values.
+    #[arg(long, value_enum)]
+    pub preset: Option<crate::worker::preset::Preset>,
     /// Query file ({"question","answers","positive_ids"} per line) for retrieval + assessment.
     #[arg(long)]
     pub queries: Option<PathBuf>,
@@ -206,10 +228,13 @@ pub struct IndexArgs {
     /// negatives (passages it retrieves wrongly).
     #[arg(long)]
     pub mine_queries: Option<usize>,
-    /// Write pseudo-queries with the base model first (for corpora without --queries) and
-    /// train retrieval on those it finds again.
-    #[arg(long, conflicts_with = "queries")]
+    /// Write pseudo-queries for every passage with the base model first and train retrieval
+    /// on those kept (with --queries too, or in place of them).
+    #[arg(long)]
     pub pseudo_queries: bool,
+    /// Questions the base model writes per passage (implies --pseudo-queries; 0: none).
+    #[arg(long)]
+    pub pseudo_per_passage: Option<usize>,
     /// Evaluate every N steps: held-out loss per task and Hits@1/@5 on held-out queries
     /// (0: off).
     #[arg(long, default_value_t = 0)]
@@ -223,6 +248,10 @@ pub struct IndexArgs {
     /// Continue from the run directory's checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Keep a copy of the model after these minutes of training (`15,30,60,120`), as
+    /// `checkpoint-{m}min` in the run: the points of a learning curve (`eval --checkpoint`).
+    #[arg(long, value_delimiter = ',')]
+    pub snapshot_minutes: Vec<f64>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -245,6 +274,10 @@ pub struct QueryArgs {
     pub tau: f64,
     #[arg(long, default_value_t = 0.4)]
     pub delta: f64,
+    /// Weight of the passage's own likelihood in the ranking within a title (0: the paper's
+    /// formula).
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_PASSAGE_WEIGHT)]
+    pub passage_weight: f64,
     /// Print the whole retrieval trace as JSON.
     #[arg(long)]
     pub json: bool,
@@ -293,6 +326,10 @@ pub struct EvalArgs {
     /// Run directory made by `index` (Self-Retrieval); without it only baselines run.
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// The run's checkpoint folder to evaluate (e.g. a learning-curve snapshot
+    /// `checkpoint-30min`).
+    #[arg(long, requires = "run", default_value = "checkpoint")]
+    pub checkpoint: String,
     /// Corpus (defaults to the run's corpus).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
@@ -321,6 +358,18 @@ pub struct EvalArgs {
     pub tau: f64,
     #[arg(long, default_value_t = 0.4)]
     pub delta: f64,
+    /// Weight of the passage's own likelihood in the ranking within a title (0: the paper's
+    /// formula).
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_PASSAGE_WEIGHT)]
+    pub passage_weight: f64,
+    /// Passage beams as a full beam search inside each title (instead of j first tokens each
+    /// finished greedily).
+    #[arg(long)]
+    pub passage_beam: bool,
+    /// Write every Self-Retrieval trace with its query's gold passages as JSON lines (for
+    /// `selfret tune`, which searches the ranking weights without the model).
+    #[arg(long)]
+    pub traces: Option<PathBuf>,
     /// Skip self-assessment (rank by titles and generation order).
     #[arg(long)]
     pub no_assess: bool,
@@ -330,6 +379,83 @@ pub struct EvalArgs {
     /// Folder of the dense model (default models/all-MiniLM-L6-v2).
     #[arg(long)]
     pub dense_model: Option<PathBuf>,
+}
+
+/// Arguments of `tune`.
+#[derive(Debug, clap::Args)]
+pub struct TuneArgs {
+    /// Rank records written by `eval --traces`.
+    #[arg(long)]
+    pub traces: PathBuf,
+    /// Settings to print, best first.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+}
+
+/// Runs `tune`: every setting of the grid scored by MRR@5, the paper's formula and the
+/// current defaults beside the best.
+pub fn tune(a: TuneArgs) -> Result<()> {
+    use crate::eval::tune::{evaluate, grid, read_records, Setting, TitleTerm};
+    let records = read_records(&a.traces)?;
+    if records.is_empty() {
+        bail!("{}: no records", a.traces.display());
+    }
+    let defaults = RetrieveOptions::default();
+    let named = [
+        (
+            "paper (tau 0.4, delta 0.4)",
+            Setting {
+                weights: crate::retrieve::score::RankWeights {
+                    passage_weight: 0.0,
+                    ..defaults.weights()
+                },
+                title_term: TitleTerm::NormProb,
+                global_assessment: 0.0,
+            },
+        ),
+        (
+            "defaults",
+            Setting {
+                weights: defaults.weights(),
+                title_term: TitleTerm::NormProb,
+                global_assessment: 0.0,
+            },
+        ),
+    ];
+    let mut scored: Vec<(Setting, crate::eval::tune::TuneMetrics)> = grid()
+        .into_iter()
+        .map(|s| (s, evaluate(&records, &s)))
+        .collect();
+    scored.sort_by(|a, b| {
+        b.1.mrr5
+            .total_cmp(&a.1.mrr5)
+            .then(b.1.hits1.total_cmp(&a.1.hits1))
+    });
+    println!("{} queries from {}", records.len(), a.traces.display());
+    println!("| setting | title term | tau | delta | passage weight | global assessment | hits@1 | hits@5 | mrr@5 | title@1 | gold in candidates |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let row = |name: &str, s: &Setting, m: &crate::eval::tune::TuneMetrics| {
+        println!(
+            "| {name} | {:?} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            s.title_term,
+            s.weights.tau,
+            s.weights.delta,
+            s.weights.passage_weight,
+            s.global_assessment,
+            m.hits1,
+            m.hits5,
+            m.mrr5,
+            m.title1,
+            m.in_candidates
+        )
+    };
+    for (name, s) in &named {
+        row(name, s, &evaluate(&records, s));
+    }
+    for (k, (s, m)) in scored.iter().take(a.top).enumerate() {
+        row(&format!("grid #{}", k + 1), s, m);
+    }
+    Ok(())
 }
 
 /// Runs `eval`.
@@ -343,7 +469,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         };
     }
     let session = match &a.run {
-        Some(run) => Some(QuerySession::open_run(run)?),
+        Some(run) => Some(QuerySession::open_run_at(run, &run.join(&a.checkpoint))?),
         None => None,
     };
     let corpus = match (&a.corpus, &session) {
@@ -351,7 +477,30 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         (None, Some(s)) => s.corpus.clone(),
         (None, None) => bail!("give --run DIR or --corpus FILE"),
     };
+    report_load(&corpus);
     eprintln!("{} queries over {} passages", queries.len(), corpus.len());
+    let unknown: Vec<&str> = queries
+        .iter()
+        .flat_map(|q| q.positive_ids.iter())
+        .filter(|id| corpus.index_of(id).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        eprintln!(
+            "warning: {} gold passage ids are not in the corpus (first: {}); those queries can only score as misses",
+            unknown.len(),
+            unknown.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let unscorable = queries
+        .iter()
+        .filter(|q| q.positive_ids.is_empty() || q.question.trim().is_empty())
+        .count();
+    if unscorable > 0 {
+        eprintln!(
+            "{unscorable} queries have no gold passage or no question: left out of the metrics"
+        );
+    }
     let plan = crate::eval::run::EvalPlan {
         baselines: a
             .baselines
@@ -364,6 +513,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             passages: a.passages,
             tau: a.tau,
             delta: a.delta,
+            passage_weight: a.passage_weight,
+            passage_beam: a.passage_beam,
             assess: !a.no_assess,
             answer: !a.no_answer,
             ..Default::default()
@@ -374,6 +525,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .unwrap_or_else(crate::eval::dense::default_dir),
     };
     let bar = indicatif::ProgressBar::new(queries.len() as u64);
+    let mut records = String::new();
     let systems = crate::eval::run::run_eval(
         session.as_ref(),
         &corpus,
@@ -385,7 +537,20 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             bar.set_message(system.to_string());
         },
         &mut || false,
+        &mut |q, trace| {
+            if a.traces.is_some() {
+                let r = crate::eval::tune::RankRecord::new(q, trace, &corpus);
+                if let Ok(line) = serde_json::to_string(&r) {
+                    records.push_str(&line);
+                    records.push('\n');
+                }
+            }
+        },
     )?;
+    if let Some(path) = &a.traces {
+        crate::model::checkpoint::write_atomic(path, records.as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
     bar.finish_and_clear();
     println!("{}", crate::eval::table(&systems));
     if let Some(out) = &a.json {
@@ -439,6 +604,9 @@ fn parse_mix(s: &str) -> Result<crate::train::TaskMix> {
 pub fn index(a: IndexArgs) -> Result<()> {
     let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
     let mut spec = IndexSpec::new(a.corpus.clone(), source);
+    if let Some(p) = a.preset {
+        p.apply(&mut spec);
+    }
     if let Some(r) = a.lora {
         spec.lora = Some(LoraConfig {
             rank: r,
@@ -472,14 +640,21 @@ pub fn index(a: IndexArgs) -> Result<()> {
         spec.data.mine_queries = n;
     }
     spec.train.eval_queries = a.eval_queries;
-    if a.pseudo_queries {
+    if a.pseudo_queries && spec.pseudo.is_none() {
         spec.pseudo = Some(Default::default());
+    }
+    match a.pseudo_per_passage {
+        Some(0) => spec.pseudo = None,
+        Some(n) => spec.pseudo.get_or_insert_with(Default::default).per_passage = n,
+        None => {}
     }
     spec.train.seed = a.seed;
     spec.train.checkpoint_every = a.checkpoint_every;
+    spec.train.snapshot_minutes = a.snapshot_minutes.clone();
     spec.train.eval_every = a.eval_every;
     if let Some(s) = a.steps {
         spec.train.steps = s;
+        spec.train.epochs = None;
     }
     if a.resume {
         // Resume with the spec the run was started with.
@@ -503,6 +678,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
             self.0.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
+    report_load(&crate::corpus::load_path(&spec.corpus, &spec.load)?);
     let started = std::time::Instant::now();
     let mut dl = download_bar();
     run_index(
@@ -557,6 +733,11 @@ pub fn index(a: IndexArgs) -> Result<()> {
             TrainEvent::Checkpoint { step, path } => {
                 bar.println(format!("checkpoint at step {step}: {}", path.display()))
             }
+            TrainEvent::Preparing { stage, done, total } => {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(stage);
+            }
             TrainEvent::Finished { step, cancelled } => {
                 bar.finish();
                 eprintln!(
@@ -606,6 +787,7 @@ pub fn query(a: QueryArgs) -> Result<()> {
         passages: a.passages,
         tau: a.tau,
         delta: a.delta,
+        passage_weight: a.passage_weight,
         ..Default::default()
     };
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
@@ -615,15 +797,16 @@ pub fn query(a: QueryArgs) -> Result<()> {
     }
     println!("query: {}", trace.query);
     println!(
-        "{:>4}  {:<8}  {:<8}  {:<8}  {:<14}  title",
-        "rank", "S", "S_T", "S_P", "passage"
+        "{:>4}  {:<8}  {:<8}  {:<8}  {:<8}  {:<14}  title",
+        "rank", "S", "S_T", "S_gen", "S_P", "passage"
     );
     for (i, r) in trace.ranking.iter().take(a.top).enumerate() {
         println!(
-            "{:>4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<14}  {}",
+            "{:>4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<14}  {}",
             i + 1,
             r.s,
             r.s_t,
+            r.s_gen,
             r.s_p,
             r.passage_id,
             r.title

@@ -4,6 +4,7 @@
 pub mod bm25;
 pub mod dense;
 pub mod run;
+pub mod tune;
 
 use crate::train::Query;
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,9 @@ pub struct QueryResult {
     pub gold_rank: Option<usize>,
     pub answer: Option<String>,
     pub latency_ms: f64,
+    /// 1-based rank of the first passage whose title is a gold passage's title, if any.
+    #[serde(default)]
+    pub title_rank: Option<usize>,
 }
 
 /// Metrics of one system over a query set.
@@ -72,8 +76,64 @@ fn rank_of(ranked: &[String], gold: &[String]) -> Option<usize> {
         .map(|p| p + 1)
 }
 
-/// Computes every metric for ranked results against the queries.
+/// Rank (1-based) of the first passage in `ranked` whose title is the title of a gold passage.
+pub fn title_rank(
+    corpus: &crate::corpus::Corpus,
+    ranked: &[String],
+    gold: &[String],
+) -> Option<usize> {
+    let gold_titles: Vec<usize> = gold
+        .iter()
+        .filter_map(|g| corpus.index_of(g))
+        .map(|i| corpus.title_of[i])
+        .collect();
+    ranked
+        .iter()
+        .position(|id| {
+            corpus
+                .index_of(id)
+                .is_some_and(|i| gold_titles.contains(&corpus.title_of[i]))
+        })
+        .map(|p| p + 1)
+}
+
+/// Area under the ROC curve of `scores` separating positives from negatives (ties count half):
+/// the chance that a random positive scores above a random negative. None without both kinds.
+pub fn auc(labelled: &[(bool, f64)]) -> Option<f64> {
+    let mut v: Vec<(f64, bool)> = labelled.iter().map(|&(p, s)| (s, p)).collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let pos = v.iter().filter(|x| x.1).count();
+    let neg = v.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    // Rank-sum (Mann-Whitney) with average ranks over ties.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        let avg = (i + j + 1) as f64 / 2.0;
+        rank_sum += avg * v[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
+    Some(u / (pos * neg) as f64)
+}
+
+/// Computes every metric for ranked results against the queries. Queries without a gold
+/// passage or without a question cannot be scored and are left out (counted as
+/// `unscorable`).
 pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> SystemResult {
+    let total = results.len();
+    let (queries, results): (Vec<&Query>, Vec<QueryResult>) = queries
+        .iter()
+        .zip(results)
+        .filter(|(q, _)| !q.positive_ids.is_empty() && !q.question.trim().is_empty())
+        .unzip();
+    let unscorable = total - results.len();
     let n = results.len().max(1) as f64;
     let mut m = BTreeMap::new();
     let mut strict = Vec::new();
@@ -82,6 +142,9 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
     let mut contained = 0usize;
     let mut answered = 0usize;
     let mut latency = 0.0;
+    let mut titles_first = 0usize;
+    let mut titles_known = false;
+    let mut in_candidates = 0usize;
     let mut out = Vec::with_capacity(results.len());
     for (q, mut r) in queries.iter().zip(results) {
         let s = rank_of(&r.ranked, &q.positive_ids);
@@ -93,6 +156,9 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
         strict.push(s);
         lenient.push(rank_of(&r.ranked, lenient_gold));
         r.gold_rank = s;
+        in_candidates += s.is_some() as usize;
+        titles_known |= r.title_rank.is_some();
+        titles_first += (r.title_rank == Some(1)) as usize;
         if let Some(a) = &r.answer {
             answered += 1;
             em += exact_match(a, &q.answers) as usize;
@@ -124,8 +190,15 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
             contained as f64 / answered as f64,
         );
     }
+    if titles_known {
+        m.insert("title@1".into(), titles_first as f64 / n);
+    }
+    m.insert("gold_in_candidates".into(), in_candidates as f64 / n);
     m.insert("latency_ms".into(), latency / n);
     m.insert("queries".into(), out.len() as f64);
+    if unscorable > 0 {
+        m.insert("unscorable".into(), unscorable as f64);
+    }
     SystemResult {
         system: system.to_string(),
         metrics: m,
@@ -133,15 +206,18 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
     }
 }
 
-/// The columns printed by `selfret eval`.
-pub const TABLE_COLUMNS: [&str; 8] = [
+/// The columns printed by `selfret eval`: ranking, then where a failure lies (the title, or
+/// the gold passage never among the candidates), then answers and time.
+pub const TABLE_COLUMNS: [&str; 10] = [
     "hits@1",
     "hits@5",
     "hits@10",
     "mrr@5",
-    "mrr@10",
+    "title@1",
+    "gold_in_candidates",
     "lenient_mrr@5",
     "answer_em",
+    "assess_auc",
     "latency_ms",
 ];
 
@@ -221,6 +297,7 @@ mod tests {
             gold_rank: None,
             answer: Some(ans.into()),
             latency_ms: 3.0,
+            title_rank: None,
         };
         // Gold at rank 1, rank 3, and missing.
         let res = score(
@@ -239,6 +316,29 @@ mod tests {
         assert!((m["answer_em"] - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(res.queries[1].gold_rank, Some(3));
         assert_eq!(res.queries[2].gold_rank, None);
+        assert!((m["gold_in_candidates"] - 2.0 / 3.0).abs() < 1e-12);
+        assert!(!m.contains_key("title@1"));
+        // A query without a gold passage is left out of the metrics and counted.
+        let mut with_empty = queries.clone();
+        with_empty[2].positive_ids.clear();
+        let res = score(
+            "t",
+            &with_empty,
+            vec![r(&["p1"], "x"), r(&["p9"], "x"), r(&["p3"], "x")],
+        );
+        assert_eq!(res.metrics["queries"], 2.0);
+        assert_eq!(res.metrics["unscorable"], 1.0);
+        assert_eq!(res.metrics["hits@1"], 0.5);
+    }
+
+    #[test]
+    fn auc_by_hand() {
+        // Positives 0.9 and 0.4; negatives 0.5 and 0.1: of 4 pairs, 3 are ordered right.
+        let v = [(true, 0.9), (true, 0.4), (false, 0.5), (false, 0.1)];
+        assert!((auc(&v).unwrap() - 0.75).abs() < 1e-12);
+        // A tie counts half.
+        assert!((auc(&[(true, 0.5), (false, 0.5)]).unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(auc(&[(true, 0.5)]), None);
     }
 
     #[test]

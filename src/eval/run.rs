@@ -4,7 +4,7 @@
 use super::{score, QueryResult, SystemResult};
 use crate::corpus::Corpus;
 use crate::error::{Error, Result};
-use crate::retrieve::RetrieveOptions;
+use crate::retrieve::{RetrievalTrace, RetrieveOptions};
 use crate::train::Query;
 use crate::worker::session::QuerySession;
 use std::path::PathBuf;
@@ -23,6 +23,9 @@ pub struct EvalPlan {
 /// Progress: (system, queries done, queries in all).
 pub type EvalProgress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
+/// Sees every Self-Retrieval trace with its query (to keep them for `selfret tune`).
+pub type TraceSink<'a> = &'a mut dyn FnMut(&Query, &RetrievalTrace);
+
 fn timed(
     q: &Query,
     f: impl FnOnce() -> Result<(Vec<String>, Option<String>)>,
@@ -36,11 +39,25 @@ fn timed(
         gold_rank: None,
         answer,
         latency_ms: t.elapsed().as_secs_f64() * 1e3,
+        title_rank: None,
     })
 }
 
+/// Scores one system's results, with the rank of the first gold-titled passage per query.
+fn score_with_titles(
+    system: &str,
+    corpus: &Corpus,
+    queries: &[Query],
+    mut results: Vec<QueryResult>,
+) -> SystemResult {
+    for (q, r) in queries.iter().zip(&mut results) {
+        r.title_rank = super::title_rank(corpus, &r.ranked, &q.positive_ids);
+    }
+    score(system, queries, results)
+}
+
 /// Evaluates the baselines over `corpus` and Self-Retrieval over `session` (if any).
-/// `cancel` is polled between queries.
+/// `cancel` is polled between queries; `on_trace` sees every Self-Retrieval trace.
 pub fn run_eval(
     session: Option<&QuerySession>,
     corpus: &Corpus,
@@ -48,6 +65,7 @@ pub fn run_eval(
     plan: &EvalPlan,
     progress: EvalProgress<'_>,
     cancel: &mut dyn FnMut() -> bool,
+    on_trace: TraceSink<'_>,
 ) -> Result<Vec<SystemResult>> {
     let ids = |idx: Vec<usize>| -> Vec<String> {
         idx.into_iter()
@@ -115,16 +133,32 @@ pub fn run_eval(
                 )))
             }
         }
-        systems.push(score(b, queries, results));
+        systems.push(score_with_titles(b, corpus, queries, results));
     }
     if let Some(s) = session {
         let mut results = Vec::with_capacity(n);
+        // (candidate is gold, 1 - P(reject)) over every assessed candidate: the verdict's AUC.
+        let mut verdicts: Vec<(bool, f64)> = Vec::new();
         for (k, q) in queries.iter().enumerate() {
             if cancel() {
                 return Err(Error::Cancelled);
             }
+            if q.question.trim().is_empty() {
+                // Unscorable (left out of the metrics); nothing to ask the model.
+                results.push(timed(q, || Ok((Vec::new(), None)))?);
+                continue;
+            }
             results.push(timed(q, || {
                 let trace = s.query(&q.question, &plan.retrieve, &mut |_| {})?;
+                if plan.retrieve.assess && !q.positive_ids.is_empty() {
+                    verdicts.extend(
+                        trace
+                            .candidates
+                            .iter()
+                            .map(|c| (q.positive_ids.contains(&c.passage_id), 1.0 - c.p_reject)),
+                    );
+                }
+                on_trace(q, &trace);
                 Ok((
                     trace.ranking.iter().map(|r| r.passage_id.clone()).collect(),
                     trace.answer.map(|a| a.text),
@@ -132,7 +166,11 @@ pub fn run_eval(
             })?);
             progress("self-retrieval", k + 1, n);
         }
-        systems.push(score("self-retrieval", queries, results));
+        let mut sys = score_with_titles("self-retrieval", corpus, queries, results);
+        if let Some(a) = super::auc(&verdicts) {
+            sys.metrics.insert("assess_auc".into(), a);
+        }
+        systems.push(sys);
     }
     Ok(systems)
 }

@@ -20,6 +20,9 @@ pub struct GenerateOptions {
     pub top_k: usize,
     /// Stop a sample at its first newline.
     pub single_line: bool,
+    /// Also stop a sample once a token brings this character (a question's `?`: what follows
+    /// is cut anyway, and every step costs the whole batch).
+    pub stop_after: Option<char>,
 }
 
 impl Default for GenerateOptions {
@@ -29,6 +32,7 @@ impl Default for GenerateOptions {
             temperature: 0.0,
             top_k: 40,
             single_line: true,
+            stop_after: None,
         }
     }
 }
@@ -56,47 +60,97 @@ pub fn generate(
     rng: &mut StdRng,
 ) -> Result<Vec<String>> {
     let ids = encode(tok, prompt)?;
+    Ok(generate_batch(model, tok, eos, &[ids], samples, opts, rng)?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// Generates `samples` continuations of each prompt (token ids, all of one length, so they run
+/// as one batch with shared positions: callers cut prompts to a common length). The prompts are
+/// forwarded together, each cache forked per sample, and every sample decodes in one batch;
+/// finished samples leave the batch once enough of them are done. Returns the samples of each
+/// prompt, in order.
+pub fn generate_batch(
+    model: &Llama,
+    tok: &Tokenizer,
+    eos: u32,
+    prompts: &[Vec<u32>],
+    samples: usize,
+    opts: &GenerateOptions,
+    rng: &mut StdRng,
+) -> Result<Vec<Vec<String>>> {
+    let Some(len) = prompts.first().map(|p| p.len()) else {
+        return Ok(Vec::new());
+    };
+    if len == 0 || prompts.iter().any(|p| p.len() != len) {
+        return Err(crate::error::Error::invalid(
+            "batched prompts must be non-empty and of one length",
+        ));
+    }
     let stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>", "</s>"]
         .iter()
         .filter_map(|t| tok.token_to_id(t))
         .chain(std::iter::once(eos))
         .collect();
-    let n = samples.max(1);
+    let per = samples.max(1);
+    let n = prompts.len() * per;
     let device = model.device();
     let mut cache = model.new_cache();
-    let input = Tensor::from_vec(ids.clone(), (1, ids.len()), device)?;
-    let first = model.next_token_logprobs(&input, Some(&mut cache))?;
-    let mut cache = cache.select(&vec![0u32; n])?;
-    let mut lp: Vec<Vec<f32>> = first.to_vec2::<f32>()?;
-    lp = vec![lp.remove(0); n];
+    let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
+    let input = Tensor::from_vec(flat, (prompts.len(), len), device)?;
+    let first = model
+        .next_token_logprobs(&input, Some(&mut cache))?
+        .to_vec2::<f32>()?;
+    // Row r of the batch is sample r % per of prompt r / per.
+    let fork: Vec<u32> = (0..n).map(|r| (r / per) as u32).collect();
+    let mut cache = cache.select(&fork)?;
+    let mut lp: Vec<Vec<f32>> = fork.iter().map(|&p| first[p as usize].clone()).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut done = vec![false; n];
+    // Batch row -> sample; rows of finished samples are dropped from time to time.
+    let mut live: Vec<usize> = (0..n).collect();
     for _ in 0..opts.max_tokens {
-        let mut next = Vec::with_capacity(n);
-        for (i, row) in lp.iter().enumerate() {
-            let t = if done[i] { eos } else { pick(row, opts, rng) };
+        let mut next = Vec::with_capacity(live.len());
+        for (row, &i) in live.iter().enumerate() {
+            let t = if done[i] {
+                eos
+            } else {
+                pick(&lp[row], opts, rng)
+            };
             if !done[i] {
                 if stop_ids.contains(&t) {
                     done[i] = true;
                 } else {
                     out[i].push(t);
-                    // Only the new token can bring a newline: decode it alone, not the text.
-                    if opts.single_line && decode(tok, &[t], true)?.contains('\n') {
-                        done[i] = true;
+                    // Only the new token can bring a stop: decode it alone, not the text.
+                    if opts.single_line || opts.stop_after.is_some() {
+                        let piece = decode(tok, &[t], true)?;
+                        let stop = (opts.single_line && piece.contains('\n'))
+                            || opts.stop_after.is_some_and(|c| piece.contains(c));
+                        done[i] |= stop;
                     }
                 }
             }
             next.push(t);
         }
-        if done.iter().all(|d| *d) {
+        let still: Vec<usize> = (0..live.len()).filter(|&r| !done[live[r]]).collect();
+        if still.is_empty() {
             break;
         }
-        let input = Tensor::from_vec(next, (n, 1), device)?;
+        // Dropping rows copies the cache: worth it once a quarter of the batch has finished.
+        if still.len() * 4 <= live.len() * 3 {
+            let keep: Vec<u32> = still.iter().map(|&r| r as u32).collect();
+            cache = cache.select(&keep)?;
+            next = still.iter().map(|&r| next[r]).collect();
+            live = still.iter().map(|&r| live[r]).collect();
+        }
+        let input = Tensor::from_vec(next, (live.len(), 1), device)?;
         lp = model
             .next_token_logprobs(&input, Some(&mut cache))?
             .to_vec2::<f32>()?;
     }
-    out.iter()
+    let texts: Vec<String> = out
+        .iter()
         .map(|ids| {
             let text = decode(tok, ids, true)?;
             let text = if opts.single_line {
@@ -106,7 +160,8 @@ pub fn generate(
             };
             Ok(text.trim().to_string())
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(texts.chunks(per).map(|c| c.to_vec()).collect())
 }
 
 fn pick(logprobs: &[f32], opts: &GenerateOptions, rng: &mut StdRng) -> u32 {

@@ -24,6 +24,15 @@ pub struct RetrieveOptions {
     pub passages: usize,
     pub tau: f64,
     pub delta: f64,
+    /// Weight of the passage's log-probability under the trie in the ranking within a title
+    /// (0: the paper's formula). See [`score`].
+    #[serde(default = "default_passage_weight")]
+    pub passage_weight: f64,
+    /// Passage beams as a full beam search inside each title, scored by sequence
+    /// log-probability, instead of j first tokens each followed greedily (the public code):
+    /// reaches passages that share their first tokens in titles with many passages.
+    #[serde(default)]
+    pub passage_beam: bool,
     /// Run self-assessment (otherwise P(reject) = 0.5 for all, and S follows titles only).
     pub assess: bool,
     /// Generate an answer from the top passage.
@@ -31,7 +40,49 @@ pub struct RetrieveOptions {
     pub max_answer_tokens: usize,
 }
 
+/// The passage term's weight unless set (measured on the dev sets: docs/benchmarks.md).
+pub const DEFAULT_PASSAGE_WEIGHT: f64 = 0.5;
+
+fn default_passage_weight() -> f64 {
+    DEFAULT_PASSAGE_WEIGHT
+}
+
 impl RetrieveOptions {
+    /// Refuses settings that cannot give meaningful scores: temperatures that are not finite
+    /// and positive (NaN or 0 make every S exactly 0 or 1), a negative or non-finite passage
+    /// weight, zero beams.
+    pub fn validate(&self) -> Result<()> {
+        for (name, t) in [("tau", self.tau), ("delta", self.delta)] {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(Error::invalid(format!(
+                    "{name} must be a finite number above 0 (got {t})"
+                )));
+            }
+        }
+        if !(self.passage_weight.is_finite() && self.passage_weight >= 0.0) {
+            return Err(Error::invalid(format!(
+                "the passage weight must be a finite number of at least 0 (got {})",
+                self.passage_weight
+            )));
+        }
+        if self.titles == 0 || self.passages == 0 {
+            return Err(Error::invalid(format!(
+                "title and passage beams must be at least 1 (got {} and {})",
+                self.titles, self.passages
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ranking's weights.
+    pub fn weights(&self) -> score::RankWeights {
+        score::RankWeights {
+            tau: self.tau,
+            delta: self.delta,
+            passage_weight: self.passage_weight,
+        }
+    }
+
     /// Titles and passages only (3 x 5 beams, no assessment, no answer): the cheap retrieval
     /// used to check a model while training, mine its mistakes and filter pseudo-queries.
     pub fn light() -> Self {
@@ -52,6 +103,8 @@ impl Default for RetrieveOptions {
             passages: 10,
             tau: 0.4,
             delta: 0.4,
+            passage_weight: DEFAULT_PASSAGE_WEIGHT,
+            passage_beam: false,
             assess: true,
             answer: true,
             max_answer_tokens: 24,
@@ -80,6 +133,10 @@ pub struct TokenStep {
     pub logprob: Option<f32>,
     /// How many tokens the trie allowed at this point.
     pub alternatives: u32,
+    /// The token's log-probability under the trie: the model's distribution renormalised over
+    /// the tokens the trie allowed (0 when only one was allowed).
+    #[serde(default)]
+    pub trie_logprob: f32,
 }
 
 /// A title from the beam search.
@@ -92,6 +149,9 @@ pub struct TitleCandidate {
     pub logprob: f64,
     /// exp(mean token log-probability): the length-normalised sequence probability.
     pub norm_prob: f64,
+    /// log P_trie(title | query): the sum of its tokens' log-probabilities under the trie.
+    #[serde(default)]
+    pub trie_logprob: f64,
     pub s_t: f64,
 }
 
@@ -107,7 +167,14 @@ pub struct PassageCandidate {
     pub steps: Vec<TokenStep>,
     /// Sum of log-probabilities of the tokens the model generated (not auto-completed ones).
     pub generated_logprob: f64,
+    /// log P_trie(passage | query, title): how likely the model generates this passage among
+    /// the title's passages (its tokens' log-probabilities under the trie).
+    #[serde(default)]
+    pub passage_logprob: f64,
     pub p_reject: f64,
+    /// The passage term alone, within the title (see [`score`]).
+    #[serde(default)]
+    pub s_gen: f64,
     pub s_p: f64,
     pub s: f64,
     /// 1-based final rank.
@@ -121,6 +188,8 @@ pub struct RankedPassage {
     pub title: String,
     pub text: String,
     pub s_t: f64,
+    #[serde(default)]
+    pub s_gen: f64,
     pub s_p: f64,
     pub s: f64,
 }
@@ -174,6 +243,8 @@ pub struct RetrievalTrace {
     pub query: String,
     pub tau: f64,
     pub delta: f64,
+    #[serde(default)]
+    pub passage_weight: f64,
     pub titles: Vec<TitleCandidate>,
     pub candidates: Vec<PassageCandidate>,
     /// Best first.
@@ -183,23 +254,38 @@ pub struct RetrievalTrace {
 }
 
 impl RetrievalTrace {
-    /// Recomputes S_T, S_P, S and the ranking for new temperatures, without the model.
-    pub fn rerank(&mut self, tau: f64, delta: f64) {
-        self.tau = tau;
-        self.delta = delta;
+    /// The weights the ranking was last computed with.
+    pub fn weights(&self) -> score::RankWeights {
+        score::RankWeights {
+            tau: self.tau,
+            delta: self.delta,
+            passage_weight: self.passage_weight,
+        }
+    }
+
+    /// Recomputes S_T, S_gen, S_P, S and the ranking for new weights, without the model.
+    pub fn rerank(&mut self, w: score::RankWeights) {
+        self.tau = w.tau;
+        self.delta = w.delta;
+        self.passage_weight = w.passage_weight;
         let norm: Vec<f64> = self.titles.iter().map(|t| t.norm_prob).collect();
-        let cands: Vec<(usize, f64)> = self
+        let cands: Vec<score::CandidateInput> = self
             .candidates
             .iter()
-            .map(|c| (c.title_rank, c.p_reject))
+            .map(|c| score::CandidateInput {
+                title: c.title_rank,
+                p_reject: c.p_reject,
+                passage_logprob: c.passage_logprob,
+            })
             .collect();
-        let (s_t, s) = score::combined_scores(&norm, &cands, tau, delta);
+        let (s_t, s) = score::combined_scores(&norm, &cands, w);
         for (t, st) in self.titles.iter_mut().zip(s_t) {
             t.s_t = st;
         }
-        for (c, (sp, sc)) in self.candidates.iter_mut().zip(s) {
-            c.s_p = sp;
-            c.s = sc;
+        for (c, sc) in self.candidates.iter_mut().zip(s) {
+            c.s_gen = sc.s_gen;
+            c.s_p = sc.s_p;
+            c.s = sc.s;
         }
         let mut order: Vec<usize> = (0..self.candidates.len()).collect();
         order.sort_by(|&a, &b| {
@@ -219,6 +305,7 @@ impl RetrievalTrace {
                     title: c.title.clone(),
                     text: c.text.clone(),
                     s_t: self.titles[c.title_rank].s_t,
+                    s_gen: c.s_gen,
                     s_p: c.s_p,
                     s: c.s,
                 }
@@ -315,6 +402,11 @@ fn fill_title_scores(t: &mut TitleCandidate) {
     t.norm_prob = (t.logprob / known.len().max(1) as f64).exp();
 }
 
+/// A sequence's log-probability under the trie: the sum over its tokens.
+fn trie_logprob(steps: &[TokenStep]) -> f64 {
+    steps.iter().map(|s| s.trie_logprob as f64).sum()
+}
+
 /// The steps (after the first, which the query's own distribution scores) with no
 /// log-probability yet: tokens a beam search auto-completed without a model call.
 fn unscored(steps: &[TokenStep]) -> impl Iterator<Item = usize> + '_ {
@@ -386,6 +478,7 @@ impl Retriever<'_> {
                 kind: StepKind::AutoComplete,
                 logprob: None,
                 alternatives: 1,
+                trie_logprob: 0.0,
             });
         }
         beam
@@ -418,21 +511,26 @@ impl Retriever<'_> {
         while !live.is_empty() && finished.len() < width {
             // Beam mode until the beam is full; then (passages) each beam follows its best token.
             let greedy = greedy_after_first && live.len() + finished.len() >= width;
-            // Expansions: (parent index, token, token logprob, alternatives).
-            let mut expansions: Vec<(usize, u32, f32, u32)> = Vec::new();
+            // Expansions: (parent index, token, token logprob, alternatives, log of the
+            // probability mass the trie allowed there).
+            let mut expansions: Vec<(usize, u32, f32, u32, f32)> = Vec::new();
             for (bi, beam) in live.iter().enumerate() {
                 let allowed = trie.allowed(beam.cursor);
                 let lp = &logprobs[beam.row];
                 let alts = allowed.len() as u32;
+                let mass = match allowed {
+                    [only] => lp[*only as usize],
+                    _ => score::log_sum_exp(allowed.iter().map(|&t| lp[t as usize] as f64)) as f32,
+                };
                 if greedy {
                     if let Some(&best) = allowed
                         .iter()
                         .max_by(|&&a, &&b| lp[a as usize].total_cmp(&lp[b as usize]))
                     {
-                        expansions.push((bi, best, lp[best as usize], alts));
+                        expansions.push((bi, best, lp[best as usize], alts, mass));
                     }
                 } else {
-                    expansions.extend(allowed.iter().map(|&t| (bi, t, lp[t as usize], alts)));
+                    expansions.extend(allowed.iter().map(|&t| (bi, t, lp[t as usize], alts, mass)));
                 }
             }
             if !greedy {
@@ -445,7 +543,7 @@ impl Retriever<'_> {
             }
             let mut next_live: Vec<Beam> = Vec::new();
             let mut parent_rows: Vec<u32> = Vec::new();
-            for (bi, tok, lp, alts) in expansions {
+            for (bi, tok, lp, alts, mass) in expansions {
                 let parent = &live[bi];
                 let Some(cursor) = trie.advance(parent.cursor, tok) else {
                     continue;
@@ -468,6 +566,7 @@ impl Retriever<'_> {
                     },
                     logprob: Some(lp),
                     alternatives: alts,
+                    trie_logprob: if alts > 1 { lp - mass } else { 0.0 },
                 });
                 if trie.unique_item(cursor).is_some() || trie.allowed(cursor).is_empty() {
                     finished.push(self.auto_complete(trie, beam));
@@ -505,10 +604,15 @@ impl Retriever<'_> {
         if self.corpus.is_empty() {
             return Err(Error::invalid("the corpus is empty"));
         }
+        if query.trim().is_empty() {
+            return Err(Error::invalid("the question is empty: type a question"));
+        }
+        opts.validate()?;
         let mut trace = RetrievalTrace {
             query: query.to_string(),
             tau: opts.tau,
             delta: opts.delta,
+            passage_weight: opts.passage_weight,
             ..Default::default()
         };
         let t0 = Instant::now();
@@ -540,6 +644,7 @@ impl Retriever<'_> {
             trace.titles.push(TitleCandidate {
                 title_index,
                 title: self.corpus.titles[title_index].clone(),
+                trie_logprob: trie_logprob(&beam.steps),
                 steps: beam.steps,
                 logprob: beam.score,
                 norm_prob: 0.0,
@@ -630,7 +735,7 @@ impl Retriever<'_> {
                         cache,
                         first,
                         opts.passages.max(1),
-                        true,
+                        !opts.passage_beam,
                         &mut trace.timings,
                     )?
                 }
@@ -653,15 +758,17 @@ impl Retriever<'_> {
                     title_rank: tr,
                     title: p.title.clone(),
                     text: p.text.clone(),
+                    passage_logprob: trie_logprob(&beam.steps),
                     steps: beam.steps,
                     generated_logprob: beam.score,
                     p_reject: 0.5,
+                    s_gen: 0.0,
                     s_p: 0.0,
                     s: 0.0,
                     rank: 0,
                 });
             }
-            trace.rerank(opts.tau, opts.delta);
+            trace.rerank(opts.weights());
             trace.timings.passages_ms = t1.elapsed().as_secs_f64() * 1e3;
             progress(&trace);
         }
@@ -722,7 +829,7 @@ impl Retriever<'_> {
                 fill_title_scores(title);
             }
             best_rows = verdicts.best;
-            trace.rerank(opts.tau, opts.delta);
+            trace.rerank(opts.weights());
         }
         trace.timings.assess_ms = t2.elapsed().as_secs_f64() * 1e3;
         progress(&trace);

@@ -1,0 +1,298 @@
+//! The ranking's weights searched without the model: each evaluated query's retrieval numbers
+//! (titles, candidates, P(reject), likelihoods) are kept as a [`RankRecord`], and any setting of
+//! the weights is scored on them in microseconds. `selfret eval --traces` writes the records,
+//! `selfret tune` searches them.
+
+use crate::corpus::Corpus;
+use crate::retrieve::score::{combined_scores, CandidateInput, RankWeights};
+use crate::retrieve::RetrievalTrace;
+use crate::train::Query;
+use serde::{Deserialize, Serialize};
+
+/// One title beam's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TitleRecord {
+    pub norm_prob: f64,
+    pub logprob: f64,
+    pub trie_logprob: f64,
+    /// The title is a gold passage's title.
+    pub gold: bool,
+}
+
+/// One candidate's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateRecord {
+    pub passage_id: String,
+    pub title_rank: usize,
+    pub p_reject: f64,
+    pub passage_logprob: f64,
+    pub gold: bool,
+}
+
+/// What the ranking of one query can be recomputed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankRecord {
+    pub query_id: String,
+    pub question: String,
+    pub titles: Vec<TitleRecord>,
+    pub candidates: Vec<CandidateRecord>,
+}
+
+impl RankRecord {
+    /// The record of `trace`, the retrieval of query `q` over `corpus`.
+    pub fn new(q: &Query, trace: &RetrievalTrace, corpus: &Corpus) -> Self {
+        let gold_titles: Vec<usize> = q
+            .positive_ids
+            .iter()
+            .filter_map(|g| corpus.index_of(g))
+            .map(|i| corpus.title_of[i])
+            .collect();
+        RankRecord {
+            query_id: q.id.clone(),
+            question: q.question.clone(),
+            titles: trace
+                .titles
+                .iter()
+                .map(|t| TitleRecord {
+                    norm_prob: t.norm_prob,
+                    logprob: t.logprob,
+                    trie_logprob: t.trie_logprob,
+                    gold: gold_titles.contains(&t.title_index),
+                })
+                .collect(),
+            candidates: trace
+                .candidates
+                .iter()
+                .map(|c| CandidateRecord {
+                    passage_id: c.passage_id.clone(),
+                    title_rank: c.title_rank,
+                    p_reject: c.p_reject,
+                    passage_logprob: c.passage_logprob,
+                    gold: q.positive_ids.contains(&c.passage_id),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the title term is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TitleTerm {
+    /// exp(mean token log-probability) (the paper).
+    NormProb,
+    /// The mean token log-probability.
+    MeanLogprob,
+    /// log P_trie(title): the model's distribution renormalised over the trie, summed.
+    TrieLogprob,
+}
+
+/// A full setting of the ranking: the product's weights plus variants measured against them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub weights: RankWeights,
+    pub title_term: TitleTerm,
+    /// Weight of (1 - P(reject)) / delta across titles too (0: within titles only, the paper).
+    pub global_assessment: f64,
+}
+
+/// Ranking metrics of one setting over the records.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TuneMetrics {
+    pub hits1: f64,
+    pub hits5: f64,
+    pub mrr5: f64,
+    pub title1: f64,
+    pub in_candidates: f64,
+}
+
+/// The candidates of `r` ranked under `s`: (candidate index, score), best first.
+pub fn rank(r: &RankRecord, s: &Setting) -> Vec<(usize, f64)> {
+    let title_values: Vec<f64> = r
+        .titles
+        .iter()
+        .map(|t| {
+            let n = if t.norm_prob > 0.0 {
+                t.norm_prob.ln()
+            } else {
+                f64::NEG_INFINITY
+            };
+            match s.title_term {
+                TitleTerm::NormProb => t.norm_prob,
+                TitleTerm::MeanLogprob => n,
+                TitleTerm::TrieLogprob => t.trie_logprob,
+            }
+        })
+        .collect();
+    let inputs: Vec<CandidateInput> = r
+        .candidates
+        .iter()
+        .map(|c| CandidateInput {
+            title: c.title_rank,
+            p_reject: c.p_reject,
+            passage_logprob: c.passage_logprob,
+        })
+        .collect();
+    let (_, scores) = combined_scores(&title_values, &inputs, s.weights);
+    let delta = s.weights.delta.max(1e-6);
+    let mut out: Vec<(usize, f64)> = scores
+        .iter()
+        .zip(&r.candidates)
+        .enumerate()
+        .map(|(i, (sc, c))| {
+            let v = sc.s.max(1e-300).ln() + s.global_assessment * (1.0 - c.p_reject) / delta;
+            (i, v)
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// Hits@1/5, MRR@5, title@1 and gold-in-candidates of setting `s` over `records`.
+pub fn evaluate(records: &[RankRecord], s: &Setting) -> TuneMetrics {
+    let mut m = TuneMetrics::default();
+    for r in records {
+        let order = rank(r, s);
+        if let Some(p) = order.iter().position(|&(i, _)| r.candidates[i].gold) {
+            m.in_candidates += 1.0;
+            if p < 5 {
+                m.mrr5 += 1.0 / (p + 1) as f64;
+                m.hits5 += 1.0;
+            }
+            if p == 0 {
+                m.hits1 += 1.0;
+            }
+        }
+        if let Some(&(i, _)) = order.first() {
+            let t = r.candidates[i].title_rank;
+            if r.titles.get(t).is_some_and(|t| t.gold) {
+                m.title1 += 1.0;
+            }
+        }
+    }
+    let n = records.len().max(1) as f64;
+    for v in [
+        &mut m.hits1,
+        &mut m.hits5,
+        &mut m.mrr5,
+        &mut m.title1,
+        &mut m.in_candidates,
+    ] {
+        *v /= n;
+    }
+    m
+}
+
+/// Every setting of a grid over the temperatures, the passage weight, the title term and the
+/// global assessment weight.
+pub fn grid() -> Vec<Setting> {
+    let temps = [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2];
+    let weights = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0];
+    let globals = [0.0, 0.25, 0.5, 1.0, 2.0];
+    let mut out = Vec::new();
+    for title_term in [
+        TitleTerm::NormProb,
+        TitleTerm::MeanLogprob,
+        TitleTerm::TrieLogprob,
+    ] {
+        for &tau in &temps {
+            for &delta in &temps {
+                for &passage_weight in &weights {
+                    for &global_assessment in &globals {
+                        out.push(Setting {
+                            weights: RankWeights {
+                                tau,
+                                delta,
+                                passage_weight,
+                            },
+                            title_term,
+                            global_assessment,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads records written one JSON object a line; bad lines are named.
+pub fn read_records(path: &std::path::Path) -> crate::Result<Vec<RankRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| crate::Error::BadLine {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: format!("not a rank record: {e}"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> RankRecord {
+        let t = |norm_prob: f64, gold: bool| TitleRecord {
+            norm_prob,
+            logprob: norm_prob.ln() * 3.0,
+            trie_logprob: norm_prob.ln(),
+            gold,
+        };
+        let c = |id: &str, title_rank, p_reject, passage_logprob, gold| CandidateRecord {
+            passage_id: id.into(),
+            title_rank,
+            p_reject,
+            passage_logprob,
+            gold,
+        };
+        RankRecord {
+            query_id: "q".into(),
+            question: "q".into(),
+            titles: vec![t(0.8, true), t(0.3, false)],
+            candidates: vec![
+                c("a", 0, 0.5, -3.0, false),
+                c("b", 0, 0.5, -0.1, true),
+                c("c", 1, 0.1, -0.2, false),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_passage_term_moves_the_gold_passage_up() {
+        let r = vec![record()];
+        let paper = Setting {
+            weights: RankWeights {
+                tau: 0.4,
+                delta: 0.4,
+                passage_weight: 0.0,
+            },
+            title_term: TitleTerm::NormProb,
+            global_assessment: 0.0,
+        };
+        // Neutral assessment inside title 0: the paper ties a and b, the first stays first.
+        let m = evaluate(&r, &paper);
+        assert_eq!(
+            (m.hits1, m.mrr5, m.title1, m.in_candidates),
+            (0.0, 0.5, 1.0, 1.0)
+        );
+        let with_passage = Setting {
+            weights: RankWeights {
+                passage_weight: 1.0,
+                ..paper.weights
+            },
+            ..paper
+        };
+        assert_eq!(evaluate(&r, &with_passage).hits1, 1.0);
+        // A strong global assessment weight lets title 1's accepted passage win.
+        let global = Setting {
+            global_assessment: 20.0,
+            ..with_passage
+        };
+        assert_eq!(rank(&r[0], &global)[0].0, 2);
+        assert!(grid().len() > 1000);
+    }
+}

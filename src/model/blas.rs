@@ -46,7 +46,8 @@ pub struct Blas {
 }
 
 /// Libraries tried in order when `SELFRET_BLAS` names none: Debian/Ubuntu's OpenBLAS (package
-/// `libopenblas0`), then Intel's single dynamic MKL, then macOS names and Homebrew's paths.
+/// `libopenblas0`), then Intel's single dynamic MKL, then macOS names and Homebrew's paths; last
+/// the OpenBLAS that `scripts/fetch-model.sh` puts into `models/` (see [`FETCHED`]).
 const CANDIDATES: &[&str] = &[
     "libopenblas.so.0",
     "libopenblas.so",
@@ -56,6 +57,14 @@ const CANDIDATES: &[&str] = &[
     "/opt/homebrew/opt/openblas/lib/libopenblas.dylib",
     "/usr/local/opt/openblas/lib/libopenblas.dylib",
 ];
+
+/// The OpenBLAS build of the PyPI package `scipy-openblas32` (its symbols carry a `scipy_`
+/// prefix), which `scripts/fetch-model.sh` extracts into `models/`: the fast path on a machine
+/// where no system BLAS is installed, with no root rights needed.
+pub const FETCHED: &str = "models/libscipy_openblas.so";
+
+/// Symbol prefixes of the CBLAS builds we load: plain, and scipy-openblas's.
+const PREFIXES: [&str; 2] = ["", "scipy_"];
 
 /// The fixed part of one product: transposes, inner size and leading dimensions.
 struct Call {
@@ -91,15 +100,22 @@ impl Blas {
         // SAFETY: loading a shared library runs its initialisers; the names are BLAS libraries
         // (or the path the user chose), whose initialisers only set up their thread pools.
         let lib = unsafe { libloading::Library::new(name) }.map_err(|e| e.to_string())?;
+        let symbol = |prefix: &str, base: &str| format!("{prefix}{base}\0").into_bytes();
         // SAFETY: `cblas_sgemm` has this signature in every CBLAS with 32-bit integers (LP64).
-        let sgemm: SgemmFn = unsafe {
-            *lib.get::<SgemmFn>(b"cblas_sgemm\0")
-                .map_err(|e| format!("{name}: no cblas_sgemm ({e})"))?
+        let found = PREFIXES.iter().find_map(|&prefix| unsafe {
+            lib.get::<SgemmFn>(&symbol(prefix, "cblas_sgemm"))
+                .ok()
+                .map(|f| (prefix, *f))
+        });
+        let Some((prefix, sgemm)) = found else {
+            return Err(format!("{name}: no cblas_sgemm"));
         };
         let mut description = name.to_string();
         // SAFETY: optional OpenBLAS/MKL entry points with these C signatures.
         unsafe {
-            if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
+            if let Ok(set) =
+                lib.get::<unsafe extern "C" fn(c_int)>(&symbol(prefix, "openblas_set_num_threads"))
+            {
                 set(1);
             }
             if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"MKL_Set_Num_Threads\0") {
@@ -110,9 +126,9 @@ impl Blas {
                 let p = get();
                 (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
             };
-            if let Some(config) = text(b"openblas_get_config\0") {
+            if let Some(config) = text(&symbol(prefix, "openblas_get_config")) {
                 // The configuration names the build target; the core is what runs here.
-                let core = text(b"openblas_get_corename\0").unwrap_or_default();
+                let core = text(&symbol(prefix, "openblas_get_corename")).unwrap_or_default();
                 description = format!("{config}, kernels {core} ({name})");
             }
         }
@@ -280,7 +296,13 @@ pub fn blas() -> Option<&'static Blas> {
                     None
                 }
             },
-            _ => CANDIDATES.iter().find_map(|n| Blas::open(n, threads).ok()),
+            _ => CANDIDATES
+                .iter()
+                .find_map(|n| Blas::open(n, threads).ok())
+                .or_else(|| {
+                    let fetched = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FETCHED);
+                    Blas::open(&fetched.to_string_lossy(), threads).ok()
+                }),
         }
     })
     .as_ref()

@@ -400,3 +400,43 @@ fn corpus_trie_sequences_match_prompt_encoding() {
     assert_eq!(s.passages, corpus.len());
     assert!(s.bytes_per_token() < 6.0, "{}", s.bytes_per_token());
 }
+
+/// The demo's dev questions (never trained on) exist, point at real passages, carry an answer
+/// string found in their gold passage, and repeat no training question.
+#[test]
+fn demo_dev_questions_are_answerable_from_their_gold_passages() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let corpus = demo_corpus();
+    let dev = selfret::train::data::load_queries(&root.join("corpora/ir_history.dev.jsonl"))
+        .expect("the demo dev file loads");
+    let train =
+        selfret::train::data::load_queries(&root.join("corpora/ir_history.queries.jsonl")).unwrap();
+    assert!(dev.len() >= 40, "{} dev questions", dev.len());
+    let norm = |s: &str| {
+        s.to_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut ids = std::collections::HashSet::new();
+    for q in &dev {
+        assert!(ids.insert(q.id.clone()), "duplicate id {}", q.id);
+        assert_eq!(q.positive_ids.len(), 1, "{}", q.id);
+        let gold = corpus
+            .index_of(&q.positive_ids[0])
+            .unwrap_or_else(|| panic!("{}: unknown passage {}", q.id, q.positive_ids[0]));
+        let text = corpus.passages[gold].text.to_lowercase();
+        let answer = q.answers.first().expect("an answer string");
+        assert!(
+            text.contains(&answer.to_lowercase()),
+            "{}: `{answer}` is not in {}",
+            q.id,
+            q.positive_ids[0]
+        );
+        assert!(
+            train.iter().all(|t| norm(&t.question) != norm(&q.question)),
+            "{} repeats a training question",
+            q.id
+        );
+    }
+}

@@ -205,10 +205,14 @@ fn load_jsonl(
                 break;
             }
         };
-        let Ok(line) = String::from_utf8(bytes) else {
+        let Ok(mut line) = String::from_utf8(bytes) else {
             skip("invalid UTF-8".into());
             continue;
         };
+        // A byte-order mark some editors write before the first line.
+        if lineno == 1 && line.starts_with('\u{feff}') {
+            line.remove(0);
+        }
         if line.trim().is_empty() {
             continue;
         }

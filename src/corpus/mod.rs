@@ -138,6 +138,36 @@ impl Corpus {
         self.files.iter().map(|f| f.skipped.len()).sum()
     }
 
+    /// What loading did, for people: "loaded N passages from M files; skipped K:" then the
+    /// first `max_lines` skipped items as `file:line: reason` and how many more there were.
+    pub fn load_report(&self, max_lines: usize) -> String {
+        let skipped = self.skipped_count();
+        let mut out = format!(
+            "loaded {} passages from {} file{}",
+            self.len(),
+            self.files.len(),
+            if self.files.len() == 1 { "" } else { "s" }
+        );
+        if skipped == 0 {
+            return out;
+        }
+        out.push_str(&format!("; skipped {skipped}:"));
+        let items = self.files.iter().flat_map(|f| {
+            f.skipped.iter().map(move |s| match s.line {
+                Some(l) => format!("{}:{l}: {}", f.path.display(), s.reason),
+                None => format!("{}: {}", f.path.display(), s.reason),
+            })
+        });
+        for line in items.take(max_lines) {
+            out.push_str("\n  ");
+            out.push_str(&line);
+        }
+        if skipped > max_lines {
+            out.push_str(&format!("\n  ... and {} more", skipped - max_lines));
+        }
+        out
+    }
+
     /// Every text the tokenizer of a from-scratch model should see (titles and passages).
     pub fn texts(&self) -> impl Iterator<Item = String> + Send + '_ {
         self.titles

@@ -61,21 +61,29 @@ pub struct Query {
     pub answer_passage_ids: Vec<String>,
 }
 
-/// Reads a query file; malformed lines are reported with their line number.
+/// Reads a query file (JSON lines; a leading byte-order mark and CRLF line ends are fine);
+/// a malformed line is an error naming it, and a file without queries is refused.
 pub fn load_queries(path: &Path) -> Result<Vec<Query>> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
+    for (i, bytes) in std::io::BufReader::new(f).split(b'\n').enumerate() {
+        let bad = |message: String| Error::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message,
+        };
+        let bytes = bytes.map_err(|e| Error::io(path, e))?;
+        let line = String::from_utf8(bytes).map_err(|_| bad("invalid UTF-8".into()))?;
+        let line = line.strip_prefix('\u{feff}').unwrap_or(&line);
         if line.trim().is_empty() {
             continue;
         }
-        let q: Query = serde_json::from_str(&line).map_err(|e| Error::BadLine {
-            path: path.to_path_buf(),
-            line: i + 1,
-            message: format!("not a query object: {e}"),
-        })?;
+        let q: Query =
+            serde_json::from_str(line).map_err(|e| bad(format!("not a query object: {e}")))?;
         out.push(q);
+    }
+    if out.is_empty() {
+        return Err(Error::bad_file(path, "no queries in the file"));
     }
     Ok(out)
 }
@@ -92,7 +100,7 @@ pub enum TargetLength {
 /// Options of the data builders.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataOptions {
-    /// Sentences sampled per passage for indexing.
+    /// Sentences sampled per passage for indexing (0: all of them, every epoch).
     pub sentences_per_passage: usize,
     pub min_sentence_words: usize,
     pub max_sentence_words: usize,
@@ -173,7 +181,11 @@ impl DataBuilder<'_> {
                 })
                 .collect();
             sentences.shuffle(&mut rng);
-            for s in sentences.iter().take(self.opts.sentences_per_passage) {
+            let n = match self.opts.sentences_per_passage {
+                0 => sentences.len(),
+                n => n,
+            };
+            for s in sentences.iter().take(n) {
                 out.push(self.example(
                     Task::Indexing,
                     self.codec.query(self.tokenizer, s)?,

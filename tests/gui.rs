@@ -50,12 +50,39 @@ fn corpus_train_cancel_query_and_rerank() {
     h.run_ok();
     assert!(h.query_by_label("pagerank-1").is_some());
 
-    // Train: a short run on a small tiny model, then Cancel while it runs.
+    // The first start's recipe is the demo's: SmolLM2 with the quick preset.
+    assert!(h.state().project.model_source.ends_with(".gguf"));
+    assert_eq!(
+        h.state().project.preset,
+        Some(selfret::worker::preset::Preset::Quick)
+    );
+    // Train: the presets fill the form; then a short run on the tiny model, cancelled while
+    // it runs.
     h.get_by_role_and_label(Role::Button, "Train").click();
     h.run_ok();
+    h.state_mut().project.model_source = "tiny".into();
+    h.get_by_label("thorough").click();
+    h.run_ok();
+    assert_eq!(
+        h.state().project.preset,
+        Some(selfret::worker::preset::Preset::Thorough)
+    );
+    h.get_by_label("quick").click();
+    h.run_ok();
+    {
+        let p = &h.state().project;
+        assert_eq!(p.preset, Some(selfret::worker::preset::Preset::Quick));
+        assert_eq!(
+            p.sentences_per_passage, 0,
+            "the preset indexes every sentence"
+        );
+        assert!(!p.lora, "the tiny model trains in full");
+        assert!(p.epochs > 0.0);
+    }
     {
         let app = h.state_mut();
         app.project.run_dir = run_dir.path().join("run").display().to_string();
+        app.project.epochs = 0.0;
         app.project.steps = 400;
         app.project.batch_tokens = 512;
         app.project.lr = 3e-3;
@@ -156,7 +183,7 @@ fn corpus_train_cancel_query_and_rerank() {
     // Sort the score table by P(reject), then export the trace as JSON.
     h.get_by_label("P(reject)").click();
     h.run_ok();
-    assert_eq!(h.state().score_sort, (4, true));
+    assert_eq!(h.state().score_sort, (5, true));
     let export = run_dir.path().join("trace.json");
     h.state_mut().export_path = export.display().to_string();
     h.get_by_role_and_label(Role::Button, "Export trace JSON")

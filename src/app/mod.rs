@@ -12,6 +12,7 @@ use crate::corpus::Corpus;
 use crate::model::ModelSource;
 use crate::retrieve::{RetrievalTrace, RetrieveOptions};
 use crate::train::{Task, TrainEvent};
+use crate::worker::preset::Preset;
 use crate::worker::session::IndexSpec;
 use crate::worker::{Control, Event, Job, Worker};
 use dialogs::{Dialogs, PathField};
@@ -75,6 +76,52 @@ pub struct Project {
     /// Budget in passes over the data instead of steps (0: use `steps`).
     #[serde(default)]
     pub epochs: f64,
+    /// Indexing sentences per passage (0: all of them).
+    #[serde(default = "three")]
+    pub sentences_per_passage: usize,
+    /// Questions the base model writes per passage for retrieval training (0: none).
+    #[serde(default)]
+    pub pseudo_per_passage: usize,
+    /// The preset the training settings were last filled from (None: set by hand).
+    #[serde(default)]
+    pub preset: Option<Preset>,
+}
+
+fn three() -> usize {
+    3
+}
+
+/// The model `scripts/fetch-model.sh` fetches, the demo's default.
+pub fn smollm2_path() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .display()
+        .to_string()
+}
+
+impl Project {
+    /// Fills the training settings from a preset (for the current corpus and model): the
+    /// form then shows what will run, and any field can still be changed.
+    pub fn apply_preset(&mut self, preset: Preset) {
+        let source = self.model_source.parse().unwrap_or(ModelSource::Tiny);
+        let mut spec = IndexSpec::new(PathBuf::from(&self.corpus_path), source);
+        preset.apply(&mut spec);
+        self.lora = spec.lora.is_some();
+        if let Some(l) = &spec.lora {
+            self.lora_rank = l.rank;
+        }
+        self.lr = spec.train.lr;
+        self.batch_tokens = spec.train.batch_tokens;
+        self.mix = spec.train.mix;
+        self.epochs = spec.train.epochs.unwrap_or(0.0);
+        self.target_words = match spec.data.target {
+            crate::train::data::TargetLength::Full => 0,
+            crate::train::data::TargetLength::FirstWords(n) => n,
+        };
+        self.sentences_per_passage = spec.data.sentences_per_passage;
+        self.pseudo_per_passage = spec.pseudo.map(|p| p.per_passage).unwrap_or(0);
+        self.preset = Some(preset);
+    }
 }
 
 /// The Evaluate panel's choices.
@@ -109,10 +156,10 @@ impl Default for EvalSettings {
 impl Default for Project {
     fn default() -> Self {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        Project {
+        let mut project = Project {
             name: "demo".into(),
             corpus_path: root.join("corpora/ir_history.jsonl").display().to_string(),
-            model_source: "tiny".into(),
+            model_source: smollm2_path(),
             run_dir: root.join("runs/demo").display().to_string(),
             lora: false,
             lora_rank: 8,
@@ -127,7 +174,22 @@ impl Default for Project {
             mix: Default::default(),
             target_words: 0,
             epochs: 0.0,
-        }
+            sentences_per_passage: 3,
+            pseudo_per_passage: 0,
+            preset: None,
+        };
+        // The demo: SmolLM2 with the quick preset, trained on the demo's queries and evaluated
+        // on its dev questions (never trained on).
+        project.queries_path = root
+            .join("corpora/ir_history.queries.jsonl")
+            .display()
+            .to_string();
+        project.eval.queries_path = root
+            .join("corpora/ir_history.dev.jsonl")
+            .display()
+            .to_string();
+        project.apply_preset(Preset::Quick);
+        project
     }
 }
 
@@ -481,6 +543,7 @@ impl SelfretApp {
                 }
             }
             TrainEvent::Finished { .. } => self.train.running = false,
+            TrainEvent::Preparing { .. } => self.train.running = true,
         }
         self.train.last = Some(e);
     }
@@ -502,6 +565,14 @@ impl SelfretApp {
         };
         spec.train.lr = self.project.lr;
         spec.train.batch_tokens = self.project.batch_tokens;
+        spec.data.sentences_per_passage = self.project.sentences_per_passage;
+        spec.pseudo = match self.project.pseudo_per_passage {
+            0 => None,
+            n => Some(crate::train::pseudo::PseudoOptions {
+                per_passage: n,
+                ..Default::default()
+            }),
+        };
         spec.train.checkpoint_every = 50;
         spec.train.eval_every = 25;
         if !self.project.queries_path.trim().is_empty() {

@@ -32,8 +32,12 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         ] {
             if ui.button(label).clicked() {
                 app.project.model_source = src;
-                app.project.lora = label != "Tiny";
-                app.project.lr = if app.project.lora { 2e-4 } else { 1e-3 };
+                // The training settings follow the model (the preset's recipe differs).
+                app.project.apply_preset(
+                    app.project
+                        .preset
+                        .unwrap_or(crate::worker::preset::Preset::Quick),
+                );
             }
         }
     });
@@ -99,13 +103,18 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             }
         });
     }
-    if let Some(c) = &app.corpus {
+    if matches!(app.project.model_source.parse(), Ok(ModelSource::Tiny)) {
         let est_tiny = crate::model::Config::tiny(4096).parameter_count();
         ui.weak(format!(
-            "Tiny model: ~{:.1}M parameters (~{} MB while training). Corpus: {} passages.",
+            "Tiny model: ~{:.1}M parameters (~{} MB while training), built and trained from nothing on this corpus{}. \
+             It memorises the corpus and finds passages from their own sentences, but it knows no language beyond the corpus: \
+             it does not understand new questions. For questions in your own words, use a pretrained model (SmolLM2).",
             est_tiny as f64 / 1e6,
             est_tiny * 16 / 1_000_000,
-            c.len()
+            app.corpus
+                .as_ref()
+                .map(|c| format!(" ({} passages)", c.len()))
+                .unwrap_or_default()
         ));
     }
 }

@@ -3,6 +3,7 @@
 use super::dialogs::{path_row, PathField};
 use super::{AppCommand, SelfretApp};
 use crate::train::{Task, TrainEvent};
+use crate::worker::preset::Preset;
 use crate::worker::Control;
 use egui_plot::{Legend, Line, Plot, Points};
 
@@ -28,6 +29,25 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         cmds,
     );
     ui.horizontal(|ui| {
+        ui.label("Preset").on_hover_text(
+            "Fills every training setting below with a measured recipe for the corpus size and the model; any field can still be changed.",
+        );
+        for preset in Preset::ALL {
+            let selected = app.project.preset == Some(preset);
+            if ui
+                .selectable_label(selected, preset.name())
+                .on_hover_text(preset.describe())
+                .clicked()
+            {
+                app.project.apply_preset(preset);
+            }
+        }
+        match app.project.preset {
+            Some(p) => ui.weak(format!("{}: {}", p.name(), p.describe())),
+            None => ui.weak("custom settings"),
+        };
+    });
+    ui.horizontal(|ui| {
         let mut by_epochs = app.project.epochs > 0.0;
         ui.label("Budget");
         if ui.radio(!by_epochs, "steps").clicked() {
@@ -48,7 +68,19 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         }
     });
     ui.horizontal(|ui| {
-        ui.label("Task mix");
+        ui.add(
+            egui::Slider::new(&mut app.project.sentences_per_passage, 0..=20)
+                .text("Indexing sentences per passage (0 = all)"),
+        )
+        .on_hover_text("Indexing teaches sentence -> title + passage; 0 uses every sentence of 6-49 words, every epoch.");
+        ui.add(
+            egui::Slider::new(&mut app.project.pseudo_per_passage, 0..=10)
+                .text("Generated questions per passage"),
+        )
+        .on_hover_text("Before training, the base model writes this many questions for every passage; those BM25 finds the passage from train retrieval alongside the query file (0: off).");
+    });
+    ui.horizontal(|ui| {
+        ui.label("Task mix").on_hover_text("Relative weight of each training task: indexing (sentence -> passage), retrieval (question -> passage), self-assessment (question + passage -> can / cannot answer). With epochs, a weight of 2 sees that task's examples twice per epoch.");
         let mix = &mut app.project.mix;
         ui.add(egui::Slider::new(&mut mix.indexing, 0.0..=4.0).text("Indexing"));
         ui.add(egui::Slider::new(&mut mix.retrieval, 0.0..=4.0).text("Retrieval"));
@@ -62,7 +94,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         ui.add_enabled(
             app.project.lora,
             egui::Slider::new(&mut app.project.lora_rank, 1..=64).text("LoRA rank"),
-        );
+        )
+        .on_hover_text("Rank of the low-rank adapters trained on every projection while the base model stays frozen: higher learns more, costs more.");
     });
     ui.add(
         egui::Slider::new(&mut app.project.lr, 1e-5..=1e-2)
@@ -73,7 +106,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         egui::Slider::new(&mut app.project.batch_tokens, 256..=8192)
             .logarithmic(true)
             .text("Batch tokens"),
-    );
+    )
+    .on_hover_text("Token budget of one training batch (rows x longest row).");
     let running = app.train.running;
     ui.horizontal(|ui| {
         if ui
@@ -138,6 +172,9 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                 app.train.total_steps,
                 task.name()
             ));
+        }
+        Some(TrainEvent::Preparing { stage, done, total }) => {
+            ui.label(format!("preparing: {stage} {done}/{total}"));
         }
         Some(TrainEvent::Finished { step, cancelled }) => {
             ui.label(format!(

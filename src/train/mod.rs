@@ -79,6 +79,10 @@ pub struct TrainConfig {
     /// evaluation (0: none).
     #[serde(default)]
     pub eval_queries: usize,
+    /// Keep a copy of the model after this many minutes of training each (beside the
+    /// checkpoint, as `checkpoint-{m}min`): the points of a learning curve.
+    #[serde(default)]
+    pub snapshot_minutes: Vec<f64>,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +102,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             epochs: None,
             eval_queries: 8,
+            snapshot_minutes: Vec::new(),
         }
     }
 }
@@ -116,8 +121,25 @@ pub fn lr_at(step: usize, cfg: &TrainConfig) -> f64 {
 
 /// Plans every batch of the run up front from the seed, so a resumed run sees exactly the batches
 /// an uninterrupted one would. Each batch holds examples of one task (so losses are per task),
-/// of similar length, within the token budget.
+/// of similar length, within the token budget. With `epochs` set the run is a sequence of
+/// epochs ([`epoch_plan`]): every example is seen in every epoch. Otherwise tasks are
+/// interleaved by weight for `steps` steps, each task's batches cycled.
 pub fn plan_batches(examples: &[Example], cfg: &TrainConfig) -> Vec<Vec<usize>> {
+    let wanted = cfg.steps * cfg.grad_accum.max(1);
+    if cfg.epochs.is_some() {
+        let mut plan = Vec::with_capacity(wanted);
+        let mut epoch = 0u64;
+        while plan.len() < wanted {
+            let next = epoch_plan(examples, cfg, epoch);
+            if next.is_empty() {
+                break;
+            }
+            plan.extend(next);
+            epoch += 1;
+        }
+        plan.truncate(wanted);
+        return plan;
+    }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let per_task = task_batches(examples, cfg, &mut rng);
     if per_task.is_empty() {
@@ -145,13 +167,24 @@ pub fn plan_batches(examples: &[Example], cfg: &TrainConfig) -> Vec<Vec<usize>> 
     plan
 }
 
-/// Batches in one pass over the examples (for `--epochs`).
+/// One epoch: every batch of every task, a task of weight w taking w passes over its batches
+/// (2: twice; 0.5: half of them, different halves in different epochs), all shuffled together.
+/// Batches are cut anew each epoch (the seed and the epoch number choose them).
+pub fn epoch_plan(examples: &[Example], cfg: &TrainConfig, epoch: u64) -> Vec<Vec<usize>> {
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let per_task = task_batches(examples, cfg, &mut rng);
+    let mut plan = Vec::new();
+    for (task, batches) in per_task {
+        let n = (cfg.mix.weight(task) * batches.len() as f64).round() as usize;
+        plan.extend(batches.iter().cycle().take(n).cloned());
+    }
+    plan.shuffle(&mut rng);
+    plan
+}
+
+/// Optimiser steps in one epoch ([`epoch_plan`]), for `--epochs`.
 pub fn batches_per_epoch(examples: &[Example], cfg: &TrainConfig) -> usize {
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    task_batches(examples, cfg, &mut rng)
-        .values()
-        .map(|b| b.len())
-        .sum()
+    epoch_plan(examples, cfg, 0).len() / cfg.grad_accum.max(1)
 }
 
 fn task_batches(
@@ -354,6 +387,13 @@ fn held_out_losses(
 /// What a training run reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TrainEvent {
+    /// Work before the first step (writing pseudo-queries, mining negatives): `done` of
+    /// `total` items.
+    Preparing {
+        stage: String,
+        done: usize,
+        total: usize,
+    },
     Started {
         total_steps: usize,
         start_step: usize,
@@ -401,6 +441,15 @@ pub trait TrainControl {
     fn evaluate(&mut self, _bundle: &ModelBundle) -> Result<BTreeMap<String, f64>> {
         Ok(BTreeMap::new())
     }
+}
+
+/// Where the snapshot after `minutes` of training goes, beside the checkpoint folder `dir`.
+pub fn snapshot_dir(dir: &std::path::Path, minutes: f64) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    dir.with_file_name(format!("{name}-{minutes}min"))
 }
 
 /// Never cancels.
@@ -461,24 +510,34 @@ pub fn train(
     let accum = cfg.grad_accum.max(1);
     let t0 = Instant::now();
     let mut tokens_done = 0usize;
+    let save_to = |dir: &std::path::Path,
+                   bundle: &ModelBundle,
+                   opt: &AdamW,
+                   on_event: &mut dyn FnMut(TrainEvent)|
+     -> Result<()> {
+        let mut hp = BTreeMap::new();
+        hp.insert("lr".into(), cfg.lr.to_string());
+        hp.insert("steps".into(), cfg.steps.to_string());
+        hp.insert("batch_tokens".into(), cfg.batch_tokens.to_string());
+        bundle.save(dir, None, hp)?;
+        crate::model::checkpoint::save_tensors(
+            &dir.join("optimizer.safetensors"),
+            opt.state_tensors()?,
+        )?;
+        on_event(TrainEvent::Checkpoint {
+            step: bundle.step as usize,
+            path: dir.to_path_buf(),
+        });
+        Ok(())
+    };
+    let mut snapshots: Vec<f64> = cfg.snapshot_minutes.clone();
+    snapshots.sort_by(|a, b| b.total_cmp(a));
     let save =
         |bundle: &ModelBundle, opt: &AdamW, on_event: &mut dyn FnMut(TrainEvent)| -> Result<()> {
-            if let Some(dir) = out {
-                let mut hp = BTreeMap::new();
-                hp.insert("lr".into(), cfg.lr.to_string());
-                hp.insert("steps".into(), cfg.steps.to_string());
-                hp.insert("batch_tokens".into(), cfg.batch_tokens.to_string());
-                bundle.save(dir, None, hp)?;
-                crate::model::checkpoint::save_tensors(
-                    &dir.join("optimizer.safetensors"),
-                    opt.state_tensors()?,
-                )?;
-                on_event(TrainEvent::Checkpoint {
-                    step: bundle.step as usize,
-                    path: dir.to_path_buf(),
-                });
+            match out {
+                Some(dir) => save_to(dir, bundle, opt, on_event),
+                None => Ok(()),
             }
-            Ok(())
         };
     let mut cancelled = false;
     for step in start..cfg.steps {
@@ -553,6 +612,14 @@ pub fn train(
                 });
             }
         }
+        // Learning-curve snapshots: the model as it is after m minutes of training.
+        while let (Some(&m), Some(dir)) = (snapshots.last(), out) {
+            if t0.elapsed().as_secs_f64() < m * 60.0 {
+                break;
+            }
+            snapshots.pop();
+            save_to(&snapshot_dir(dir, m), bundle, &opt, on_event)?;
+        }
         let periodic = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
         if periodic || control.save_requested() {
             save(bundle, &opt, on_event)?;
@@ -564,4 +631,80 @@ pub fn train(
         cancelled,
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn examples() -> Vec<Example> {
+        let mut out = Vec::new();
+        for (task, n) in [
+            (Task::Indexing, 40),
+            (Task::Retrieval, 10),
+            (Task::Assessment, 6),
+        ] {
+            for k in 0..n {
+                out.push(Example {
+                    task,
+                    ids: vec![1; 8 + k % 5],
+                    target_start: 2,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_epoch_sees_every_example_as_often_as_its_task_weight_says() {
+        let ex = examples();
+        let cfg = TrainConfig {
+            batch_tokens: 40,
+            epochs: Some(2.0),
+            mix: TaskMix {
+                indexing: 1.0,
+                retrieval: 2.0,
+                assessment: 0.5,
+            },
+            ..Default::default()
+        };
+        let epoch = epoch_plan(&ex, &cfg, 0);
+        let mut seen = vec![0usize; ex.len()];
+        for b in &epoch {
+            assert!(
+                b.iter().all(|&i| ex[i].task == ex[b[0]].task),
+                "one task per batch"
+            );
+            for &i in b {
+                seen[i] += 1;
+            }
+        }
+        for (i, e) in ex.iter().enumerate() {
+            match e.task {
+                Task::Indexing => assert_eq!(seen[i], 1, "indexing example {i}"),
+                Task::Retrieval => assert_eq!(seen[i], 2, "retrieval example {i}"),
+                Task::Assessment => assert!(seen[i] <= 1),
+            }
+        }
+        let assessed: usize = (0..ex.len())
+            .filter(|&i| ex[i].task == Task::Assessment)
+            .map(|i| seen[i])
+            .sum();
+        assert!(
+            (2..=4).contains(&assessed),
+            "half the assessment examples: {assessed}"
+        );
+        // Steps for two epochs: the plan is two epochs long, the second cut differently.
+        let steps = 2 * batches_per_epoch(&ex, &cfg);
+        let plan = plan_batches(
+            &ex,
+            &TrainConfig {
+                steps,
+                ..cfg.clone()
+            },
+        );
+        assert_eq!(plan.len(), steps);
+        assert_eq!(plan[..epoch.len()], epoch[..]);
+        assert_ne!(epoch_plan(&ex, &cfg, 1), epoch);
+    }
 }

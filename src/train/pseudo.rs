@@ -1,17 +1,33 @@
-//! Pseudo-queries for corpora that come without queries: the base model writes a few questions
-//! per passage, and a question is kept only when the model's own retrieval finds its passage
-//! again, so retrieval training sees questions the model can already connect to their source.
+//! Pseudo-queries: the base model writes a few questions for every passage, and a question is
+//! kept when a filter finds its passage again from it, so retrieval training sees, for every
+//! passage, questions that point to it (DSI-QG and NCI found generated queries per document the
+//! strongest single lever of generative retrieval). The default filter is BM25 (the question
+//! must share enough distinctive words with its passage: it drops generic and invented
+//! questions at no model cost); the model's own retrieval is the stricter, slower choice.
 
 use super::data::Query;
 use crate::corpus::Corpus;
 use crate::error::{Error, Result};
-use crate::retrieve::generate::{generate, instruction_prompt, GenerateOptions};
+use crate::model::tokenizer::encode;
+use crate::retrieve::generate::{generate_batch, GenerateOptions};
 use crate::retrieve::{RetrieveOptions, Retriever};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
+
+/// Which retriever must find a question's passage for the question to be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PseudoFilter {
+    /// BM25 over the corpus (fast; the default).
+    #[default]
+    Bm25,
+    /// The model's own retrieval (titles and passages, no assessment).
+    SelfRetrieval,
+    /// Keep every well-formed question.
+    None,
+}
 
 /// How many questions to write and how strict the filter is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,16 +40,27 @@ pub struct PseudoOptions {
     pub keep_top: usize,
     pub temperature: f64,
     pub seed: u64,
+    #[serde(default)]
+    pub filter: PseudoFilter,
+    /// Passages whose prompts run as one batch.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_batch() -> usize {
+    16
 }
 
 impl Default for PseudoOptions {
     fn default() -> Self {
         PseudoOptions {
-            per_passage: 2,
+            per_passage: 3,
             max_passages: 0,
-            keep_top: 3,
-            temperature: 0.7,
+            keep_top: 5,
+            temperature: 0.8,
             seed: 5,
+            filter: PseudoFilter::Bm25,
+            batch: default_batch(),
         }
     }
 }
@@ -42,7 +69,7 @@ impl Default for PseudoOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PseudoQuery {
     pub query: Query,
-    /// Rank (1-based) of the source passage in the model's own retrieval, if found.
+    /// Rank (1-based) of the source passage in the filter's retrieval, if found.
     pub rank: Option<usize>,
     /// Passes the filter (the user may flip it before saving).
     pub keep: bool,
@@ -74,8 +101,59 @@ fn tidy_question(raw: &str) -> Option<String> {
     (clean && (3..=40).contains(&words)).then(|| q.to_string())
 }
 
-/// Writes and filters pseudo-queries with `retriever`'s model over its corpus. `progress(done,
-/// total)` returns true to stop early (what is done so far is returned).
+/// Longest passage excerpt, in tokens, a question prompt carries.
+const EXCERPT_TOKENS: usize = 256;
+
+/// A question-writing prompt in three token pieces: the instruction and title, the passage
+/// excerpt (cut to a batch's common length), and the cue the question follows.
+struct PromptParts {
+    head: Vec<u32>,
+    body: Vec<u32>,
+    tail: Vec<u32>,
+}
+
+impl PromptParts {
+    fn new(tok: &tokenizers::Tokenizer, title: &str, text: &str) -> Result<Self> {
+        let chat =
+            tok.token_to_id("<|im_start|>").is_some() && tok.token_to_id("<|im_end|>").is_some();
+        let instruction = format!(
+            "Read the passage and write one short question that it answers.\n\nTitle: {title}\nPassage:"
+        );
+        let (head, tail) = if chat {
+            (
+                format!("<|im_start|>user\n{instruction}"),
+                "<|im_end|>\n<|im_start|>assistant\nQuestion:".to_string(),
+            )
+        } else {
+            (instruction, "\n\nQuestion:".to_string())
+        };
+        let mut body = encode(tok, &format!(" {}", text.trim()))?;
+        body.truncate(EXCERPT_TOKENS);
+        Ok(PromptParts {
+            head: encode(tok, &head)?,
+            body,
+            tail: encode(tok, &tail)?,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len() + self.tail.len()
+    }
+
+    /// The prompt cut to `len` tokens by shortening the excerpt.
+    fn ids(&self, len: usize) -> Vec<u32> {
+        let keep = len.saturating_sub(self.head.len() + self.tail.len());
+        let mut ids = self.head.clone();
+        ids.extend_from_slice(&self.body[..keep.min(self.body.len())]);
+        ids.extend_from_slice(&self.tail);
+        ids
+    }
+}
+
+/// Writes and filters pseudo-queries with `retriever`'s model over its corpus. Prompts run in
+/// batches of passages of similar length, each cut to its batch's shortest (a few tokens off
+/// the end of an excerpt). `progress(done, total)` returns true to stop early (what is done so
+/// far is returned).
 pub fn generate_pseudo_queries(
     retriever: &Retriever<'_>,
     eos: u32,
@@ -88,64 +166,86 @@ pub fn generate_pseudo_queries(
     let gen = GenerateOptions {
         max_tokens: 40,
         temperature: opts.temperature,
+        stop_after: Some('?'),
         ..Default::default()
     };
-    let ropts = RetrieveOptions::light();
     let chosen = chosen_passages(corpus.len(), opts.max_passages);
-    let mut out = Vec::new();
-    for (k, &pidx) in chosen.iter().enumerate() {
-        if progress(k, chosen.len()) {
+    let parts: Vec<PromptParts> = chosen
+        .iter()
+        .map(|&i| {
+            let p = &corpus.passages[i];
+            PromptParts::new(tok, &p.title, &p.text)
+        })
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..chosen.len()).collect();
+    order.sort_by_key(|&k| (parts[k].len(), k));
+    let bm25 = (opts.filter == PseudoFilter::Bm25)
+        .then(|| crate::eval::bm25::Bm25Index::new(corpus, 0.9, 0.4));
+    let ropts = RetrieveOptions::light();
+    // Questions per chosen passage, filled batch by batch in length order.
+    let mut written: Vec<Vec<PseudoQuery>> = vec![Vec::new(); chosen.len()];
+    let mut done = 0;
+    for group in order.chunks(opts.batch.max(1)) {
+        if progress(done, chosen.len()) {
             break;
         }
-        let p = &corpus.passages[pidx];
-        let excerpt: Vec<&str> = p.text.split_whitespace().take(180).collect();
-        let prompt = instruction_prompt(
-            tok,
-            &format!(
-                "Read the passage and write one short question that it answers.\n\nTitle: {}\nPassage: {}",
-                p.title,
-                excerpt.join(" ")
-            ),
-            "Question:",
-        );
-        let mut seen: Vec<String> = Vec::new();
-        for raw in generate(
+        let len = group.iter().map(|&k| parts[k].len()).min().unwrap_or(0);
+        let prompts: Vec<Vec<u32>> = group.iter().map(|&k| parts[k].ids(len)).collect();
+        let samples = generate_batch(
             retriever.model,
             tok,
             eos,
-            &prompt,
+            &prompts,
             opts.per_passage,
             &gen,
             &mut rng,
-        )? {
-            let Some(q) = tidy_question(&raw) else {
-                continue;
-            };
-            if seen.iter().any(|s| s.eq_ignore_ascii_case(&q)) {
-                continue;
+        )?;
+        for (&k, raws) in group.iter().zip(samples) {
+            let p = &corpus.passages[chosen[k]];
+            let mut seen: Vec<String> = Vec::new();
+            for raw in raws {
+                let Some(q) = tidy_question(&raw) else {
+                    continue;
+                };
+                if seen.iter().any(|s| s.eq_ignore_ascii_case(&q)) {
+                    continue;
+                }
+                seen.push(q.clone());
+                let rank = match (&bm25, opts.filter) {
+                    (Some(index), _) => index
+                        .search(&q, opts.keep_top.max(1))
+                        .iter()
+                        .position(|&i| i == chosen[k])
+                        .map(|r| r + 1),
+                    (None, PseudoFilter::SelfRetrieval) => retriever
+                        .retrieve(&q, &ropts, &mut |_| {})?
+                        .ranked_ids()
+                        .iter()
+                        .position(|id| *id == p.id)
+                        .map(|r| r + 1),
+                    (None, _) => None,
+                };
+                let keep = match opts.filter {
+                    PseudoFilter::None => true,
+                    _ => rank.is_some_and(|r| r <= opts.keep_top),
+                };
+                written[k].push(PseudoQuery {
+                    query: Query {
+                        id: format!("pseudo-{}-{}", p.id, seen.len()),
+                        question: q,
+                        answers: Vec::new(),
+                        positive_ids: vec![p.id.clone()],
+                        answer_passage_ids: Vec::new(),
+                    },
+                    rank,
+                    keep,
+                });
             }
-            seen.push(q.clone());
-            let trace = retriever.retrieve(&q, &ropts, &mut |_| {})?;
-            let rank = trace
-                .ranked_ids()
-                .iter()
-                .position(|id| *id == p.id)
-                .map(|r| r + 1);
-            out.push(PseudoQuery {
-                query: Query {
-                    id: format!("pseudo-{}-{}", p.id, seen.len()),
-                    question: q,
-                    answers: Vec::new(),
-                    positive_ids: vec![p.id.clone()],
-                    answer_passage_ids: Vec::new(),
-                },
-                rank,
-                keep: rank.is_some_and(|r| r <= opts.keep_top),
-            });
         }
+        done += group.len();
     }
-    progress(chosen.len(), chosen.len());
-    Ok(out)
+    progress(done, chosen.len());
+    Ok(written.into_iter().flatten().collect())
 }
 
 /// Writes the kept queries as a query file (the format `--queries` reads), atomically.

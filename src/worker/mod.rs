@@ -2,6 +2,7 @@
 //! owner (GUI or CLI) only through crossbeam channels. Jobs come in on one channel; control
 //! (cancel, pause, save now) on another that running jobs poll between steps; events go out.
 
+pub mod preset;
 pub mod session;
 
 use crate::corpus::{load_path, Corpus, LoadOptions};
@@ -360,6 +361,7 @@ fn run_job(
                     }
                 },
                 &mut || control.drain(),
+                &mut |_, _| {},
             )?;
             send(Event::EvalDone(systems));
             Ok(())

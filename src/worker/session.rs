@@ -30,7 +30,8 @@ pub struct IndexSpec {
     /// `None`: full fine-tune.
     pub lora: Option<LoraConfig>,
     pub queries: Option<PathBuf>,
-    /// With no query file: write pseudo-queries with the starting model first.
+    /// Write pseudo-queries for the passages with the starting model first, and train
+    /// retrieval on the kept ones too (with no query file, they stand in for it).
     #[serde(default)]
     pub pseudo: Option<crate::train::pseudo::PseudoOptions>,
     pub data: DataOptions,
@@ -190,7 +191,8 @@ pub fn mine_negatives(
         trie: &trie,
     };
     let mut out = HashMap::new();
-    for q in queries.iter().take(limit) {
+    let asked = queries.iter().filter(|q| !q.question.trim().is_empty());
+    for q in asked.take(limit) {
         let trace = r.retrieve(&q.question, &RetrieveOptions::light(), &mut |_| {})?;
         let wrong: Vec<String> = trace
             .ranked_ids()
@@ -249,7 +251,11 @@ impl TrainControl for RetrievalProbe<'_> {
             trie,
         };
         let (mut h1, mut h5) = (0usize, 0usize);
-        for q in &self.queries {
+        for q in self
+            .queries
+            .iter()
+            .filter(|q| !q.question.trim().is_empty())
+        {
             let trace = r.retrieve(&q.question, &RetrieveOptions::light(), &mut |_| {})?;
             let ids = trace.ranked_ids();
             let hit = |k: usize| {
@@ -279,6 +285,8 @@ pub fn run_index(
     let device = crate::model::default_device();
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     let corpus = load_path(&spec.corpus, &spec.load)?;
+    let report = corpus.load_report(usize::MAX);
+    write_atomic(&run.join("load_report.txt"), report.as_bytes())?;
     let ckpt = checkpoint_dir(run);
     let mut bundle = if resume && ckpt.join("manifest.ron").is_file() {
         ModelBundle::load_checkpoint(&ckpt, None, &device)?
@@ -286,35 +294,49 @@ pub fn run_index(
         load_base(spec, &corpus, &device, progress)?
     };
     let mut spec = spec.clone();
-    if spec.queries.is_none() {
-        if let Some(opts) = &spec.pseudo {
-            // Written once by the starting model and kept in the run (a resume reuses them).
-            let path = run.join("pseudo_queries.jsonl");
-            if !path.is_file() {
-                let (codec, trie, model) = retrieval_parts(&bundle, &corpus)?;
-                let r = Retriever {
-                    model: &model,
-                    tokenizer: &bundle.tokenizer,
-                    codec: &codec,
-                    corpus: &corpus,
-                    trie: &trie,
-                };
-                let mut cancelled = false;
-                let qs = crate::train::pseudo::generate_pseudo_queries(
-                    &r,
-                    bundle.special.eos,
-                    opts,
-                    &mut |_, _| {
-                        cancelled = cancelled || control.should_cancel();
-                        cancelled
-                    },
-                )?;
-                if cancelled {
-                    return Err(Error::Cancelled);
-                }
-                crate::train::pseudo::save_pseudo_queries(&path, &qs)?;
+    let mut pseudo_queries: Vec<Query> = Vec::new();
+    if let Some(opts) = &spec.pseudo {
+        // Written once by the starting model and kept in the run (a resume reuses them).
+        let path = run.join("pseudo_queries.jsonl");
+        if !path.is_file() {
+            let (codec, trie, model) = retrieval_parts(&bundle, &corpus)?;
+            let r = Retriever {
+                model: &model,
+                tokenizer: &bundle.tokenizer,
+                codec: &codec,
+                corpus: &corpus,
+                trie: &trie,
+            };
+            let mut cancelled = false;
+            let qs = crate::train::pseudo::generate_pseudo_queries(
+                &r,
+                bundle.special.eos,
+                opts,
+                &mut |done, total| {
+                    on_event(TrainEvent::Preparing {
+                        stage: "writing pseudo-queries".into(),
+                        done,
+                        total,
+                    });
+                    cancelled = cancelled || control.should_cancel();
+                    cancelled
+                },
+            )?;
+            if cancelled {
+                return Err(Error::Cancelled);
             }
+            crate::train::pseudo::save_pseudo_queries(&path, &qs)?;
+        }
+        // No question kept (a model that writes none the filter accepts): train without.
+        let kept = std::fs::metadata(&path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        if !kept {
+            tracing::warn!("no pseudo-query was kept; training without them");
+        } else if spec.queries.is_none() {
             spec.queries = Some(path);
+        } else {
+            pseudo_queries = load_queries(&path)?;
         }
     }
     let spec = &spec;
@@ -336,7 +358,17 @@ pub fn run_index(
     } else {
         HashMap::new()
     };
-    let examples = build_examples(spec, &corpus, &bundle, &train_queries, &mined)?;
+    let mut examples = build_examples(spec, &corpus, &bundle, &train_queries, &mined)?;
+    if !pseudo_queries.is_empty() {
+        let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+        let builder = DataBuilder {
+            tokenizer: &bundle.tokenizer,
+            codec: &codec,
+            corpus: &corpus,
+            opts: spec.data.clone(),
+        };
+        examples.extend(builder.retrieval(&pseudo_queries)?);
+    }
     let mut spec = spec.clone();
     if let Some(e) = spec.train.epochs {
         let per_epoch = crate::train::batches_per_epoch(&examples, &spec.train).max(1);
@@ -390,13 +422,19 @@ pub struct QuerySession {
 impl QuerySession {
     /// Opens a run directory written by indexing.
     pub fn open_run(run: &Path) -> Result<Self> {
+        Self::open_run_at(run, &checkpoint_dir(run))
+    }
+
+    /// Opens a run directory with one of its checkpoint folders (a learning-curve snapshot,
+    /// `checkpoint-30min`, say).
+    pub fn open_run_at(run: &Path, checkpoint: &Path) -> Result<Self> {
         let path = run.join("run.ron");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let manifest: RunManifest = ron::from_str(&text)
             .map_err(|e| Error::bad_file(&path, format!("invalid run manifest: {e}")))?;
         let corpus = load_path(&manifest.spec.corpus, &manifest.spec.load)?;
         let bundle = ModelBundle::load_checkpoint(
-            &checkpoint_dir(run),
+            checkpoint,
             Some(TrainMode::Frozen),
             &crate::model::default_device(),
         )?;

@@ -260,3 +260,71 @@ fn model_writes_titles_and_filtered_pseudo_queries() {
         kept
     );
 }
+
+/// A LoRA checkpoint over a GGUF base holds the adapters and a reference to the base (path,
+/// size, checksum) instead of a 500 MB copy of it; it loads back to the same model, and a base
+/// file that changed is refused by name.
+#[test]
+fn lora_checkpoints_reference_their_gguf_base() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.gguf");
+    std::fs::copy(gguf_path(), &base).unwrap();
+    let w = load_gguf(&base, &dev).unwrap();
+    let mode = TrainMode::Lora(selfret::model::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec![selfret::model::Projection::Q],
+    });
+    let mut b = ModelBundle::from_weights(w, ModelSource::Gguf(base.clone()), mode, &dev).unwrap();
+    // Non-zero adapters, so the check below sees them.
+    for var in b.varmap.all_vars() {
+        let t = var.as_tensor();
+        var.set(&(t.ones_like().unwrap() * 0.01).unwrap()).unwrap();
+    }
+    b.step = 3;
+    let ckpt = dir.path().join("checkpoint");
+    b.save(&ckpt, None, Default::default()).unwrap();
+    assert!(ckpt.join("base.ron").is_file());
+    assert!(
+        !ckpt.join("model.safetensors").exists(),
+        "the base was copied"
+    );
+    let size: u64 = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(size < 20_000_000, "checkpoint of {size} bytes");
+
+    let ids = Tensor::new(&[[1u32, 2, 3, 4]], &dev).unwrap();
+    let logits = |m: &ModelBundle| -> Vec<f32> {
+        m.inference()
+            .unwrap()
+            .next_token_logprobs(&ids, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let re = ModelBundle::load_checkpoint(&ckpt, None, &dev).unwrap();
+    assert_eq!(re.step, 3);
+    let (a, r) = (logits(&b), logits(&re));
+    let diff = a
+        .iter()
+        .zip(&r)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "reloaded model differs by {diff}");
+
+    // A changed base is refused, naming the file.
+    let mut bytes = std::fs::read(&base).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&base, &bytes).unwrap();
+    let e = ModelBundle::load_checkpoint(&ckpt, None, &dev)
+        .err()
+        .expect("a changed base must be refused")
+        .to_string();
+    assert!(e.contains("base.gguf") && e.contains("changed"), "{e}");
+}

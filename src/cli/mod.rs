@@ -538,7 +538,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         },
         &mut || false,
         &mut |q, trace| {
-            if a.traces.is_some() {
+            if a.traces.is_some() && !q.positive_ids.is_empty() {
                 let r = crate::eval::tune::RankRecord::new(q, trace, &corpus);
                 if let Ok(line) = serde_json::to_string(&r) {
                     records.push_str(&line);

@@ -142,8 +142,6 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
     let mut contained = 0usize;
     let mut answered = 0usize;
     let mut latency = 0.0;
-    let mut titles_first = 0usize;
-    let mut titles_known = false;
     let mut in_candidates = 0usize;
     let mut out = Vec::with_capacity(results.len());
     for (q, mut r) in queries.iter().zip(results) {
@@ -157,8 +155,6 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
         lenient.push(rank_of(&r.ranked, lenient_gold));
         r.gold_rank = s;
         in_candidates += s.is_some() as usize;
-        titles_known |= r.title_rank.is_some();
-        titles_first += (r.title_rank == Some(1)) as usize;
         if let Some(a) = &r.answer {
             answered += 1;
             em += exact_match(a, &q.answers) as usize;
@@ -189,9 +185,6 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
             "answer_contained".into(),
             contained as f64 / answered as f64,
         );
-    }
-    if titles_known {
-        m.insert("title@1".into(), titles_first as f64 / n);
     }
     m.insert("gold_in_candidates".into(), in_candidates as f64 / n);
     m.insert("latency_ms".into(), latency / n);

@@ -53,7 +53,16 @@ fn score_with_titles(
     for (q, r) in queries.iter().zip(&mut results) {
         r.title_rank = super::title_rank(corpus, &r.ranked, &q.positive_ids);
     }
-    score(system, queries, results)
+    let mut sys = score(system, queries, results);
+    // Over the scored queries (score leaves the unscorable out).
+    let n = sys.queries.len().max(1) as f64;
+    let first = sys
+        .queries
+        .iter()
+        .filter(|r| r.title_rank == Some(1))
+        .count();
+    sys.metrics.insert("title@1".into(), first as f64 / n);
+    sys
 }
 
 /// Evaluates the baselines over `corpus` and Self-Retrieval over `session` (if any).

@@ -41,11 +41,11 @@ pub struct RankRecord {
 impl RankRecord {
     /// The record of `trace`, the retrieval of query `q` over `corpus`.
     pub fn new(q: &Query, trace: &RetrievalTrace, corpus: &Corpus) -> Self {
-        let gold_titles: Vec<usize> = q
+        let gold_titles: Vec<&str> = q
             .positive_ids
             .iter()
             .filter_map(|g| corpus.index_of(g))
-            .map(|i| corpus.title_of[i])
+            .map(|i| corpus.passages[i].title.as_str())
             .collect();
         RankRecord {
             query_id: q.id.clone(),
@@ -57,7 +57,7 @@ impl RankRecord {
                     norm_prob: t.norm_prob,
                     logprob: t.logprob,
                     trie_logprob: t.trie_logprob,
-                    gold: gold_titles.contains(&t.title_index),
+                    gold: gold_titles.contains(&t.title.as_str()),
                 })
                 .collect(),
             candidates: trace

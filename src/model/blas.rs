@@ -300,8 +300,21 @@ pub fn blas() -> Option<&'static Blas> {
                 .iter()
                 .find_map(|n| Blas::open(n, threads).ok())
                 .or_else(|| {
-                    let fetched = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FETCHED);
-                    Blas::open(&fetched.to_string_lossy(), threads).ok()
+                    // The fetched library: beside the sources the binary was built from, in the
+                    // working directory, or beside the executable.
+                    let exe_dir = std::env::current_exe()
+                        .ok()
+                        .and_then(|e| e.parent().map(|p| p.to_path_buf()));
+                    [
+                        Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+                        Some(".".into()),
+                        exe_dir,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .map(|dir| dir.join(FETCHED))
+                    .filter(|p| p.is_file())
+                    .find_map(|p| Blas::open(&p.to_string_lossy(), threads).ok())
                 }),
         }
     })

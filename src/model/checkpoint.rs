@@ -16,6 +16,87 @@ pub const MANIFEST: &str = "manifest.ron";
 pub const WEIGHTS: &str = "model.safetensors";
 /// LoRA adapter weights alone.
 pub const ADAPTER: &str = "adapter.safetensors";
+/// In place of [`WEIGHTS`] in a LoRA checkpoint over a GGUF file: where the unchanged base is.
+pub const BASE_REF: &str = "base.ron";
+
+/// The frozen base of a LoRA checkpoint, by reference: the file it is read from and that
+/// file's checksum, verified on load (the base is not copied into every checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+impl BaseRef {
+    /// The reference to `path` as it is now.
+    pub fn of(path: &Path) -> Result<Self> {
+        let path = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        Ok(BaseRef {
+            bytes: std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .len(),
+            sha256: sha256_file(&path)?,
+            path,
+        })
+    }
+
+    /// Reads `base.ron` from a checkpoint folder, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let file = dir.join(BASE_REF);
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        ron::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::bad_file(&file, format!("invalid base reference: {e}")))
+    }
+
+    /// Refuses a base file that is missing or not the one the checkpoint was trained on.
+    pub fn verify(&self, checkpoint: &Path) -> Result<()> {
+        let what = |m: &str| {
+            Error::bad_file(
+                checkpoint.join(BASE_REF),
+                format!(
+                    "{m}: the adapters were trained on {} ({} bytes, sha256 {}); put that file back or retrain",
+                    self.path.display(),
+                    self.bytes,
+                    self.sha256
+                ),
+            )
+        };
+        let len = std::fs::metadata(&self.path)
+            .map_err(|_| what("the base model file is missing"))?
+            .len();
+        if len != self.bytes || sha256_file(&self.path)? != self.sha256 {
+            return Err(what("the base model file has changed"));
+        }
+        Ok(())
+    }
+
+    pub fn to_ron(&self) -> String {
+        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).unwrap_or_default()
+    }
+}
+
+/// SHA-256 of a file's bytes, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// What a checkpoint is: how it was made and how to continue from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

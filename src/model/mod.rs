@@ -154,8 +154,15 @@ impl ModelBundle {
                 .map_err(|e| Error::bad_file(tmp.join("tokenizer.json"), e.to_string()))?;
             std::fs::write(tmp.join(MANIFEST), manifest.to_ron())
                 .map_err(|e| Error::io(tmp.join(MANIFEST), e))?;
-            match &self.mode {
-                TrainMode::Lora(_) => {
+            match (&self.mode, &self.source) {
+                // A GGUF base is referenced, not copied: checkpoints hold the adapters alone.
+                (TrainMode::Lora(_), ModelSource::Gguf(path)) => {
+                    let base = checkpoint::BaseRef::of(path)?;
+                    std::fs::write(tmp.join(checkpoint::BASE_REF), base.to_ron())
+                        .map_err(|e| Error::io(tmp.join(checkpoint::BASE_REF), e))?;
+                    checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
+                }
+                (TrainMode::Lora(_), _) => {
                     let base_unchanged = Manifest::read(dir).is_ok_and(|m| {
                         m.source == manifest.source && matches!(m.mode, TrainMode::Lora(_))
                     });
@@ -173,11 +180,23 @@ impl ModelBundle {
         })
     }
 
+    /// The weights a checkpoint folder's model starts from: its own files, or the GGUF base
+    /// its `base.ron` names (verified against the checksum first).
+    fn checkpoint_base(dir: &Path, device: &Device) -> Result<LoadedWeights> {
+        match checkpoint::BaseRef::read(dir)? {
+            Some(base) => {
+                base.verify(dir)?;
+                source::load_weights(&ModelSource::Gguf(base.path.clone()), device, None)
+            }
+            None => source::load_hf_folder(dir, device),
+        }
+    }
+
     /// Loads a checkpoint folder written by [`ModelBundle::save`] (or any HF folder). `mode`
     /// overrides the saved training mode (e.g. `Frozen` to only query); `None` keeps it.
     pub fn load_checkpoint(dir: &Path, mode: Option<TrainMode>, device: &Device) -> Result<Self> {
         let manifest = Manifest::read(dir).ok();
-        let w = source::load_hf_folder(dir, device)?;
+        let w = Self::checkpoint_base(dir, device)?;
         let saved_mode = manifest
             .as_ref()
             .map(|m| m.mode.clone())

@@ -109,7 +109,7 @@ pub fn generate_batch(
     let mut done = vec![false; n];
     // Batch row -> sample; rows of finished samples are dropped from time to time.
     let mut live: Vec<usize> = (0..n).collect();
-    for _ in 0..opts.max_tokens {
+    for step in 0..opts.max_tokens {
         let mut next = Vec::with_capacity(live.len());
         for (row, &i) in live.iter().enumerate() {
             let t = if done[i] {
@@ -134,7 +134,7 @@ pub fn generate_batch(
             next.push(t);
         }
         let still: Vec<usize> = (0..live.len()).filter(|&r| !done[live[r]]).collect();
-        if still.is_empty() {
+        if still.is_empty() || step + 1 == opts.max_tokens {
             break;
         }
         // Dropping rows copies the cache: worth it once a quarter of the batch has finished.

@@ -776,9 +776,10 @@ impl Retriever<'_> {
         // Stage 3: self-assessment of every candidate, in batches across titles that continue
         // the query's cache (each row reads its title again, a few tokens, so that rows of
         // different titles share one batch: far fewer, larger matrix products). Each title keeps
-        // the cache of its most acceptable candidate: the top-ranked passage is always one of
-        // them (S_P is monotone in 1 - P(reject) within a title, whatever tau and delta are), so
-        // the answer continues that cache instead of reading the passage again. A deferred
+        // the cache of its best candidate at these weights: the top-ranked passage is always one
+        // of them (within a title the ranking follows (1 - P(reject)) / delta + w log P_trie,
+        // whatever tau is), so the answer continues that cache instead of reading the passage
+        // again. A deferred
         // title's row also reads the log-probabilities of its auto-completed tokens.
         let t2 = Instant::now();
         let mut best_rows: Vec<Option<(usize, KvCache)>> = vec![None; title_rows.len()];
@@ -805,11 +806,18 @@ impl Retriever<'_> {
                 })
                 .collect();
             let keys: Vec<usize> = trace.candidates.iter().map(|c| c.title_rank).collect();
+            // The passage term in P(reject) units: a title's top-ranked candidate is the one of
+            // least P(reject) - delta x w x log P_trie(passage).
+            let prior: Vec<f64> = trace
+                .candidates
+                .iter()
+                .map(|c| opts.delta * opts.passage_weight * c.passage_logprob)
+                .collect();
             let verdicts = self.verdicts(
                 &prefix_cache,
                 &rows,
                 &extra,
-                &keys,
+                (&keys, &prior),
                 title_rows.len(),
                 &mut trace.timings,
             )?;
@@ -968,15 +976,15 @@ impl Retriever<'_> {
 
     /// P(reject) for each row continuing the (one-row) `cache`; the log-probability of each
     /// `(position, token)` in `extra[i]` within row `i`; and for each key (`keys[i]` < `n_keys`
-    /// labels row `i`) the cache of its row least likely rejected (first on ties), cut to that
-    /// row's own length. Rows run in batches grouped by length ([`length_batches`]),
+    /// labels row `i`) the cache of its best row, the one of least P(reject) - `prior[i]`
+    /// (first on ties; the title's top-ranked candidate), cut to that row's own length. Rows run in batches grouped by length ([`length_batches`]),
     /// right-padded, each read at its own last position (and its extra positions).
     fn verdicts(
         &self,
         cache: &KvCache,
         rows: &[Vec<u32>],
         extra: &[Vec<(usize, u32)>],
-        keys: &[usize],
+        (keys, prior): (&[usize], &[f64]),
         n_keys: usize,
         timings: &mut Timings,
     ) -> Result<Verdicts> {
@@ -1027,9 +1035,10 @@ impl Retriever<'_> {
                 out.p_reject[i] = er / (ea + er);
                 read.push(k);
             }
-            // Least rejected first, the earlier candidate on ties (as the ranking breaks them).
+            // Best first, the earlier candidate on ties (as the ranking breaks them).
             let p_rej = &out.p_reject;
-            let order = |i: usize, j: usize| p_rej[i].total_cmp(&p_rej[j]).then(i.cmp(&j));
+            let key = |i: usize| p_rej[i] - prior.get(i).copied().unwrap_or(0.0);
+            let order = |i: usize, j: usize| key(i).total_cmp(&key(j)).then(i.cmp(&j));
             for k in read {
                 let i = group[k];
                 let Some(slot) = out.best.get_mut(keys[i]) else {

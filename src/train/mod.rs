@@ -175,7 +175,8 @@ pub fn epoch_plan(examples: &[Example], cfg: &TrainConfig, epoch: u64) -> Vec<Ve
     let per_task = task_batches(examples, cfg, &mut rng);
     let mut plan = Vec::new();
     for (task, batches) in per_task {
-        let n = (cfg.mix.weight(task) * batches.len() as f64).round() as usize;
+        // A task with a weight is never left out by rounding.
+        let n = ((cfg.mix.weight(task) * batches.len() as f64).round() as usize).max(1);
         plan.extend(batches.iter().cycle().take(n).cloned());
     }
     plan.shuffle(&mut rng);
@@ -184,7 +185,9 @@ pub fn epoch_plan(examples: &[Example], cfg: &TrainConfig, epoch: u64) -> Vec<Ve
 
 /// Optimiser steps in one epoch ([`epoch_plan`]), for `--epochs`.
 pub fn batches_per_epoch(examples: &[Example], cfg: &TrainConfig) -> usize {
-    epoch_plan(examples, cfg, 0).len() / cfg.grad_accum.max(1)
+    epoch_plan(examples, cfg, 0)
+        .len()
+        .div_ceil(cfg.grad_accum.max(1))
 }
 
 fn task_batches(
@@ -618,7 +621,11 @@ pub fn train(
                 break;
             }
             snapshots.pop();
-            save_to(&snapshot_dir(dir, m), bundle, &opt, on_event)?;
+            // A resumed run's clock starts again: an existing snapshot is kept, not replaced.
+            let snap = snapshot_dir(dir, m);
+            if !snap.exists() {
+                save_to(&snap, bundle, &opt, on_event)?;
+            }
         }
         let periodic = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
         if periodic || control.save_requested() {

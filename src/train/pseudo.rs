@@ -9,7 +9,7 @@ use super::data::Query;
 use crate::corpus::Corpus;
 use crate::error::{Error, Result};
 use crate::model::tokenizer::encode;
-use crate::retrieve::generate::{generate_batch, GenerateOptions};
+use crate::retrieve::generate::{generate_batch, instruction_prompt, GenerateOptions};
 use crate::retrieve::{RetrieveOptions, Retriever};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -103,6 +103,8 @@ fn tidy_question(raw: &str) -> Option<String> {
 
 /// Longest passage excerpt, in tokens, a question prompt carries.
 const EXCERPT_TOKENS: usize = 256;
+/// Passage tokens a prompt keeps at least when cut to its batch's length.
+const MIN_EXCERPT: usize = 48;
 
 /// A question-writing prompt in three token pieces: the instruction and title, the passage
 /// excerpt (cut to a batch's common length), and the cue the question follows.
@@ -114,25 +116,22 @@ struct PromptParts {
 
 impl PromptParts {
     fn new(tok: &tokenizers::Tokenizer, title: &str, text: &str) -> Result<Self> {
-        let chat =
-            tok.token_to_id("<|im_start|>").is_some() && tok.token_to_id("<|im_end|>").is_some();
-        let instruction = format!(
-            "Read the passage and write one short question that it answers.\n\nTitle: {title}\nPassage:"
+        // The model's own prompt format, around a marker where the excerpt goes.
+        const MARK: &str = "\u{1}EXCERPT\u{1}";
+        let prompt = instruction_prompt(
+            tok,
+            &format!(
+                "Read the passage and write one short question that it answers.\n\nTitle: {title}\nPassage:{MARK}"
+            ),
+            "Question:",
         );
-        let (head, tail) = if chat {
-            (
-                format!("<|im_start|>user\n{instruction}"),
-                "<|im_end|>\n<|im_start|>assistant\nQuestion:".to_string(),
-            )
-        } else {
-            (instruction, "\n\nQuestion:".to_string())
-        };
+        let (head, tail) = prompt.split_once(MARK).unwrap_or((prompt.as_str(), ""));
         let mut body = encode(tok, &format!(" {}", text.trim()))?;
         body.truncate(EXCERPT_TOKENS);
         Ok(PromptParts {
-            head: encode(tok, &head)?,
+            head: encode(tok, head)?,
             body,
-            tail: encode(tok, &tail)?,
+            tail: encode(tok, tail)?,
         })
     }
 
@@ -185,7 +184,23 @@ pub fn generate_pseudo_queries(
     // Questions per chosen passage, filled batch by batch in length order.
     let mut written: Vec<Vec<PseudoQuery>> = vec![Vec::new(); chosen.len()];
     let mut done = 0;
-    for group in order.chunks(opts.batch.max(1)) {
+    // Batches of prompts in length order, cut to the batch's shortest; a prompt joins only if
+    // its instruction and cue fit that length with room for some of its passage. At most 64
+    // sample rows decode together (their caches grow with every step).
+    let per_batch = opts.batch.min(64 / opts.per_passage.max(1)).max(1);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &k in &order {
+        let fixed = parts[k].head.len() + parts[k].tail.len();
+        let fits = groups.last().is_some_and(|g| {
+            let shortest = parts[g[0]].len();
+            g.len() < per_batch && fixed + MIN_EXCERPT.min(parts[k].body.len()) <= shortest
+        });
+        match groups.last_mut() {
+            Some(g) if fits => g.push(k),
+            _ => groups.push(vec![k]),
+        }
+    }
+    for group in &groups {
         if progress(done, chosen.len()) {
             break;
         }

@@ -250,12 +250,13 @@ impl TrainControl for RetrievalProbe<'_> {
             corpus: self.corpus,
             trie,
         };
-        let (mut h1, mut h5) = (0usize, 0usize);
+        let (mut h1, mut h5, mut asked) = (0usize, 0usize, 0usize);
         for q in self
             .queries
             .iter()
             .filter(|q| !q.question.trim().is_empty())
         {
+            asked += 1;
             let trace = r.retrieve(&q.question, &RetrieveOptions::light(), &mut |_| {})?;
             let ids = trace.ranked_ids();
             let hit = |k: usize| {
@@ -266,7 +267,7 @@ impl TrainControl for RetrievalProbe<'_> {
             h1 += hit(1) as usize;
             h5 += hit(5) as usize;
         }
-        let n = self.queries.len() as f64;
+        let n = asked.max(1) as f64;
         out.insert("hits@1".into(), h1 as f64 / n);
         out.insert("hits@5".into(), h5 as f64 / n);
         Ok(out)
@@ -335,7 +336,8 @@ pub fn run_index(
             tracing::warn!("no pseudo-query was kept; training without them");
         } else if spec.queries.is_none() {
             spec.queries = Some(path);
-        } else {
+        } else if spec.queries.as_deref() != Some(path.as_path()) {
+            // (A resumed run whose query file already is this file has them once.)
             pseudo_queries = load_queries(&path)?;
         }
     }

@@ -314,3 +314,69 @@ fn examples_without_target_inside_max_len_are_skipped() {
         .iter()
         .all(|(_, t, l)| *t != Task::Assessment && l.is_finite()));
 }
+
+/// Corrupt or missing checkpoints are refused with the reason, never trained over: weight
+/// bytes overwritten behind an intact header (NaN), a manifest that does not parse, and a
+/// resume with nothing to resume from.
+#[test]
+fn corrupt_checkpoints_and_empty_resumes_are_refused() {
+    use selfret::worker::session::{run_index, IndexSpec};
+    let corpus = demo_corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
+    let b = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let good = dir.path().join("good");
+    b.save(&good, None, Default::default()).unwrap();
+
+    // NaN weights: the bytes after the safetensors header set to 0xff.
+    let nan = dir.path().join("nan");
+    std::fs::create_dir_all(&nan).unwrap();
+    for f in std::fs::read_dir(&good).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, nan.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut bytes = std::fs::read(nan.join("model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for x in &mut bytes[8 + header..] {
+        *x = 0xff;
+    }
+    std::fs::write(nan.join("model.safetensors"), &bytes).unwrap();
+    let e = ModelBundle::load_checkpoint(&nan, None, &Device::Cpu)
+        .err()
+        .expect("NaN weights must be refused")
+        .to_string();
+    assert!(
+        e.contains("non-finite") && e.contains("model.safetensors"),
+        "{e}"
+    );
+    // The good checkpoint still loads.
+    assert!(ModelBundle::load_checkpoint(&good, None, &Device::Cpu).is_ok());
+
+    // A manifest that does not parse.
+    std::fs::copy(
+        good.join("model.safetensors"),
+        nan.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(nan.join("manifest.ron"), "(garbage").unwrap();
+    let e = ModelBundle::load_checkpoint(&nan, None, &Device::Cpu)
+        .err()
+        .expect("a garbage manifest must be refused")
+        .to_string();
+    assert!(e.contains("manifest.ron"), "{e}");
+
+    // Resume of a run that has no checkpoint.
+    let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
+    spec.tiny = opts();
+    spec.train.steps = 2;
+    let run = dir.path().join("empty-run");
+    let e = run_index(&spec, &run, true, &mut NoControl, &mut |_| {}, None)
+        .err()
+        .expect("nothing to resume")
+        .to_string();
+    assert!(e.contains("nothing to resume"), "{e}");
+    assert!(
+        !run.join("checkpoint").exists(),
+        "a resume must not start over"
+    );
+}

@@ -217,6 +217,8 @@ pub enum AppCommand {
     /// Save the kept pseudo-queries and train with them.
     SavePseudoQueries,
     GenerateTitles,
+    /// Close the error message.
+    DismissError,
 }
 
 /// Pseudo-queries being reviewed before they are saved as a query file.
@@ -737,6 +739,7 @@ impl SelfretApp {
                 let start = dialogs::start_dir(self.field_text(field));
                 self.dialogs.request(field, start, &self.ctx);
             }
+            AppCommand::DismissError => self.error = None,
         }
     }
 
@@ -776,11 +779,13 @@ impl SelfretApp {
                         }
                         _ => 0.0,
                     };
-                    ui.add(
-                        egui::ProgressBar::new(frac)
-                            .desired_width(160.0)
-                            .text(label.clone()),
-                    );
+                    // A paused run says so (its progress and ETA stand still).
+                    let text = if self.train.paused && self.train.running {
+                        format!("{label}: paused")
+                    } else {
+                        label.clone()
+                    };
+                    ui.add(egui::ProgressBar::new(frac).desired_width(160.0).text(text));
                     if ui.button("Cancel").clicked() {
                         cmds.push(AppCommand::Control(Control::Cancel));
                     }
@@ -791,7 +796,12 @@ impl SelfretApp {
             }
         });
         if let Some(e) = &self.error {
-            ui.colored_label(egui::Color32::from_rgb(200, 60, 60), format!("error: {e}"));
+            ui.horizontal(|ui| {
+                ui.colored_label(egui::Color32::from_rgb(200, 60, 60), format!("error: {e}"));
+                if ui.small_button("Dismiss").clicked() {
+                    cmds.push(AppCommand::DismissError);
+                }
+            });
         }
         if let Some(n) = &self.dialogs.notice {
             ui.weak(n.as_str());

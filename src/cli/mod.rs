@@ -660,9 +660,22 @@ pub fn index(a: IndexArgs) -> Result<()> {
         // Resume with the spec the run was started with.
         let text = std::fs::read_to_string(a.out.join("run.ron"))
             .with_context(|| format!("{}: no run to resume", a.out.display()))?;
-        let m: crate::worker::session::RunManifest =
-            ron::from_str(&text).context("reading run.ron")?;
+        let m: crate::worker::session::RunManifest = ron::from_str(&text).with_context(|| {
+            format!("{}: invalid run manifest", a.out.join("run.ron").display())
+        })?;
+        let stored = m.spec.train.steps;
         spec = m.spec;
+        // A new budget on resume extends or shortens the run (its schedule follows).
+        if let Some(s) = a.steps {
+            spec.train.steps = s;
+            spec.train.epochs = None;
+            eprintln!("resuming with a budget of {s} steps (the run was planned for {stored})");
+        } else if let Some(e) = a.epochs {
+            spec.train.epochs = Some(e);
+            eprintln!(
+                "resuming with a budget of {e} epochs (the run was planned for {stored} steps)"
+            );
+        }
     } else if let Some(e) = a.epochs {
         spec.train.epochs = Some(e);
     }

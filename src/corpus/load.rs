@@ -14,6 +14,8 @@ pub struct LoadOptions {
     pub chunk: ChunkOptions,
     /// Also split JSONL records longer than `chunk.max_words` (ids become `id#n`). Off by
     /// default: JSONL records are usually passages already and evaluation files refer to their ids.
+    /// A record over [`JSONL_HARD_LIMIT`] times `chunk.max_words` is split either way (a
+    /// whole book in one line would otherwise be one passage of a million words).
     pub chunk_jsonl: bool,
     /// Files larger than this are skipped.
     pub max_file_bytes: u64,
@@ -243,7 +245,9 @@ fn load_jsonl(
             .map(crate::prompts::clean)
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| placeholder_title(&text));
-        let pieces = if opts.chunk_jsonl && text.split_whitespace().count() > opts.chunk.max_words {
+        let words = text.split_whitespace().count();
+        let too_long = words > JSONL_HARD_LIMIT * opts.chunk.max_words;
+        let pieces = if (opts.chunk_jsonl || too_long) && words > opts.chunk.max_words {
             chunk_text(&text, opts.chunk)
         } else {
             vec![text]
@@ -267,6 +271,9 @@ fn load_jsonl(
         }
     }
 }
+
+/// See [`LoadOptions::chunk_jsonl`].
+pub const JSONL_HARD_LIMIT: usize = 5;
 
 /// Stand-in title for passages without one: their first words (the model can generate a better
 /// one later).
@@ -337,6 +344,37 @@ fn add_document(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bom_and_crlf_are_accepted_and_a_huge_record_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.jsonl");
+        let huge: Vec<String> = (0..2500).map(|i| format!("word{i}")).collect();
+        let mut bytes = "\u{feff}{\"id\":\"a\",\"title\":\"T\",\"text\":\"first line\"}\r\n"
+            .as_bytes()
+            .to_vec();
+        bytes.extend_from_slice(
+            format!(
+                "{{\"id\":\"big\",\"title\":\"B\",\"text\":\"{}.\"}}\r\n",
+                huge.join(" ")
+            )
+            .as_bytes(),
+        );
+        std::fs::write(&p, bytes).unwrap();
+        let c = load_path(&p, &LoadOptions::default()).unwrap();
+        assert_eq!(c.skipped_count(), 0, "{}", c.load_report(5));
+        assert_eq!(c.passages[0].id, "a");
+        let big: Vec<_> = c
+            .passages
+            .iter()
+            .filter(|p| p.id.starts_with("big#"))
+            .collect();
+        assert!(big.len() >= 12, "{} pieces", big.len());
+        assert!(big
+            .iter()
+            .all(|p| p.words() <= LoadOptions::default().chunk.max_words));
+        assert!(c.load_report(20).starts_with("loaded"));
+    }
 
     #[test]
     fn jsonl_bad_lines_are_skipped_and_named() {

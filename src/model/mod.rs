@@ -195,8 +195,14 @@ impl ModelBundle {
     /// Loads a checkpoint folder written by [`ModelBundle::save`] (or any HF folder). `mode`
     /// overrides the saved training mode (e.g. `Frozen` to only query); `None` keeps it.
     pub fn load_checkpoint(dir: &Path, mode: Option<TrainMode>, device: &Device) -> Result<Self> {
-        let manifest = Manifest::read(dir).ok();
+        // A folder without a manifest is a plain HF folder; a manifest that does not parse is
+        // an error, not a reason to guess.
+        let manifest = match dir.join(MANIFEST).is_file() {
+            true => Some(Manifest::read(dir)?),
+            false => None,
+        };
         let w = Self::checkpoint_base(dir, device)?;
+        refuse_non_finite(&dir.join(WEIGHTS), &w.tensors)?;
         let saved_mode = manifest
             .as_ref()
             .map(|m| m.mode.clone())
@@ -209,6 +215,7 @@ impl ModelBundle {
                     candle_core::safetensors::load(&adapter_path, device).map_err(|e| {
                         Error::bad_file(&adapter_path, format!("unreadable adapter weights: {e}"))
                     })?;
+                refuse_non_finite(&adapter_path, &adapters)?;
                 Self::with_saved_adapters(w, lcfg, adapters, &mode, device)?
             }
             _ => Self::from_weights(w, ModelSource::HfFolder(dir.to_path_buf()), mode, device)?,
@@ -322,6 +329,21 @@ pub fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Refuses weights holding NaN or infinity (overwritten bytes behind an intact header load
+/// "fine" and turn every score into NaN): one pass over each tensor, its sum.
+fn refuse_non_finite(file: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
+    for (name, t) in tensors {
+        let sum = t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        if !sum.is_finite() {
+            return Err(Error::bad_file(
+                file,
+                format!("tensor `{name}` holds non-finite values (NaN or infinity): the file is corrupt; use an earlier checkpoint or retrain"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

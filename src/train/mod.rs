@@ -587,6 +587,16 @@ pub fn train(
             });
         }
         let grads = grads.ok_or_else(|| Error::invalid("no gradients"))?;
+        // A non-finite loss would write NaN weights into the next checkpoint: stop here, the
+        // last checkpoint stays as it was.
+        if !loss_sum.is_finite() {
+            return Err(Error::invalid(format!(
+                "the training loss became {loss_sum} at step {}: training stopped before the \
+                 update, and the last checkpoint (step {start} or later) is kept; lower the \
+                 learning rate or check the data",
+                step + 1
+            )));
+        }
         let grad_norm = opt.step(&grads, lr, cfg.clip)?;
         bundle.step = (step + 1) as u64;
         let elapsed = t0.elapsed().as_secs_f64().max(1e-9);

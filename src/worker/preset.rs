@@ -80,7 +80,12 @@ impl Preset {
         });
         spec.data.target = TargetLength::FirstWords(10);
         spec.train.lr = 5e-4;
-        spec.train.epochs = Some(2.0);
+        // Thorough: one epoch of a large corpus is already ~70 minutes here (NQ, 2,588
+        // passages), after ~40 minutes of question writing.
+        spec.train.epochs = Some(match self {
+            Preset::Quick => 2.0,
+            Preset::Thorough => 1.0,
+        });
         spec.pseudo = Some(PseudoOptions {
             per_passage: match self {
                 Preset::Quick => 8,
@@ -104,7 +109,7 @@ mod tests {
                 let mut spec = IndexSpec::new("c.jsonl".into(), model.clone());
                 preset.apply(&mut spec);
                 assert!(spec.data.sentences_per_passage <= 2);
-                assert!(spec.train.epochs.is_some_and(|e| e >= 2.0));
+                assert!(spec.train.epochs.is_some_and(|e| e >= 1.0));
                 assert_eq!(spec.lora.is_some(), model != ModelSource::Tiny);
                 assert_eq!(spec.pseudo.is_some(), model != ModelSource::Tiny);
             }

@@ -289,7 +289,13 @@ pub fn run_index(
     let report = corpus.load_report(usize::MAX);
     write_atomic(&run.join("load_report.txt"), report.as_bytes())?;
     let ckpt = checkpoint_dir(run);
-    let mut bundle = if resume && ckpt.join("manifest.ron").is_file() {
+    let mut bundle = if resume {
+        if !ckpt.join("manifest.ron").is_file() {
+            return Err(Error::bad_file(
+                &ckpt,
+                "nothing to resume: the run has no checkpoint (manifest.ron is missing); start it without resume",
+            ));
+        }
         ModelBundle::load_checkpoint(&ckpt, None, &device)?
     } else {
         load_base(spec, &corpus, &device, progress)?

@@ -86,3 +86,62 @@ impl PromptCodec {
 pub fn clean(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// Longest passage excerpt, in tokens, a question prompt carries.
+pub const EXCERPT_TOKENS: usize = 256;
+
+/// A question-writing prompt in three token pieces: the instruction and title, the passage
+/// excerpt, and the cue the question follows. The base model writes pseudo-queries after it,
+/// and retrieval reads how likely the user's question is after it (query likelihood), so both
+/// ask the model the same thing.
+#[derive(Debug, Clone)]
+pub struct QuestionPrompt {
+    pub head: Vec<u32>,
+    pub body: Vec<u32>,
+    pub tail: Vec<u32>,
+}
+
+impl QuestionPrompt {
+    pub fn new(tok: &Tokenizer, title: &str, text: &str) -> Result<Self> {
+        // The model's own prompt format, around a marker where the excerpt goes.
+        const MARK: &str = "\u{1}EXCERPT\u{1}";
+        let prompt = crate::retrieve::generate::instruction_prompt(
+            tok,
+            &format!(
+                "Read the passage and write one short question that it answers.\n\nTitle: {}\nPassage:{MARK}",
+                clean(title)
+            ),
+            "Question:",
+        );
+        let (head, tail) = prompt.split_once(MARK).unwrap_or((prompt.as_str(), ""));
+        let mut body = encode(tok, &format!(" {}", text.trim()))?;
+        body.truncate(EXCERPT_TOKENS);
+        Ok(QuestionPrompt {
+            head: encode(tok, head)?,
+            body,
+            tail: encode(tok, tail)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The prompt cut to `len` tokens by shortening the excerpt.
+    pub fn ids(&self, len: usize) -> Vec<u32> {
+        let keep = len.saturating_sub(self.head.len() + self.tail.len());
+        let mut ids = self.head.clone();
+        ids.extend_from_slice(&self.body[..keep.min(self.body.len())]);
+        ids.extend_from_slice(&self.tail);
+        ids
+    }
+
+    /// The whole prompt.
+    pub fn full(&self) -> Vec<u32> {
+        self.ids(self.len())
+    }
+}

@@ -100,6 +100,7 @@ fn untrained_model_returns_only_real_passages() {
             tau: 5.0,
             delta: 0.05,
             passage_weight: 0.5,
+            query_weight: 2.0,
         });
         assert_eq!(t2.candidates.len(), trace.candidates.len());
         assert!(trace.answer.is_some());
@@ -158,6 +159,8 @@ fn trained_tiny_model_retrieves_its_own_sentences() {
         passages: 3,
         assess: false,
         answer: false,
+        // A tiny model knows no language: it is tested on the retrieval pathway alone.
+        likelihood: false,
         ..Default::default()
     };
     let (mut hits, mut total) = (0, 0);
@@ -255,9 +258,11 @@ fn single_item_tries_are_auto_completed() {
     );
     let b = bundle_for(&demo_corpus(), TrainMode::Frozen);
     let s = QuerySession::new(b, corpus.clone()).unwrap();
-    let trace = s
-        .query("lighthouses", &RetrieveOptions::default(), &mut |_| {})
-        .unwrap();
+    let assessed = RetrieveOptions {
+        assess: true,
+        ..Default::default()
+    };
+    let trace = s.query("lighthouses", &assessed, &mut |_| {}).unwrap();
     assert_eq!(trace.titles.len(), 2);
     let mut ids: Vec<&str> = trace.ranked_ids();
     ids.sort();
@@ -330,6 +335,8 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
         titles: 4,
         passages: 4,
         max_answer_tokens: 6,
+        assess: true,
+        likelihood: true,
         ..Default::default()
     };
     for q in [
@@ -392,6 +399,34 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
                 "{}: batched P(reject) {} vs alone {alone}",
                 c.passage_id,
                 c.p_reject
+            );
+            // The query likelihood, batched and right-padded, against its row read alone.
+            let prompt = selfret::prompts::QuestionPrompt::new(tok, &c.title, &c.text).unwrap();
+            let cut = prompt.head.len()
+                + prompt.tail.len()
+                + selfret::retrieve::likelihood::LIKELIHOOD_EXCERPT;
+            let mut ids = prompt.ids(cut.min(prompt.len()));
+            let start = ids.len();
+            let question = selfret::model::tokenizer::encode(tok, &format!(" {q}")).unwrap();
+            ids.extend(&question);
+            let n = ids.len();
+            let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap();
+            let lp =
+                candle_nn::ops::log_softmax(&s.model.forward(&input, None).unwrap(), D::Minus1)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+            let alone: f64 = (start..n)
+                .map(|p| lp[p - 1][ids[p] as usize] as f64)
+                .sum::<f64>()
+                / question.len() as f64;
+            assert!(
+                (alone - c.query_logprob).abs() < 1e-3,
+                "{}: batched query likelihood {} vs alone {alone}",
+                c.passage_id,
+                c.query_logprob
             );
         }
         let top = &trace.ranking[0].passage_id;

@@ -328,3 +328,47 @@ fn lora_checkpoints_reference_their_gguf_base() {
         .to_string();
     assert!(e.contains("base.gguf") && e.contains("changed"), "{e}");
 }
+
+/// The query likelihood reads a language model's understanding: with no training at all,
+/// SmolLM2 finds the demo's new (dev) questions likelier after their own passage than after the
+/// passages of the same and other titles, for most of them.
+#[test]
+fn query_likelihood_of_the_untrained_model_prefers_the_gold_passage() {
+    use selfret::worker::session::QuerySession;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let source = ModelSource::Gguf(gguf_path());
+    let s = QuerySession::open_untrained(&source, &root.join("corpora/ir_history.jsonl"), None)
+        .unwrap();
+    let queries =
+        selfret::train::data::load_queries(&root.join("corpora/ir_history.dev.jsonl")).unwrap();
+    let n = s.corpus.len();
+    let (mut first, mut total) = (0, 0);
+    for q in queries.iter().step_by(4).take(10) {
+        let gold = s.corpus.index_of(&q.positive_ids[0]).unwrap();
+        // The gold passage, its title's neighbours and passages spread over the corpus.
+        let mut cands = vec![gold];
+        for &t in &s.corpus.by_title[s.corpus.title_of[gold]] {
+            if t != gold {
+                cands.push(t);
+            }
+        }
+        for k in 1..5 {
+            let other = (gold + k * n / 5) % n;
+            if !cands.contains(&other) {
+                cands.push(other);
+            }
+        }
+        let r = s.retriever();
+        let ql = r
+            .query_logprobs(r.model, &q.question, &cands, &mut Default::default())
+            .unwrap();
+        assert!(ql.iter().all(|v| v.is_finite() && *v < 0.0), "{ql:?}");
+        let best = (0..ql.len())
+            .max_by(|&a, &b| ql[a].total_cmp(&ql[b]))
+            .unwrap();
+        first += (best == 0) as usize;
+        total += 1;
+    }
+    eprintln!("gold passage likeliest for {first}/{total} questions");
+    assert!(first * 10 >= total * 6, "{first}/{total}");
+}

@@ -67,6 +67,19 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             )
             .on_hover_text("Weight w of the passage's own likelihood: within a title, candidates are ranked by softmax((1 - P(reject)) / delta + w x log P_trie(passage)). 0 is the paper's formula.")
             .changed();
+        changed |= ui
+            .add(
+                egui::Slider::new(&mut app.project.retrieve.query_weight, 0.0..=32.0)
+                    .text("query weight"),
+            )
+            .on_hover_text("Weight q of the query likelihood: how likely the model finds the question after reading each candidate. S = softmax over all candidates of ln(S_T x within-title score) + q x log P(question | passage). 0 leaves it out.")
+            .changed();
+        ui.checkbox(&mut app.project.retrieve.assess, "self-assessment")
+            .on_hover_text("Read the model's own verdict P(reject) for every candidate (the paper's reranking; applies to the next question). Off by default: on new questions it does not separate passages at this model size, the query likelihood does.");
+        ui.checkbox(&mut app.project.retrieve.likelihood, "read query likelihood")
+            .on_hover_text("Read log P(question | passage) for every candidate (one more pass over the candidates; applies to the next question)");
+        ui.checkbox(&mut app.project.retrieve.likelihood_base, "with the base model")
+            .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
     });
     let weights = app.project.retrieve.weights();
     let Some(trace) = app.trace.as_mut() else {
@@ -92,8 +105,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
     }
     let t = &trace.timings;
     ui.weak(format!(
-        "titles {:.0} ms | passages {:.0} ms | assessment {:.0} ms | answer {:.0} ms | {} forward passes over {} token positions",
-        t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
+        "titles {:.0} ms | passages {:.0} ms | assessment {:.0} ms | query likelihood {:.0} ms | answer {:.0} ms | {} forward passes over {} token positions",
+        t.titles_ms, t.passages_ms, t.assess_ms, t.likelihood_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
     ));
     ui.horizontal(|ui| {
         ui.colored_label(CHOSEN, "chosen by the model");
@@ -132,29 +145,33 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     ui.weak(st);
                 }
             });
-            const COLUMNS: [&str; 10] = [
+            const COLUMNS: [&str; 12] = [
                 "rank",
                 "passage",
                 "title",
                 "log P(title)",
                 "log P(passage)",
                 "P(reject)",
+                "log P(question)",
                 "S_T",
                 "S_gen",
                 "S_P",
+                "S_Q",
                 "S",
             ];
-            const HINTS: [&str; 10] = [
+            const HINTS: [&str; 12] = [
                 "Final rank, by S",
                 "Passage id (click to open it)",
                 "The passage's title",
                 "log-probability of the title tokens given the question",
                 "log-probability of the passage among its title's passages (the model's distribution renormalised over what the trie allowed)",
                 "The model's own verdict: probability that the passage cannot answer the question",
+                "Query likelihood: mean log-probability of the question's tokens after the model reads the passage",
                 "Title score: softmax over title beams of the length-normalised title probability / tau",
                 "Passage term: softmax within the title of w x log P(passage)",
                 "Self-assessment term: softmax within the title of (1 - P(reject)) / delta",
-                "Final score: S_T x softmax within the title of ((1 - P(reject)) / delta + w x log P(passage))",
+                "Query-likelihood term: softmax over all candidates of q x log P(question)",
+                "Final score: softmax over candidates of ln(S_T x softmax within the title of ((1 - P(reject)) / delta + w x log P(passage))) + q x log P(question)",
             ];
             let mut rows: Vec<&crate::retrieve::PassageCandidate> =
                 trace.candidates.iter().collect();
@@ -163,10 +180,12 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     3 => trace.titles[c.title_rank].logprob,
                     4 => c.passage_logprob,
                     5 => c.p_reject,
-                    6 => trace.titles[c.title_rank].s_t,
-                    7 => c.s_gen,
-                    8 => c.s_p,
-                    9 => c.s,
+                    6 => c.query_logprob,
+                    7 => trace.titles[c.title_rank].s_t,
+                    8 => c.s_gen,
+                    9 => c.s_p,
+                    10 => c.s_q,
+                    11 => c.s,
                     _ => c.rank as f64,
                 }
             };
@@ -219,9 +238,11 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                         ui.label(format!("{:.3}", trace.titles[c.title_rank].logprob));
                         ui.label(format!("{:.3}", c.passage_logprob));
                         ui.label(format!("{:.3}", c.p_reject));
+                        ui.label(format!("{:.3}", c.query_logprob));
                         ui.label(format!("{:.3}", trace.titles[c.title_rank].s_t));
                         ui.label(format!("{:.3}", c.s_gen));
                         ui.label(format!("{:.3}", c.s_p));
+                        ui.label(format!("{:.3}", c.s_q));
                         ui.label(format!("{:.4}", c.s));
                         ui.end_row();
                     }

@@ -263,14 +263,14 @@ pub struct QueryArgs {
     pub question: String,
     #[command(flatten)]
     pub source: ModelChoice,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TITLES)]
     pub titles: usize,
     #[arg(long, default_value_t = 10)]
     pub passages: usize,
     /// Passages to print.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TAU)]
     pub tau: f64,
     #[arg(long, default_value_t = 0.4)]
     pub delta: f64,
@@ -278,6 +278,20 @@ pub struct QueryArgs {
     /// formula).
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_PASSAGE_WEIGHT)]
     pub passage_weight: f64,
+    /// Weight of the query likelihood (how likely the question is after each candidate
+    /// passage) in the ranking (0: not used).
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_QUERY_WEIGHT)]
+    pub query_weight: f64,
+    /// Do not read the query likelihood (faster; the ranking of the paper and the passage term).
+    #[arg(long)]
+    pub no_likelihood: bool,
+    /// Read the query likelihood with the fine-tuned weights instead of the base model's
+    /// (LoRA runs; the base model reads it by default).
+    #[arg(long)]
+    pub likelihood_tuned: bool,
+    /// Run self-assessment (the paper's P(reject) for every candidate; off by default).
+    #[arg(long)]
+    pub assess: bool,
     /// Print the whole retrieval trace as JSON.
     #[arg(long)]
     pub json: bool,
@@ -350,11 +364,11 @@ pub struct EvalArgs {
     /// Write systems, metrics and per-query results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TITLES)]
     pub titles: usize,
     #[arg(long, default_value_t = 10)]
     pub passages: usize,
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TAU)]
     pub tau: f64,
     #[arg(long, default_value_t = 0.4)]
     pub delta: f64,
@@ -362,6 +376,17 @@ pub struct EvalArgs {
     /// formula).
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_PASSAGE_WEIGHT)]
     pub passage_weight: f64,
+    /// Weight of the query likelihood (how likely the question is after each candidate
+    /// passage) in the ranking (0: not used).
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_QUERY_WEIGHT)]
+    pub query_weight: f64,
+    /// Do not read the query likelihood (faster; the ranking of the paper and the passage term).
+    #[arg(long)]
+    pub no_likelihood: bool,
+    /// Read the query likelihood with the fine-tuned weights instead of the base model's
+    /// (LoRA runs; the base model reads it by default).
+    #[arg(long)]
+    pub likelihood_tuned: bool,
     /// Passage beams as a full beam search inside each title (instead of j first tokens each
     /// finished greedily).
     #[arg(long)]
@@ -370,9 +395,9 @@ pub struct EvalArgs {
     /// `selfret tune`, which searches the ranking weights without the model).
     #[arg(long)]
     pub traces: Option<PathBuf>,
-    /// Skip self-assessment (rank by titles and generation order).
+    /// Run self-assessment (the paper's P(reject) for every candidate; off by default).
     #[arg(long)]
-    pub no_assess: bool,
+    pub assess: bool,
     /// Skip answer generation.
     #[arg(long)]
     pub no_answer: bool,
@@ -406,8 +431,10 @@ pub fn tune(a: TuneArgs) -> Result<()> {
             "paper (tau 0.4, delta 0.4)",
             Setting {
                 weights: crate::retrieve::score::RankWeights {
+                    tau: 0.4,
+                    delta: 0.4,
                     passage_weight: 0.0,
-                    ..defaults.weights()
+                    query_weight: 0.0,
                 },
                 title_term: TitleTerm::NormProb,
                 global_assessment: 0.0,
@@ -432,15 +459,16 @@ pub fn tune(a: TuneArgs) -> Result<()> {
             .then(b.1.hits1.total_cmp(&a.1.hits1))
     });
     println!("{} queries from {}", records.len(), a.traces.display());
-    println!("| setting | title term | tau | delta | passage weight | global assessment | hits@1 | hits@5 | mrr@5 | title@1 | gold in candidates |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| setting | title term | tau | delta | passage weight | query weight | global assessment | hits@1 | hits@5 | mrr@5 | title@1 | gold in candidates |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let row = |name: &str, s: &Setting, m: &crate::eval::tune::TuneMetrics| {
         println!(
-            "| {name} | {:?} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "| {name} | {:?} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
             s.title_term,
             s.weights.tau,
             s.weights.delta,
             s.weights.passage_weight,
+            s.weights.query_weight,
             s.global_assessment,
             m.hits1,
             m.hits5,
@@ -514,8 +542,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             tau: a.tau,
             delta: a.delta,
             passage_weight: a.passage_weight,
+            query_weight: a.query_weight,
+            likelihood: !a.no_likelihood,
+            likelihood_base: !a.likelihood_tuned,
             passage_beam: a.passage_beam,
-            assess: !a.no_assess,
+            assess: a.assess,
             answer: !a.no_answer,
             ..Default::default()
         },
@@ -801,6 +832,10 @@ pub fn query(a: QueryArgs) -> Result<()> {
         tau: a.tau,
         delta: a.delta,
         passage_weight: a.passage_weight,
+        query_weight: a.query_weight,
+        likelihood: !a.no_likelihood,
+        likelihood_base: !a.likelihood_tuned,
+        assess: a.assess,
         ..Default::default()
     };
     let trace = session.query(&a.question, &opts, &mut |_| {})?;

@@ -26,6 +26,8 @@ pub struct CandidateRecord {
     pub title_rank: usize,
     pub p_reject: f64,
     pub passage_logprob: f64,
+    #[serde(default)]
+    pub query_logprob: f64,
     pub gold: bool,
 }
 
@@ -68,6 +70,7 @@ impl RankRecord {
                     title_rank: c.title_rank,
                     p_reject: c.p_reject,
                     passage_logprob: c.passage_logprob,
+                    query_logprob: c.query_logprob,
                     gold: q.positive_ids.contains(&c.passage_id),
                 })
                 .collect(),
@@ -130,6 +133,7 @@ pub fn rank(r: &RankRecord, s: &Setting) -> Vec<(usize, f64)> {
             title: c.title_rank,
             p_reject: c.p_reject,
             passage_logprob: c.passage_logprob,
+            query_logprob: c.query_logprob,
         })
         .collect();
     let (_, scores) = combined_scores(&title_values, &inputs, s.weights);
@@ -188,6 +192,7 @@ pub fn grid() -> Vec<Setting> {
     let temps = [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2];
     let weights = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0];
     let globals = [0.0, 0.25, 0.5, 1.0, 2.0];
+    let query_weights = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
     let mut out = Vec::new();
     for title_term in [
         TitleTerm::NormProb,
@@ -198,15 +203,18 @@ pub fn grid() -> Vec<Setting> {
             for &delta in &temps {
                 for &passage_weight in &weights {
                     for &global_assessment in &globals {
-                        out.push(Setting {
-                            weights: RankWeights {
-                                tau,
-                                delta,
-                                passage_weight,
-                            },
-                            title_term,
-                            global_assessment,
-                        });
+                        for &query_weight in &query_weights {
+                            out.push(Setting {
+                                weights: RankWeights {
+                                    tau,
+                                    delta,
+                                    passage_weight,
+                                    query_weight,
+                                },
+                                title_term,
+                                global_assessment,
+                            });
+                        }
                     }
                 }
             }
@@ -247,6 +255,7 @@ mod tests {
             title_rank,
             p_reject,
             passage_logprob,
+            query_logprob: 0.0,
             gold,
         };
         RankRecord {
@@ -269,6 +278,7 @@ mod tests {
                 tau: 0.4,
                 delta: 0.4,
                 passage_weight: 0.0,
+                query_weight: 0.0,
             },
             title_term: TitleTerm::NormProb,
             global_assessment: 0.0,

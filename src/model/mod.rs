@@ -257,10 +257,9 @@ impl ModelBundle {
         } else {
             VarBuilder::from_tensors(adapters, DType::F32, device)
         };
+        // Kept unmerged even when frozen: the inference copy merges them, and the base stays
+        // available beneath (the query likelihood can read with it).
         model.add_lora(lcfg, vb)?;
-        if !trainable {
-            model = model.for_inference()?;
-        }
         Ok(ModelBundle {
             model,
             varmap,

@@ -6,6 +6,12 @@
 //! trie (the model's distribution renormalised over the tokens the trie allowed, so it is a
 //! distribution over the title's passages). Within a title the candidates are ranked by
 //! softmax((1 - P(reject)) / delta + w x log P_trie(passage)); with w = 0 that is the paper's S_P.
+//!
+//! The query-likelihood term reads the other direction: how likely the model finds the question
+//! after reading the passage (mean log-probability of its tokens, see
+//! [`super::likelihood`]). It is comparable across titles, so it enters over all candidates:
+//! S = softmax over candidates of (ln S_within + q x QL); with q = 0 the ranking above is
+//! unchanged.
 
 /// Numerically stable softmax of `xs / temperature`.
 pub fn softmax_with_temperature(xs: &[f64], temperature: f64) -> Vec<f64> {
@@ -52,6 +58,9 @@ pub struct RankWeights {
     pub delta: f64,
     /// Weight of log P_trie(passage) inside a title (0: the paper's S_P alone).
     pub passage_weight: f64,
+    /// Weight of the query likelihood over all candidates (0: not used).
+    #[serde(default)]
+    pub query_weight: f64,
 }
 
 /// What the ranking needs of one candidate.
@@ -62,6 +71,8 @@ pub struct CandidateInput {
     pub p_reject: f64,
     /// log P_trie(passage | query, title).
     pub passage_logprob: f64,
+    /// Mean log P(question token | passage): the query likelihood (0 when not computed).
+    pub query_logprob: f64,
 }
 
 /// The terms of one candidate's score.
@@ -71,7 +82,10 @@ pub struct CandidateScores {
     pub s_gen: f64,
     /// softmax within the title of (1 - P(reject)) / delta (the paper's S_P).
     pub s_p: f64,
-    /// S_T x softmax within the title of ((1 - P(reject)) / delta + w x log P_trie(passage)).
+    /// softmax over all candidates of q x QL (uniform when q = 0).
+    pub s_q: f64,
+    /// softmax over candidates of ln(S_T x softmax within the title of ((1 - P(reject)) / delta
+    /// + w x log P_trie(passage))) + q x QL.
     pub s: f64,
 }
 
@@ -107,8 +121,26 @@ pub fn combined_scores(
             out[i] = CandidateScores {
                 s_gen: s_gen[k],
                 s_p: s_p[k],
+                s_q: 0.0,
                 s: st * within[k],
             };
+        }
+    }
+    let likelihood: Vec<f64> = candidates
+        .iter()
+        .map(|c| w.query_weight * c.query_logprob)
+        .collect();
+    for (o, q) in out.iter_mut().zip(softmax(&likelihood)) {
+        o.s_q = q;
+    }
+    if w.query_weight != 0.0 {
+        let joint: Vec<f64> = out
+            .iter()
+            .zip(&likelihood)
+            .map(|(o, l)| o.s.max(f64::MIN_POSITIVE).ln() + l)
+            .collect();
+        for (o, s) in out.iter_mut().zip(softmax(&joint)) {
+            o.s = s;
         }
     }
     (s_t, out)
@@ -127,6 +159,7 @@ mod tests {
             title,
             p_reject,
             passage_logprob,
+            query_logprob: 0.0,
         }
     }
 
@@ -135,6 +168,7 @@ mod tests {
             tau,
             delta,
             passage_weight,
+            query_weight: 0.0,
         }
     }
 
@@ -233,5 +267,39 @@ mod tests {
         // Scores within the title still sum to S_T.
         let total: f64 = s.iter().map(|c| c.s).sum();
         assert!(close(total, 1.0));
+    }
+
+    #[test]
+    fn query_likelihood_reorders_across_titles_and_zero_weight_changes_nothing() {
+        // Title 0 is far likelier, but the question is far likelier after title 1's passage.
+        let titles = [0.95, 0.5];
+        let mut cands = [cand(0, 0.5, -0.5), cand(0, 0.5, -1.0), cand(1, 0.5, -0.7)];
+        let ql = [-3.0, -3.2, -1.0];
+        for (c, q) in cands.iter_mut().zip(ql) {
+            c.query_logprob = q;
+        }
+        let base = weights(0.4, 0.4, 0.5);
+        let (_, without) = combined_scores(&titles, &cands, base);
+        let mut plain = cands;
+        for c in plain.iter_mut() {
+            c.query_logprob = 0.0;
+        }
+        let (_, reference) = combined_scores(&titles, &plain, base);
+        // q = 0: the likelihoods are ignored and S is the ranking without them.
+        for (a, b) in without.iter().zip(&reference) {
+            assert!(close(a.s, b.s));
+        }
+        assert!(without[0].s > without[2].s);
+        let with = RankWeights {
+            query_weight: 2.0,
+            ..base
+        };
+        let (_, s) = combined_scores(&titles, &cands, with);
+        assert!(s[2].s > s[0].s && s[0].s > s[1].s);
+        let total: f64 = s.iter().map(|c| c.s).sum();
+        assert!(close(total, 1.0));
+        // S_Q alone: softmax(2 x QL).
+        let z: f64 = ql.iter().map(|q| (2.0 * q).exp()).sum();
+        assert!(close(s[2].s_q, (2.0f64 * -1.0).exp() / z));
     }
 }

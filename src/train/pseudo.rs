@@ -8,8 +8,8 @@
 use super::data::Query;
 use crate::corpus::Corpus;
 use crate::error::{Error, Result};
-use crate::model::tokenizer::encode;
-use crate::retrieve::generate::{generate_batch, instruction_prompt, GenerateOptions};
+use crate::prompts::QuestionPrompt;
+use crate::retrieve::generate::{generate_batch, GenerateOptions};
 use crate::retrieve::{RetrieveOptions, Retriever};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -101,53 +101,8 @@ fn tidy_question(raw: &str) -> Option<String> {
     (clean && (3..=40).contains(&words)).then(|| q.to_string())
 }
 
-/// Longest passage excerpt, in tokens, a question prompt carries.
-const EXCERPT_TOKENS: usize = 256;
 /// Passage tokens a prompt keeps at least when cut to its batch's length.
 const MIN_EXCERPT: usize = 48;
-
-/// A question-writing prompt in three token pieces: the instruction and title, the passage
-/// excerpt (cut to a batch's common length), and the cue the question follows.
-struct PromptParts {
-    head: Vec<u32>,
-    body: Vec<u32>,
-    tail: Vec<u32>,
-}
-
-impl PromptParts {
-    fn new(tok: &tokenizers::Tokenizer, title: &str, text: &str) -> Result<Self> {
-        // The model's own prompt format, around a marker where the excerpt goes.
-        const MARK: &str = "\u{1}EXCERPT\u{1}";
-        let prompt = instruction_prompt(
-            tok,
-            &format!(
-                "Read the passage and write one short question that it answers.\n\nTitle: {title}\nPassage:{MARK}"
-            ),
-            "Question:",
-        );
-        let (head, tail) = prompt.split_once(MARK).unwrap_or((prompt.as_str(), ""));
-        let mut body = encode(tok, &format!(" {}", text.trim()))?;
-        body.truncate(EXCERPT_TOKENS);
-        Ok(PromptParts {
-            head: encode(tok, head)?,
-            body,
-            tail: encode(tok, tail)?,
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.head.len() + self.body.len() + self.tail.len()
-    }
-
-    /// The prompt cut to `len` tokens by shortening the excerpt.
-    fn ids(&self, len: usize) -> Vec<u32> {
-        let keep = len.saturating_sub(self.head.len() + self.tail.len());
-        let mut ids = self.head.clone();
-        ids.extend_from_slice(&self.body[..keep.min(self.body.len())]);
-        ids.extend_from_slice(&self.tail);
-        ids
-    }
-}
 
 /// Writes and filters pseudo-queries with `retriever`'s model over its corpus. Prompts run in
 /// batches of passages of similar length, each cut to its batch's shortest (a few tokens off
@@ -169,11 +124,11 @@ pub fn generate_pseudo_queries(
         ..Default::default()
     };
     let chosen = chosen_passages(corpus.len(), opts.max_passages);
-    let parts: Vec<PromptParts> = chosen
+    let parts: Vec<QuestionPrompt> = chosen
         .iter()
         .map(|&i| {
             let p = &corpus.passages[i];
-            PromptParts::new(tok, &p.title, &p.text)
+            QuestionPrompt::new(tok, &p.title, &p.text)
         })
         .collect::<Result<_>>()?;
     let mut order: Vec<usize> = (0..chosen.len()).collect();

@@ -184,6 +184,7 @@ pub fn mine_negatives(
 ) -> Result<HashMap<String, Vec<String>>> {
     let (codec, trie, model) = retrieval_parts(bundle, corpus)?;
     let r = Retriever {
+        base: None,
         model: &model,
         tokenizer: &bundle.tokenizer,
         codec: &codec,
@@ -244,6 +245,7 @@ impl TrainControl for RetrievalProbe<'_> {
         };
         let model = bundle.inference()?;
         let r = Retriever {
+            base: None,
             model: &model,
             tokenizer: &bundle.tokenizer,
             codec: &codec,
@@ -308,6 +310,7 @@ pub fn run_index(
         if !path.is_file() {
             let (codec, trie, model) = retrieval_parts(&bundle, &corpus)?;
             let r = Retriever {
+                base: None,
                 model: &model,
                 tokenizer: &bundle.tokenizer,
                 codec: &codec,
@@ -425,6 +428,9 @@ pub struct QuerySession {
     pub corpus: Corpus,
     pub codec: PromptCodec,
     pub trie: CorpusTrie,
+    /// The base model without adapters (LoRA runs only), made the first time a query asks for
+    /// it (about as much memory again as the model).
+    base: std::sync::OnceLock<Option<crate::model::Llama>>,
 }
 
 impl QuerySession {
@@ -461,6 +467,7 @@ impl QuerySession {
             corpus,
             codec,
             trie,
+            base: Default::default(),
         })
     }
 
@@ -481,6 +488,7 @@ impl QuerySession {
     /// A retriever over this session's model, corpus and trie.
     pub fn retriever(&self) -> Retriever<'_> {
         Retriever {
+            base: self.base.get().and_then(|b| b.as_ref()),
             model: &self.model,
             tokenizer: &self.bundle.tokenizer,
             codec: &self.codec,
@@ -547,6 +555,25 @@ impl QuerySession {
         opts: &RetrieveOptions,
         progress: &mut dyn FnMut(&RetrievalTrace),
     ) -> Result<RetrievalTrace> {
+        if opts.likelihood && opts.likelihood_base {
+            self.base_model()?;
+        }
         self.retriever().retrieve(q, opts, progress)
+    }
+
+    /// The base model without adapters, made once; None for a model without adapters (its
+    /// fine-tuned weights are all there is).
+    pub fn base_model(&self) -> Result<Option<&crate::model::Llama>> {
+        if self.base.get().is_none() {
+            let base = if self.bundle.model.lora_weights().is_empty() {
+                None
+            } else {
+                let b = self.bundle.model.without_lora().for_inference()?;
+                b.prepare_products()?;
+                Some(b)
+            };
+            let _ = self.base.set(base);
+        }
+        Ok(self.base.get().and_then(|b| b.as_ref()))
     }
 }

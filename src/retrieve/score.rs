@@ -300,6 +300,6 @@ mod tests {
         assert!(close(total, 1.0));
         // S_Q alone: softmax(2 x QL).
         let z: f64 = ql.iter().map(|q| (2.0 * q).exp()).sum();
-        assert!(close(s[2].s_q, (2.0f64 * -1.0).exp() / z));
+        assert!(close(s[2].s_q, (-2.0f64).exp() / z));
     }
 }

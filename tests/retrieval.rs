@@ -41,6 +41,9 @@ fn untrained_model_returns_only_real_passages() {
     let corpus = demo_corpus();
     let s = QuerySession::new(bundle_for(&corpus, TrainMode::Frozen), corpus.clone()).unwrap();
     let (b, codec) = (&s.bundle, &s.codec);
+    // A tiny model reads no language: the entry points leave the query likelihood out for it.
+    assert!(!s.reads_language());
+    assert!(!s.options_for_model(&RetrieveOptions::default()).likelihood);
     let opts = RetrieveOptions {
         titles: 4,
         passages: 3,

@@ -341,6 +341,7 @@ fn query_likelihood_of_the_untrained_model_prefers_the_gold_passage() {
         .unwrap();
     let queries =
         selfret::train::data::load_queries(&root.join("corpora/ir_history.dev.jsonl")).unwrap();
+    assert!(s.reads_language());
     let n = s.corpus.len();
     let (mut first, mut total) = (0, 0);
     for q in queries.iter().step_by(4).take(10) {

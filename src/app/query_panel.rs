@@ -77,7 +77,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
         ui.checkbox(&mut app.project.retrieve.assess, "self-assessment")
             .on_hover_text("Read the model's own verdict P(reject) for every candidate (the paper's reranking; applies to the next question). Off by default: on new questions it does not separate passages at this model size, the query likelihood does.");
         ui.checkbox(&mut app.project.retrieve.likelihood, "read query likelihood")
-            .on_hover_text("Read log P(question | passage) for every candidate (one more pass over the candidates; applies to the next question)");
+            .on_hover_text("Read log P(question | passage) for every candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
         ui.checkbox(&mut app.project.retrieve.likelihood_base, "with the base model")
             .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
     });

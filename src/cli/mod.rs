@@ -555,6 +555,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(crate::eval::dense::default_dir),
     };
+    if let Some(s) = &session {
+        if plan.retrieve.likelihood && !s.reads_language() {
+            eprintln!("a tiny model reads no language: ranking without the query likelihood");
+        }
+    }
     let bar = indicatif::ProgressBar::new(queries.len() as u64);
     let mut records = String::new();
     let systems = crate::eval::run::run_eval(
@@ -838,6 +843,7 @@ pub fn query(a: QueryArgs) -> Result<()> {
         assess: a.assess,
         ..Default::default()
     };
+    let opts = session.options_for_model(&opts);
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&trace)?);

@@ -148,6 +148,7 @@ pub fn run_eval(
         let mut results = Vec::with_capacity(n);
         // (candidate is gold, 1 - P(reject)) over every assessed candidate: the verdict's AUC.
         let mut verdicts: Vec<(bool, f64)> = Vec::new();
+        let opts = s.options_for_model(&plan.retrieve);
         for (k, q) in queries.iter().enumerate() {
             if cancel() {
                 return Err(Error::Cancelled);
@@ -158,7 +159,7 @@ pub fn run_eval(
                 continue;
             }
             results.push(timed(q, || {
-                let trace = s.query(&q.question, &plan.retrieve, &mut |_| {})?;
+                let trace = s.query(&q.question, &opts, &mut |_| {})?;
                 if plan.retrieve.assess && !q.positive_ids.is_empty() {
                     verdicts.extend(
                         trace

@@ -311,6 +311,7 @@ fn run_job(
             let s = session.as_ref().ok_or_else(|| {
                 crate::Error::invalid("no model loaded: train or open a run first")
             })?;
+            let opts = s.options_for_model(&opts);
             let trace = s.query(&text, &opts, &mut |t| {
                 send(Event::Trace {
                     trace: t.clone(),

@@ -561,6 +561,22 @@ impl QuerySession {
         self.retriever().retrieve(q, opts, progress)
     }
 
+    /// Whether the model knows a language to read passages with: a tiny model built from the
+    /// corpus does not (it only memorises the corpus), so its query likelihood would be noise
+    /// weighted into the ranking. The entry points (CLI, app) leave it out for such a model.
+    pub fn reads_language(&self) -> bool {
+        self.bundle.source != ModelSource::Tiny
+    }
+
+    /// The options a query runs with on this model: the query likelihood off for a model that
+    /// does not read (see [`Self::reads_language`]).
+    pub fn options_for_model(&self, opts: &RetrieveOptions) -> RetrieveOptions {
+        RetrieveOptions {
+            likelihood: opts.likelihood && self.reads_language(),
+            ..opts.clone()
+        }
+    }
+
     /// The base model without adapters, made once; None for a model without adapters (its
     /// fine-tuned weights are all there is).
     pub fn base_model(&self) -> Result<Option<&crate::model::Llama>> {

@@ -329,6 +329,20 @@ fn batched_verdicts_and_reused_answer_match_reading_each_passage_alone() {
     check_against_reading_alone(&s, &separate);
 }
 
+/// log P(ids[start..] | ids[..start]) with the whole sequence read in one unbatched pass.
+fn span_logprob_alone(s: &QuerySession, ids: &[u32], start: usize) -> f64 {
+    use candle_core::{Tensor, D};
+    let n = ids.len();
+    let input = Tensor::from_vec(ids.to_vec(), (1, n), &Device::Cpu).unwrap();
+    let lp = candle_nn::ops::log_softmax(&s.model.forward(&input, None).unwrap(), D::Minus1)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    (start..n).map(|p| lp[p - 1][ids[p] as usize] as f64).sum()
+}
+
 fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
     use candle_core::{Tensor, D};
     let tok = &s.bundle.tokenizer;
@@ -359,18 +373,7 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
             let prompt = codec.query(tok, q).unwrap();
             let title: Vec<u32> = t.steps.iter().map(|st| st.token).collect();
             let ids: Vec<u32> = prompt.iter().chain(&title).copied().collect();
-            let n = ids.len();
-            let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap();
-            let lp =
-                candle_nn::ops::log_softmax(&s.model.forward(&input, None).unwrap(), D::Minus1)
-                    .unwrap()
-                    .squeeze(0)
-                    .unwrap()
-                    .to_vec2::<f32>()
-                    .unwrap();
-            let alone: f64 = (prompt.len()..n)
-                .map(|p| lp[p - 1][ids[p] as usize] as f64)
-                .sum();
+            let alone = span_logprob_alone(s, &ids, prompt.len());
             assert!(
                 (alone - t.logprob).abs() < 1e-3,
                 "{}: {} vs alone {alone}",
@@ -412,19 +415,7 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
             let start = ids.len();
             let question = selfret::model::tokenizer::encode(tok, &format!(" {q}")).unwrap();
             ids.extend(&question);
-            let n = ids.len();
-            let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap();
-            let lp =
-                candle_nn::ops::log_softmax(&s.model.forward(&input, None).unwrap(), D::Minus1)
-                    .unwrap()
-                    .squeeze(0)
-                    .unwrap()
-                    .to_vec2::<f32>()
-                    .unwrap();
-            let alone: f64 = (start..n)
-                .map(|p| lp[p - 1][ids[p] as usize] as f64)
-                .sum::<f64>()
-                / question.len() as f64;
+            let alone = span_logprob_alone(s, &ids, start) / question.len() as f64;
             assert!(
                 (alone - c.query_logprob).abs() < 1e-3,
                 "{}: batched query likelihood {} vs alone {alone}",

@@ -256,20 +256,13 @@ pub struct IndexArgs {
     pub seed: u64,
 }
 
-/// Arguments of `query`.
-#[derive(Debug, clap::Args)]
-pub struct QueryArgs {
-    /// The question.
-    pub question: String,
-    #[command(flatten)]
-    pub source: ModelChoice,
+/// Beams and ranking weights, shared by `query` and `eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RankArgs {
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_TITLES)]
     pub titles: usize,
     #[arg(long, default_value_t = 10)]
     pub passages: usize,
-    /// Passages to print.
-    #[arg(long, default_value_t = 5)]
-    pub top: usize,
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_TAU)]
     pub tau: f64,
     #[arg(long, default_value_t = 0.4)]
@@ -292,6 +285,38 @@ pub struct QueryArgs {
     /// Run self-assessment (the paper's P(reject) for every candidate; off by default).
     #[arg(long)]
     pub assess: bool,
+}
+
+impl RankArgs {
+    /// The retrieval options these flags set (the rest at their defaults).
+    pub fn options(&self) -> RetrieveOptions {
+        RetrieveOptions {
+            titles: self.titles,
+            passages: self.passages,
+            tau: self.tau,
+            delta: self.delta,
+            passage_weight: self.passage_weight,
+            query_weight: self.query_weight,
+            likelihood: !self.no_likelihood,
+            likelihood_base: !self.likelihood_tuned,
+            assess: self.assess,
+            ..Default::default()
+        }
+    }
+}
+
+/// Arguments of `query`.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The question.
+    pub question: String,
+    #[command(flatten)]
+    pub source: ModelChoice,
+    /// Passages to print.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[command(flatten)]
+    pub rank: RankArgs,
     /// Print the whole retrieval trace as JSON.
     #[arg(long)]
     pub json: bool,
@@ -364,29 +389,8 @@ pub struct EvalArgs {
     /// Write systems, metrics and per-query results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TITLES)]
-    pub titles: usize,
-    #[arg(long, default_value_t = 10)]
-    pub passages: usize,
-    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TAU)]
-    pub tau: f64,
-    #[arg(long, default_value_t = 0.4)]
-    pub delta: f64,
-    /// Weight of the passage's own likelihood in the ranking within a title (0: the paper's
-    /// formula).
-    #[arg(long, default_value_t = crate::retrieve::DEFAULT_PASSAGE_WEIGHT)]
-    pub passage_weight: f64,
-    /// Weight of the query likelihood (how likely the question is after each candidate
-    /// passage) in the ranking (0: not used).
-    #[arg(long, default_value_t = crate::retrieve::DEFAULT_QUERY_WEIGHT)]
-    pub query_weight: f64,
-    /// Do not read the query likelihood (faster; the ranking of the paper and the passage term).
-    #[arg(long)]
-    pub no_likelihood: bool,
-    /// Read the query likelihood with the fine-tuned weights instead of the base model's
-    /// (LoRA runs; the base model reads it by default).
-    #[arg(long)]
-    pub likelihood_tuned: bool,
+    #[command(flatten)]
+    pub rank: RankArgs,
     /// Passage beams as a full beam search inside each title (instead of j first tokens each
     /// finished greedily).
     #[arg(long)]
@@ -395,9 +399,6 @@ pub struct EvalArgs {
     /// `selfret tune`, which searches the ranking weights without the model).
     #[arg(long)]
     pub traces: Option<PathBuf>,
-    /// Run self-assessment (the paper's P(reject) for every candidate; off by default).
-    #[arg(long)]
-    pub assess: bool,
     /// Skip answer generation.
     #[arg(long)]
     pub no_answer: bool,
@@ -537,18 +538,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .filter(|b| !b.is_empty())
             .collect(),
         retrieve: RetrieveOptions {
-            titles: a.titles,
-            passages: a.passages,
-            tau: a.tau,
-            delta: a.delta,
-            passage_weight: a.passage_weight,
-            query_weight: a.query_weight,
-            likelihood: !a.no_likelihood,
-            likelihood_base: !a.likelihood_tuned,
             passage_beam: a.passage_beam,
-            assess: a.assess,
             answer: !a.no_answer,
-            ..Default::default()
+            ..a.rank.options()
         },
         dense_model: a
             .dense_model
@@ -831,19 +823,7 @@ fn download_bar() -> impl FnMut(&str, u64, u64) {
 /// Runs `query`.
 pub fn query(a: QueryArgs) -> Result<()> {
     let session = a.source.open()?;
-    let opts = RetrieveOptions {
-        titles: a.titles,
-        passages: a.passages,
-        tau: a.tau,
-        delta: a.delta,
-        passage_weight: a.passage_weight,
-        query_weight: a.query_weight,
-        likelihood: !a.no_likelihood,
-        likelihood_base: !a.likelihood_tuned,
-        assess: a.assess,
-        ..Default::default()
-    };
-    let opts = session.options_for_model(&opts);
+    let opts = session.options_for_model(&a.rank.options());
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&trace)?);

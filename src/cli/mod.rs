@@ -831,17 +831,18 @@ pub fn query(a: QueryArgs) -> Result<()> {
     }
     println!("query: {}", trace.query);
     println!(
-        "{:>4}  {:<8}  {:<8}  {:<8}  {:<8}  {:<14}  title",
-        "rank", "S", "S_T", "S_gen", "S_P", "passage"
+        "{:>4}  {:<8}  {:<8}  {:<8}  {:<8}  {:<8}  {:<14}  title",
+        "rank", "S", "S_T", "S_gen", "S_P", "S_Q", "passage"
     );
     for (i, r) in trace.ranking.iter().take(a.top).enumerate() {
         println!(
-            "{:>4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<14}  {}",
+            "{:>4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<14}  {}",
             i + 1,
             r.s,
             r.s_t,
             r.s_gen,
             r.s_p,
+            r.s_q,
             r.passage_id,
             r.title
         );

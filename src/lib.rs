@@ -5,6 +5,7 @@
 //! The engine (everything but `app`) never depends on the GUI toolkit.
 
 pub mod error;
+pub mod kernels;
 pub mod model;
 
 pub use error::{Error, Result};

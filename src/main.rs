@@ -4,9 +4,9 @@ use clap::Parser;
 use selfret::cli::{self, Cli, Command};
 
 fn main() -> anyhow::Result<()> {
-    selfret::model::pin_thread_count();
-    selfret::model::tune_allocator();
-    selfret::model::blas::choose_openblas_kernels();
+    selfret::kernels::pin_thread_count();
+    selfret::kernels::tune_allocator();
+    selfret::kernels::blas_ffi::choose_openblas_kernels();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -109,7 +109,7 @@ fn amx_prefill_matches_f32_products() {
         .unsqueeze(0)
         .unwrap();
     let run = |amx: bool| -> (bool, Vec<Vec<f32>>) {
-        let present = selfret::model::amx::set_enabled(amx);
+        let present = selfret::kernels::amx::set_enabled(amx);
         let model = bundle.inference().unwrap();
         let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
         let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
@@ -117,7 +117,7 @@ fn amx_prefill_matches_f32_products() {
     };
     let (present, with_amx) = run(true);
     let (_, plain) = run(false);
-    selfret::model::amx::set_enabled(true);
+    selfret::kernels::amx::set_enabled(true);
     if !present {
         eprintln!("no AMX on this CPU: both runs used f32 products");
     }

@@ -370,10 +370,10 @@ fn corrupt_checkpoints_and_empty_resumes_are_refused() {
     spec.tiny = opts();
     spec.train.steps = 2;
     let run = dir.path().join("empty-run");
-    let e = run_index(&spec, &run, true, &mut NoControl, &mut |_| {}, None)
-        .err()
-        .expect("nothing to resume")
-        .to_string();
+    let Err(e) = run_index(&spec, &run, true, &mut NoControl, &mut |_| {}, None) else {
+        panic!("a resume without a checkpoint must fail");
+    };
+    let e = e.to_string();
     assert!(e.contains("nothing to resume"), "{e}");
     assert!(
         !run.join("checkpoint").exists(),

@@ -112,11 +112,11 @@ pub fn gemm_gflops() -> Result<f64> {
     let dev = Device::Cpu;
     let a = Tensor::randn(0f32, 1.0, (1024, 576), &dev)?;
     let b = Tensor::randn(0f32, 1.0, (576, 1536), &dev)?;
-    crate::model::blas::matmul(&a, &b, false, false)?;
+    crate::kernels::matmul::matmul(&a, &b, false, false)?;
     let mut s = f64::INFINITY;
     for _ in 0..15 {
         let t = Instant::now();
-        crate::model::blas::matmul(&a, &b, false, false)?;
+        crate::kernels::matmul::matmul(&a, &b, false, false)?;
         s = s.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * 1024.0 * 576.0 * 1536.0 / s / 1e9)
@@ -141,7 +141,7 @@ fn bench_query(a: &BenchArgs) -> Result<()> {
         "\n## query ({} passages; {} queries from nq_open_oracle/dev; matmul {gflops:.0} GFLOP/s; {})",
         session.corpus.len(),
         a.queries,
-        crate::model::blas::backend()
+        crate::kernels::blas_ffi::backend()
     );
     println!("| (i, j) | titles ms | passages ms | assessment ms | answer ms | total ms | model tokens | passes | matrix work alone ms | total / matrix work | FLOPs at peak ms | total / FLOPs at peak |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -267,7 +267,7 @@ fn model_section(a: &BenchArgs, section: &str) -> Result<ModelSource> {
     println!(
         "\n## {section}: {source} ({} threads; {})",
         candle_core::utils::get_num_threads(),
-        crate::model::blas::backend()
+        crate::kernels::blas_ffi::backend()
     );
     println!("| work | shape | median s | tokens/s |");
     println!("|---|---|---|---|");
@@ -368,8 +368,8 @@ fn products_header(shapes: &[(usize, usize)], kernels: &[&str]) {
 }
 
 fn few_row_products(reps: usize) -> Result<()> {
-    use crate::model::{blas, rows};
-    if blas::blas().is_none() {
+    use crate::kernels::{blas_ffi, few_rows};
+    if blas_ffi::blas().is_none() {
         return Ok(());
     }
     let shapes = [(576usize, 1536usize), (1536, 576), (576, 49152)];
@@ -384,27 +384,27 @@ fn few_row_products(reps: usize) -> Result<()> {
             let x = bench_values(m * k, 89);
             let flop = 2.0 * (m * k * n) as f64 / 1e9;
             let s = time(reps.max(5), || {
-                std::hint::black_box(rows::matmul_nt(&x, k, w, k, m, k, n));
+                std::hint::black_box(few_rows::matmul_nt(&x, k, w, k, m, k, n));
                 Ok(())
             })?;
             cells.push(format!("{:.0}", flop / s));
             let s = time(reps.max(5), || {
-                std::hint::black_box(blas::blas_nt(&x, w, m, k, n, false));
+                std::hint::black_box(blas_ffi::blas_nt(&x, w, m, k, n, false));
                 Ok(())
             })?;
             cells.push(format!("{:.0}", flop / s));
         }
         println!("| {m} | {} |", cells.join(" | "));
     }
-    println!("row kernel used up to m = {}", rows::max_rows());
+    println!("row kernel used up to m = {}", few_rows::max_rows());
     Ok(())
 }
 
 /// Large products (prefill, self-assessment, training) on AMX tiles against the f32 BLAS on the
 /// model's shapes, GFLOP/s counted as f32 work (medians). Prints nothing without AMX.
 fn large_products(reps: usize) -> Result<()> {
-    use crate::model::{amx, blas};
-    if blas::blas().is_none() || !amx::available() {
+    use crate::kernels::{amx, blas_ffi, matmul};
+    if blas_ffi::blas().is_none() || !amx::available() {
         println!("\nAMX: not available here (or SELFRET_AMX=off); large products use the BLAS");
         return Ok(());
     }
@@ -418,17 +418,17 @@ fn large_products(reps: usize) -> Result<()> {
             let flop = 2.0 * (m * k * n) as f64 / 1e9;
             for use_amx in [false, true] {
                 let s = time(reps.max(5), || {
-                    std::hint::black_box(blas::blas_nt(&x, &w, m, k, n, use_amx));
+                    std::hint::black_box(blas_ffi::blas_nt(&x, &w, m, k, n, use_amx));
                     Ok(())
                 })?;
                 cells.push(format!("{:.0}", flop / s));
             }
-            let packs = blas::WeightPacks::default();
+            let packs = matmul::WeightPacks::default();
             let xt = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
             let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
-            blas::packed_product(&xt, &wt, true, &packs)?;
+            matmul::packed_product(&xt, &wt, true, &packs)?;
             let s = time(reps.max(5), || {
-                std::hint::black_box(blas::packed_product(&xt, &wt, true, &packs)?);
+                std::hint::black_box(matmul::packed_product(&xt, &wt, true, &packs)?);
                 Ok(())
             })?;
             cells.push(format!("{:.0}", flop / s));

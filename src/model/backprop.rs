@@ -4,22 +4,22 @@
 //! buffer and adds into it, and undoes each transpose and reshape with a copy. At 135M
 //! parameters that bookkeeping cost about as much as the matrix products. Here a training
 //! step keeps only the activations the backward pass reads, runs every product through
-//! [`blas::matmul`](super::blas::matmul) (whichever operand order needs no copy) and every
-//! element-wise part through the [`fused`](super::fused) kernels, and produces each weight's
+//! [`matmul`](crate::kernels::matmul::matmul) (whichever operand order needs no copy) and every
+//! element-wise part through the fused kernels of [`crate::kernels`], and produces each weight's
 //! gradient exactly once. The autograd path stays for other devices and dtypes, and a test
 //! checks the two agree.
 
-use super::blas::{add_matmul, batched_matmul as bmm, matmul, WeightPacks};
-use super::fused;
 use super::llama::{Block, Linear, Llama, RmsNorm};
 use crate::error::{Error, Result};
+use crate::kernels::matmul::{add_matmul, batched_matmul as bmm, matmul, WeightPacks};
+use crate::kernels::{attention, elementwise, loss};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, TensorId};
 use std::collections::HashMap;
 
 /// Whether [`loss_and_grads`] handles this model (f32 weights on the CPU).
 pub fn supported(model: &Llama) -> bool {
-    fused::supported(&model.embed_tokens)
+    crate::kernels::supported(&model.embed_tokens)
 }
 
 /// Gradients keyed by the parameter they belong to, summed when a weight is used twice (tied
@@ -36,7 +36,7 @@ impl Grads {
         }
         let grad = grad()?;
         match self.by_param.get_mut(&param.id()) {
-            Some((_, sum)) => *sum = fused::add(sum, &grad)?,
+            Some((_, sum)) => *sum = elementwise::add(sum, &grad)?,
             None => {
                 self.by_param.insert(param.id(), (param.clone(), grad));
             }
@@ -64,10 +64,12 @@ struct LinearSaved {
 /// `x @ w^T` (`trans_w`) or `x @ w` for a weight that gets no gradient through this product:
 /// on the tiles against its packing when that applies, else through [`matmul`].
 fn weight_product(x: &Tensor, w: &Tensor, trans_w: bool, packs: &WeightPacks) -> Result<Tensor> {
-    Ok(match super::blas::packed_product(x, w, trans_w, packs)? {
-        Some(y) => y,
-        None => matmul(x, &w.detach(), false, trans_w)?,
-    })
+    Ok(
+        match crate::kernels::matmul::packed_product(x, w, trans_w, packs)? {
+            Some(y) => y,
+            None => matmul(x, &w.detach(), false, trans_w)?,
+        },
+    )
 }
 
 fn linear_fwd(l: &Linear, x: &Tensor) -> Result<(Tensor, LinearSaved)> {
@@ -160,30 +162,30 @@ fn layer_fwd(
     let Dims { b, t, nh, nkv, hd } = *d;
     let att = &layer.self_attn;
     let norm = &layer.input_layernorm;
-    let h1 = fused::rms_norm(&x, &norm.weight.detach(), norm.eps)?;
+    let h1 = elementwise::rms_norm(&x, &norm.weight.detach(), norm.eps)?;
     let (q, q_s) = linear_fwd(&att.q_proj, &h1)?;
     let (k, k_s) = linear_fwd(&att.k_proj, &h1)?;
     let (v, v_s) = linear_fwd(&att.v_proj, &h1)?;
-    let qh = fused::rope_to_heads(&q.reshape((b, t, nh, hd))?, cos, sin)?;
-    let kh = fused::rope_to_heads(&k.reshape((b, t, nkv, hd))?, cos, sin)?;
+    let qh = elementwise::rope_to_heads(&q.reshape((b, t, nh, hd))?, cos, sin)?;
+    let kh = elementwise::rope_to_heads(&k.reshape((b, t, nkv, hd))?, cos, sin)?;
     let vh = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
     let rep = nh / nkv;
     let qs = qh.reshape((b, nkv, rep * t, hd))?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let p = fused::causal_softmax(&bmm(&qs, &kh, false, true)?, scale, t, 0)?;
+    let p = attention::causal_softmax(&bmm(&qs, &kh, false, true)?, scale, t, 0)?;
     let y = bmm(&p, &vh, false, false)?
         .reshape((b, nh, t, hd))?
         .transpose(1, 2)?
         .reshape((b * t, nh * hd))?;
     let (o, o_s) = linear_fwd(&att.o_proj, &y)?;
-    let x2 = fused::add(&x, &o)?;
+    let x2 = elementwise::add(&x, &o)?;
     let norm2 = &layer.post_attention_layernorm;
-    let h2 = fused::rms_norm(&x2, &norm2.weight.detach(), norm2.eps)?;
+    let h2 = elementwise::rms_norm(&x2, &norm2.weight.detach(), norm2.eps)?;
     let (g, g_s) = linear_fwd(&layer.mlp.gate_proj, &h2)?;
     let (u, u_s) = linear_fwd(&layer.mlp.up_proj, &h2)?;
-    let a = fused::swiglu(&g, &u)?;
+    let a = elementwise::swiglu(&g, &u)?;
     let (down, down_s) = linear_fwd(&layer.mlp.down_proj, &a)?;
-    let x3 = fused::add(&x2, &down)?;
+    let x3 = elementwise::add(&x2, &down)?;
     Ok((
         x3,
         LayerSaved {
@@ -222,14 +224,14 @@ fn layer_bwd(
     let rep = nh / nkv;
     let mlp = &layer.mlp;
     let da = linear_bwd(&mlp.down_proj, &s.down, &dx3, grads, true)?.ok_or_else(missing)?;
-    let (dg, du) = fused::swiglu_grad(&s.g, &s.u, &da)?;
-    let dh2 = fused::add(
+    let (dg, du) = elementwise::swiglu_grad(&s.g, &s.u, &da)?;
+    let dh2 = elementwise::add(
         &linear_bwd(&mlp.gate_proj, &s.gate, &dg, grads, true)?.ok_or_else(missing)?,
         &linear_bwd(&mlp.up_proj, &s.up, &du, grads, true)?.ok_or_else(missing)?,
     )?;
     let norm2 = &layer.post_attention_layernorm;
     let dx2_norm = norm_bwd(norm2, &s.x2, &dh2, grads)?;
-    let dx2 = fused::add(&dx3, &dx2_norm)?;
+    let dx2 = elementwise::add(&dx3, &dx2_norm)?;
 
     let att = &layer.self_attn;
     let dy = linear_bwd(&att.o_proj, &s.o, &dx2, grads, true)?.ok_or_else(missing)?;
@@ -240,11 +242,11 @@ fn layer_bwd(
         .reshape((b, nkv, rep * t, hd))?;
     let dp = bmm(&dys, &s.vh, false, true)?;
     let dvh = bmm(&s.p, &dys, true, false)?;
-    let ds = fused::causal_softmax_grad(&s.p, &dp, 1.0 / (hd as f64).sqrt())?;
+    let ds = attention::causal_softmax_grad(&s.p, &dp, 1.0 / (hd as f64).sqrt())?;
     let dqs = bmm(&ds, &s.kh, false, false)?.reshape((b, nh, t, hd))?;
     let dkh = bmm(&ds, &s.qs, true, false)?;
-    let dq = fused::rope_from_heads(&dqs, cos, sin)?.reshape((b * t, nh * hd))?;
-    let dk = fused::rope_from_heads(&dkh, cos, sin)?.reshape((b * t, nkv * hd))?;
+    let dq = elementwise::rope_from_heads(&dqs, cos, sin)?.reshape((b * t, nh * hd))?;
+    let dk = elementwise::rope_from_heads(&dkh, cos, sin)?.reshape((b * t, nkv * hd))?;
     let dv = dvh
         .transpose(1, 2)?
         .contiguous()?
@@ -257,12 +259,12 @@ fn layer_bwd(
         linear_bwd(&att.v_proj, &s.v, &dv, grads, need_dh1)?,
     ];
     let dh1 = match dh1 {
-        [Some(a), Some(b), Some(c)] => fused::add(&fused::add(&a, &b)?, &c)?,
+        [Some(a), Some(b), Some(c)] => elementwise::add(&elementwise::add(&a, &b)?, &c)?,
         _ => return Ok(None),
     };
     let dx_norm = norm_bwd(norm, &s.x, &dh1, grads)?;
     Ok(if need_dx {
-        Some(fused::add(&dx2, &dx_norm)?)
+        Some(elementwise::add(&dx2, &dx_norm)?)
     } else {
         None
     })
@@ -271,7 +273,7 @@ fn layer_bwd(
 /// The input gradient of an RMSNorm, accumulating its gain's gradient when it is trained.
 fn norm_bwd(norm: &RmsNorm, x: &Tensor, dy: &Tensor, grads: &mut Grads) -> Result<Tensor> {
     let trained = norm.weight.is_variable();
-    let (dx, dw) = fused::rms_norm_grad(x, &norm.weight.detach(), dy, norm.eps, trained)?;
+    let (dx, dw) = elementwise::rms_norm_grad(x, &norm.weight.detach(), dy, norm.eps, trained)?;
     if let Some(dw) = dw {
         grads.add(&norm.weight, || Ok(dw))?;
     }
@@ -317,12 +319,12 @@ pub fn loss_and_grads(
         x = next;
     }
     let norm = &model.norm;
-    let hn = fused::rms_norm(&x, &norm.weight.detach(), norm.eps)?;
+    let hn = elementwise::rms_norm(&x, &norm.weight.detach(), norm.eps)?;
     let pos = Tensor::new(positions, dev)?;
     let picked = hn.index_select(&pos, 0)?;
     let head = model.lm_head.as_ref().unwrap_or(embed);
     let logits = weight_product(&picked, head, true, &model.head_packs)?;
-    let (loss, dlogits) = fused::cross_entropy_with_grad(&logits, targets, seed)?;
+    let (loss, dlogits) = loss::cross_entropy_with_grad(&logits, targets, seed)?;
     drop(logits);
 
     let mut grads = Grads::default();

@@ -1,6 +1,7 @@
 //! A llama-family decoder (llama, qwen2, mistral, SmolLM2, TinyLlama) written on candle, trainable
-//! (weights may be `Var`s, LoRA adapters may be attached) and fast at inference (fused kernels and
-//! a KV cache that a beam search can fork and reorder).
+//! (weights may be `Var`s, LoRA adapters may be attached) and fast at inference (the kernels of
+//! [`crate::kernels`], each op one entry point that picks its own path, and a KV
+//! cache that a beam search can fork and reorder).
 //!
 //! Weight names follow Hugging Face safetensors keys (`model.layers.0.self_attn.q_proj.weight`), so
 //! a checkpoint saved here loads in any llama implementation and vice versa.
@@ -8,7 +9,8 @@
 use super::config::Config;
 use super::lora::{LoraAdapter, LoraConfig, Projection};
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor, D};
+use crate::kernels::{attention, elementwise, matmul};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 /// A linear projection `y = x W^T (+ b)`, optionally with a low-rank adapter `+ scale * x A^T B^T`.
@@ -24,7 +26,7 @@ pub struct Linear {
     /// that way.
     pub weight_t: Option<Tensor>,
     /// The weight packed for AMX tiles, made on first use when the weight is frozen.
-    pub packs: super::blas::WeightPacks,
+    pub packs: matmul::WeightPacks,
 }
 
 impl Linear {
@@ -52,13 +54,7 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let x2 = x.reshape((rows, in_dim))?;
-        let packed = super::blas::packed_product(&x2, &self.weight, true, &self.packs)?;
-        let mut y = match (packed, &self.weight_t) {
-            (Some(y), _) => y,
-            // candle's gemm wants the contiguous transposed copy; BLAS takes either layout.
-            (None, Some(wt)) if super::blas::blas().is_none() => x2.matmul(wt)?,
-            (None, _) => super::frozen::linear_2d(&x2, &self.weight)?,
-        };
+        let mut y = matmul::project(&x2, &self.weight, self.weight_t.as_ref(), &self.packs)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -80,7 +76,7 @@ impl Linear {
     }
 
     fn detached_merged(&self) -> Result<Self> {
-        if super::blas::blas().is_some() {
+        if !matmul::prefers_transposed_weights() {
             // BLAS and the few-row kernel read the (out, in) weight directly. A training
             // variable is copied: the inference copy (and its packing) must not change when
             // training steps on.
@@ -172,22 +168,8 @@ impl RmsNorm {
         })
     }
 
-    /// On the CPU in f32 one fused kernel (with its own backward pass); elsewhere candle's kernel
-    /// when `fused` (no backward pass), or basic differentiable ops.
-    pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        if super::fused::supported(x) {
-            return Ok(super::fused::rms_norm(x, &self.weight, self.eps)?);
-        }
-        if fused {
-            return Ok(candle_nn::ops::rms_norm(
-                &x.contiguous()?,
-                &self.weight,
-                self.eps as f32,
-            )?);
-        }
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(elementwise::rms_norm(x, &self.weight, self.eps)?)
     }
 }
 
@@ -233,28 +215,9 @@ impl Rotary {
 
     /// Rotates projections `x` of shape (batch, seq, heads, head_dim) for positions
     /// `offset..offset+seq` and returns them as (batch, heads, seq, head_dim).
-    pub fn apply_to_heads(&self, x: &Tensor, offset: usize, fused: bool) -> Result<Tensor> {
-        if super::fused::supported(x) {
-            let (cos, sin) = self.tables(offset, x.dim(1)?)?;
-            return Ok(super::fused::rope_to_heads(x, &cos, &sin)?);
-        }
-        self.apply(&x.transpose(1, 2)?, offset, fused)
-    }
-
-    /// Rotates `x` of shape (batch, heads, seq, head_dim) for positions `offset..offset+seq`.
-    pub fn apply(&self, x: &Tensor, offset: usize, fused: bool) -> Result<Tensor> {
-        let (_, _, t, d) = x.dims4()?;
-        let (cos, sin) = self.tables(offset, t)?;
-        if fused {
-            return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?);
-        }
-        let half = d / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
-        let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
-        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    pub fn apply_to_heads(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (cos, sin) = self.tables(offset, x.dim(1)?)?;
+        Ok(elementwise::rope_to_heads(x, &cos, &sin)?)
     }
 }
 
@@ -381,7 +344,6 @@ impl Attention {
         offset: usize,
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
-        fused: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -389,8 +351,8 @@ impl Attention {
         let q = q.reshape((b, t, nh, hd))?;
         let k = k.reshape((b, t, nkv, hd))?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let q = rotary.apply_to_heads(&q, offset, fused)?;
-        let k = rotary.apply_to_heads(&k, offset, fused)?;
+        let q = rotary.apply_to_heads(&q, offset)?;
+        let k = rotary.apply_to_heads(&k, offset)?;
         let v = v.contiguous()?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v)?,
@@ -401,58 +363,8 @@ impl Attention {
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        if fused && t == 1 && super::fused::supported(&q) {
-            // Beam decoding: the new position attends to every cached one, in one kernel.
-            let y = super::fused::decode_attention(&q, &k, &v, scale)?;
-            return self.o_proj.forward(&y.reshape((b, 1, nh * hd))?);
-        }
-        // Inference prefill: blocks of query positions against the keys they see, through BLAS.
-        let blocked = match fused && t > 1 && super::fused::supported(&q) {
-            true => super::blas::causal_attention(&q, &k, &v, scale, t)?,
-            false => None,
-        };
-        let y = match blocked {
-            Some(y) => y,
-            None => self
-                .products_attention(&q, &k, &v, scale, t, mask, fused)?
-                .reshape((b, nh, t, hd))?
-                .transpose(1, 2)?
-                .reshape((b, t, nh * hd))?,
-        };
+        let y = attention::attention(&q, &k, &v, scale, t, mask)?;
         self.o_proj.forward(&y)
-    }
-
-    /// Attention as two products around a softmax: (b, nkv, rep*t, hd) queries against keys
-    /// and values (b, nkv, s, hd); training and the devices without the blocked kernel.
-    #[allow(clippy::too_many_arguments)]
-    fn products_attention(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        scale: f64,
-        t: usize,
-        mask: Option<&Tensor>,
-        fused: bool,
-    ) -> Result<Tensor> {
-        // Inference prefill: one BLAS product per head instead of candle's batched gemm.
-        let per_head_blas = fused && t > 1 && super::fused::supported(q);
-        let s = k.dim(2)?;
-        let scores = if per_head_blas {
-            super::blas::batched_matmul(q, k, false, true)?
-        } else {
-            q.matmul(&k.t()?)?
-        };
-        let att = if super::fused::supported(&scores) {
-            super::fused::causal_softmax(&scores, scale, t, s - t)?
-        } else {
-            self.masked_softmax(scores, scale, mask, fused)?
-        };
-        Ok(if per_head_blas {
-            super::blas::batched_matmul(&att, v, false, false)?
-        } else {
-            att.matmul(v)?
-        }) // (b, nkv, rep*t, hd)
     }
 
     /// Queries, keys and values for `x` (b, t, hidden).
@@ -461,7 +373,7 @@ impl Attention {
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // Few rows (decoding): one pass of the threads over the stacked weight. Many rows: the
         // separate products, whose outputs need no copying apart.
-        let few_rows = b * t <= super::rows::max_rows();
+        let few_rows = matmul::is_few_rows(b * t);
         Ok(match &self.qkv {
             Some(stacked) if few_rows => {
                 let y = stacked.forward(x)?;
@@ -476,32 +388,6 @@ impl Attention {
                 self.k_proj.forward(x)?,
                 self.v_proj.forward(x)?,
             ),
-        })
-    }
-
-    /// Scaled, masked softmax from basic ops, for devices and dtypes the fused kernel lacks.
-    fn masked_softmax(
-        &self,
-        scores: Tensor,
-        scale: f64,
-        mask: Option<&Tensor>,
-        fused: bool,
-    ) -> Result<Tensor> {
-        let (b, nkv, rows, s) = scores.dims4()?;
-        let rep = self.n_heads / self.n_kv_heads;
-        let t = rows / rep;
-        let att = (scores * scale)?;
-        let att = match mask {
-            Some(m) => att
-                .reshape((b, nkv, rep, t, s))?
-                .broadcast_add(m)?
-                .reshape((b, nkv, rep * t, s))?,
-            None => att,
-        };
-        Ok(if fused {
-            candle_nn::ops::softmax_last_dim(&att)?
-        } else {
-            candle_nn::ops::softmax(&att, D::Minus1)?
         })
     }
 }
@@ -528,24 +414,14 @@ impl Mlp {
         })
     }
 
-    /// The stacked gate/up projection, when this copy has one and the activation can read it.
-    fn stacked_for(&self, x: &Tensor) -> Option<&Linear> {
-        self.gate_up.as_ref().filter(|_| super::fused::supported(x))
-    }
-
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(stacked) = self.stacked_for(x) {
+        if let Some(stacked) = &self.gate_up {
             // One product for both halves, read in place by the activation.
             let y = stacked.forward(x)?;
-            return self.down_proj.forward(&super::fused::swiglu_stacked(&y)?);
+            return self.down_proj.forward(&elementwise::swiglu_stacked(&y)?);
         }
         let (g, u) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
-        let a = if super::fused::supported(&g) {
-            super::fused::swiglu(&g, &u)?
-        } else {
-            (g.silu()? * u)?
-        };
-        self.down_proj.forward(&a)
+        self.down_proj.forward(&elementwise::swiglu(&g, &u)?)
     }
 }
 
@@ -611,10 +487,8 @@ pub struct Llama {
     /// `None` when the output projection is tied to the embedding matrix.
     pub lm_head: Option<Tensor>,
     pub(crate) rotary: Rotary,
-    /// Fused kernels are used when no gradient is needed (inference copies).
-    fused: bool,
     /// The output projection packed for AMX tiles, when it is frozen.
-    pub(crate) head_packs: super::blas::WeightPacks,
+    pub(crate) head_packs: matmul::WeightPacks,
 }
 
 impl Llama {
@@ -645,7 +519,6 @@ impl Llama {
             norm,
             lm_head,
             rotary,
-            fused: false,
             head_packs: Default::default(),
         })
     }
@@ -658,7 +531,7 @@ impl Llama {
     /// Final-norm hidden states (batch, seq, hidden) for token ids (batch, seq). With a cache, the
     /// ids continue the cached sequences (all rows have the same cached length).
     pub fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        super::on_pool(|| self.hidden_here(ids, cache))
+        crate::kernels::on_pool(|| self.hidden_here(ids, cache))
     }
 
     fn hidden_here(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
@@ -668,24 +541,22 @@ impl Llama {
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.config.hidden_size))?;
-        // CPU f32 attention masks inside its softmax kernels; other devices add a mask.
-        let mask = if t > 1 && !super::fused::supported(&x) {
-            Some(causal_mask(t, offset, self.device())?)
+        let mask = if t > 1 && attention::needs_mask(&x) {
+            Some(attention::causal_mask(t, offset, self.device())?)
         } else {
             None
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x, self.fused)?;
+            let h = layer.input_layernorm.forward(&x)?;
             let c = cache.as_deref_mut().map(|c| (c, i));
-            let a =
-                layer
-                    .self_attn
-                    .forward(&h, &self.rotary, offset, mask.as_ref(), c, self.fused)?;
-            x = super::fused::add(&x, &a)?;
-            let h = layer.post_attention_layernorm.forward(&x, self.fused)?;
-            x = super::fused::add(&x, &layer.mlp.forward(&h)?)?;
+            let a = layer
+                .self_attn
+                .forward(&h, &self.rotary, offset, mask.as_ref(), c)?;
+            x = elementwise::add(&x, &a)?;
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            x = elementwise::add(&x, &layer.mlp.forward(&h)?)?;
         }
-        self.norm.forward(&x, self.fused)
+        self.norm.forward(&x)
     }
 
     /// Vocabulary logits for hidden states of any leading shape: applied only where needed, since
@@ -696,10 +567,7 @@ impl Llama {
         let h = dims[dims.len() - 1];
         let rows = hidden.elem_count() / h;
         let x = hidden.reshape((rows, h))?;
-        let y = match super::blas::packed_product(&x, w, true, &self.head_packs)? {
-            Some(y) => y,
-            None => super::frozen::linear_2d(&x, w)?,
-        };
+        let y = matmul::project(&x, w, None, &self.head_packs)?;
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.config.vocab_size;
@@ -718,14 +586,14 @@ impl Llama {
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
         let logits = self.logits(&last)?;
-        Ok(super::fused::log_softmax(&logits)?)
+        Ok(crate::kernels::loss::log_softmax(&logits)?)
     }
 
     /// Runs only the projections that a forward pass over `rows` positions makes (`logit_rows` of
     /// them onto the vocabulary), through the same product paths and weights, on placeholder
     /// activations: the matrix work alone, which `bench query` measures a query against.
     pub fn matrix_work(&self, rows: usize, logit_rows: usize) -> Result<()> {
-        super::on_pool(|| {
+        crate::kernels::on_pool(|| {
             let cfg = &self.config;
             let dev = self.device();
             let placeholder = |cols: usize| Tensor::full(0.01f32, (1, rows, cols), dev);
@@ -736,7 +604,7 @@ impl Llama {
                 layer.self_attn.project_qkv(&x)?;
                 layer.self_attn.o_proj.forward(&heads)?;
                 let mlp = &layer.mlp;
-                match mlp.stacked_for(&x) {
+                match &mlp.gate_up {
                     Some(stacked) => {
                         stacked.forward(&x)?;
                     }
@@ -758,11 +626,10 @@ impl Llama {
     /// matrix work of the smallest pass that takes the packed path, so the first query after
     /// loading does not pay for the packing (about 0.3 s for the 135M model).
     pub fn prepare_products(&self) -> Result<()> {
-        if !super::amx::available() {
-            return Ok(());
+        match matmul::packed_rows() {
+            Some(rows) => self.matrix_work(rows, rows),
+            None => Ok(()),
         }
-        let rows = super::rows::max_rows() + 1;
-        self.matrix_work(rows, rows)
     }
 
     /// An empty KV cache sized for this model.
@@ -789,10 +656,10 @@ impl Llama {
     }
 
     /// An inference copy: adapters merged into the base weights, everything detached from autograd
-    /// (so KV caches hold no graph) and fused kernels on. Shares storage with unadapted weights.
+    /// (so KV caches hold no graph, and the kernels take their inference paths). Shares storage
+    /// with unadapted weights.
     pub fn for_inference(&self) -> Result<Llama> {
         let mut m = self.clone();
-        m.fused = true;
         // Training variables are copied, so the inference copy stays as it is now.
         let snapshot = |t: &Tensor| -> Result<Tensor> {
             Ok(if t.is_variable() {
@@ -878,21 +745,4 @@ impl Llama {
         }
         out
     }
-}
-
-/// Additive causal mask (seq, offset + seq): position i may see keys 0..=offset+i.
-pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
-    let s = offset + t;
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..s).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(data, (t, s), device)?)
 }

@@ -98,10 +98,10 @@ impl LoraAdapter {
 
     /// The adapter's contribution for 2-D input rows (rows, in).
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
-        let low = super::blas::matmul(x, &self.a, false, true)?;
+        let low = crate::kernels::matmul::matmul(x, &self.a, false, true)?;
         // Scaling the (out, rank) factor costs nothing next to scaling the (rows, out) result.
         let b = (&self.b * self.scale)?;
-        Ok(super::blas::matmul(&low, &b, false, true)?)
+        Ok(crate::kernels::matmul::matmul(&low, &b, false, true)?)
     }
 
     /// The full-size weight update `scale * B A`, detached.

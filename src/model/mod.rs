@@ -1,18 +1,13 @@
 //! The language model: a trainable llama-family decoder, its tokenizer, where it comes from and
 //! how it is saved.
 
-pub mod amx;
 pub mod backprop;
-pub mod blas;
 pub mod checkpoint;
 pub mod config;
-pub mod frozen;
-pub mod fused;
 pub mod hub;
 pub mod llama;
 pub mod lora;
 pub mod pretok;
-pub mod rows;
 pub mod source;
 pub mod tiny;
 pub mod tokenizer;
@@ -277,59 +272,6 @@ impl ModelBundle {
     }
 }
 
-/// Fixes, once at start-up, how many threads candle's matmuls use. Left unset, candle works the
-/// number out on every matmul, and on Linux that reads /proc/cpuinfo each time (~80 us here,
-/// ~270 matmuls per decoding step of the 135M model). Call before any other thread starts: it
-/// sets `RAYON_NUM_THREADS` to the count candle would have chosen, unless the user set it.
-pub fn pin_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
-}
-
-/// Runs `f` on a thread of rayon's pool (at once when already on one).
-///
-/// A parallel loop started from outside the pool hands its work to the pool and puts the caller
-/// to sleep until the pool is done: two thread wake-ups per loop, and a forward pass runs a few
-/// hundred loops. Started on a pool thread, the loop runs partly on the caller itself, and the
-/// other threads join in as they wake.
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
-    }
-}
-
-/// Keeps freed memory in the process for reuse, once at start-up (glibc only).
-///
-/// glibc hands every block over 32 MB (logits, embedding gradients, optimiser moments) straight
-/// back to the kernel when freed, and each training step then pays for the kernel zeroing fresh
-/// pages for the same sizes again: a quarter of a full fine-tuning step here. With one arena, no
-/// mmap'd blocks and no trimming, the heap is reused; [`release_memory`] gives it back when a
-/// long job ends. Call before any other thread starts.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-    }
-}
-
-/// Returns the heap's free memory to the system, after a job whose peak will not come back soon
-/// (training, evaluation), since [`tune_allocator`] keeps it otherwise.
-pub fn release_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Refuses weights holding NaN or infinity (overwritten bytes behind an intact header load
 /// "fine" and turn every score into NaN): one pass over each tensor, its sum.
 fn refuse_non_finite(file: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
@@ -343,22 +285,4 @@ fn refuse_non_finite(file: &Path, tensors: &HashMap<String, candle_core::Tensor>
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    /// Work handed to `on_pool` from an outside thread runs on a pool thread and returns its
-    /// value; from a pool thread it runs in place.
-    #[test]
-    fn on_pool_runs_on_a_pool_thread() {
-        assert!(rayon::current_thread_index().is_none());
-        let (index, value) = super::on_pool(|| (rayon::current_thread_index(), 6 * 7));
-        assert!(index.is_some());
-        assert_eq!(value, 42);
-        let nested = super::on_pool(|| {
-            let outer = rayon::current_thread_index();
-            super::on_pool(move || rayon::current_thread_index() == outer)
-        });
-        assert!(nested);
-    }
 }

@@ -73,7 +73,9 @@ impl Retriever<'_> {
             let picked = hidden
                 .reshape((group.len() * max, h))?
                 .index_select(&idx, 0)?;
-            let lp = rows_to_vecs(&crate::model::fused::log_softmax(&reader.logits(&picked)?)?)?;
+            let lp = rows_to_vecs(&crate::kernels::loss::log_softmax(
+                &reader.logits(&picked)?,
+            )?)?;
             for (k, &i) in group.iter().enumerate() {
                 let sum: f64 = (0..q)
                     .map(|j| lp[k * q + j][question[j] as usize] as f64)

@@ -1018,7 +1018,7 @@ impl Retriever<'_> {
         } else {
             let idx = Tensor::new(picks.as_slice(), self.model.device())?;
             let picked = hidden.reshape((n * max, h))?.index_select(&idx, 0)?;
-            rows_to_vecs(&crate::model::fused::log_softmax(
+            rows_to_vecs(&crate::kernels::loss::log_softmax(
                 &self.model.logits(&picked)?,
             )?)?
         }

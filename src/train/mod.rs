@@ -300,8 +300,8 @@ pub fn batch_loss(
         .reshape((input.elem_count(), h))?
         .index_select(&pos, 0)?;
     let logits = model.logits(&picked)?;
-    if crate::model::fused::supported(&logits) {
-        return Ok(crate::model::fused::cross_entropy(&logits, &targets)?);
+    if crate::kernels::supported(&logits) {
+        return Ok(crate::kernels::loss::cross_entropy(&logits, &targets)?);
     }
     let targets = Tensor::new(targets.as_slice(), dev)?;
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
@@ -317,7 +317,7 @@ pub fn batch_grads(
     max_len: usize,
     seed: f64,
 ) -> Result<(f64, GradStore)> {
-    crate::model::on_pool(|| batch_grads_here(model, examples, pad, max_len, seed))
+    crate::kernels::on_pool(|| batch_grads_here(model, examples, pad, max_len, seed))
 }
 
 fn batch_grads_here(

@@ -186,7 +186,7 @@ impl AdamW {
     /// One update at learning rate `lr`, clipping the global gradient norm to `clip` (if set).
     /// Returns the gradient norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64, clip: Option<f64>) -> Result<f64> {
-        crate::model::on_pool(|| self.step_here(grads, lr, clip))
+        crate::kernels::on_pool(|| self.step_here(grads, lr, clip))
     }
 
     fn step_here(&mut self, grads: &GradStore, lr: f64, clip: Option<f64>) -> Result<f64> {

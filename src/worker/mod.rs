@@ -277,7 +277,7 @@ fn run_job(
                 &mut |e| send(Event::Train(e)),
                 Some(&mut dl),
             );
-            crate::model::release_memory();
+            crate::kernels::release_memory();
             result?;
             let s = QuerySession::open_run(&run)?;
             let d = format!("{} (trained, step {})", spec.model, s.bundle.step);

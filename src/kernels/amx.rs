@@ -98,7 +98,7 @@ pub fn worthwhile(m: usize, n: usize, k: usize) -> bool {
 /// the tiles still stream a cold weight at 12-14 GB/s here, where the row kernel and the BLAS
 /// fell to 6-8 (`bench products` shows both).
 pub fn worthwhile_packed(m: usize, n: usize, k: usize) -> bool {
-    m > super::rows::max_rows() && n >= 32 && k >= 32 && m * n * k >= 1 << 18
+    m > super::few_rows::max_rows() && n >= 32 && k >= 32 && m * n * k >= 1 << 18
 }
 
 /// One operand as the product sees it: `rows` x `k` (k is the contraction), element (i, p) at

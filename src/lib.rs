@@ -5,6 +5,7 @@
 //! The engine (everything but `app`) never depends on the GUI toolkit.
 
 pub mod error;
+pub mod generate;
 pub mod kernels;
 pub mod model;
 

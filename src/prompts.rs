@@ -105,7 +105,7 @@ impl QuestionPrompt {
     pub fn new(tok: &Tokenizer, title: &str, text: &str) -> Result<Self> {
         // The model's own prompt format, around a marker where the excerpt goes.
         const MARK: &str = "\u{1}EXCERPT\u{1}";
-        let prompt = crate::retrieve::generate::instruction_prompt(
+        let prompt = crate::generate::instruction_prompt(
             tok,
             &format!(
                 "Read the passage and write one short question that it answers.\n\nTitle: {}\nPassage:{MARK}",

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use selfret::corpus::{load_path, Corpus, LoadOptions};
-use selfret::model::tiny::{self, TinyOptions};
+use selfret::model::source::tiny::{self, TinyOptions};
 use selfret::model::{LoraConfig, ModelBundle, ModelSource, TrainMode};
 use selfret::prompts::PromptCodec;
 use selfret::train::{batch_loss, Example, Task};

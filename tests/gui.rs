@@ -240,3 +240,29 @@ fn corpus_train_cancel_query_and_rerank() {
         a.trace_done && a.trace.as_ref().is_some_and(|t| t.query == first_q)
     });
 }
+
+/// The window icon built into the binary decodes, is square and is not blank; the desktop entry
+/// beside it names the program and the icon.
+#[test]
+fn the_window_has_an_icon_and_a_desktop_entry() {
+    let icon = selfret::app::window_icon().expect("assets/icon.png decodes");
+    assert_eq!((icon.width, icon.height), (128, 128));
+    assert_eq!(icon.rgba.len(), 128 * 128 * 4);
+    let opaque = icon.rgba.chunks(4).filter(|px| px[3] == 255).count();
+    assert!(
+        opaque > 128 * 128 / 2,
+        "the icon is mostly transparent: {opaque} opaque pixels"
+    );
+    let entry = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/selfret.desktop"),
+    )
+    .expect("assets/selfret.desktop");
+    for line in [
+        "[Desktop Entry]",
+        "Exec=selfret",
+        "Icon=selfret",
+        "Type=Application",
+    ] {
+        assert!(entry.lines().any(|l| l == line), "missing `{line}`");
+    }
+}

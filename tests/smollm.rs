@@ -2,7 +2,8 @@
 
 use candle_core::{Device, Tensor, D};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use selfret::model::source::{load_gguf, read_gguf_header};
+use selfret::model::source::gguf::read_gguf_header;
+use selfret::model::source::load_gguf;
 use selfret::model::{ModelBundle, ModelSource, TrainMode};
 use std::path::PathBuf;
 
@@ -195,8 +196,8 @@ fn gguf_tokenizer_round_trips_and_matches_reference_ids() {
         }
     }
     assert_eq!(
-        selfret::model::pretok::ByteLevelWords::detect(tok),
-        Some(selfret::model::pretok::ByteLevelWords { split_digits: true })
+        selfret::model::tokenizer::pretok::ByteLevelWords::detect(tok),
+        Some(selfret::model::tokenizer::pretok::ByteLevelWords { split_digits: true })
     );
     let fast = selfret::model::tokenizer::encode_many(tok, &texts).unwrap();
     for (t, ids) in texts.iter().zip(&fast) {

@@ -3,7 +3,7 @@
 
 use candle_core::Device;
 use selfret::corpus::{load_path, Corpus, LoadOptions};
-use selfret::model::tiny::{self, TinyOptions};
+use selfret::model::source::tiny::{self, TinyOptions};
 use selfret::model::{ModelBundle, ModelSource, TrainMode};
 use selfret::prompts::PromptCodec;
 use selfret::train::data::{load_queries, TargetLength};

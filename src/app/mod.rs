@@ -884,13 +884,26 @@ impl eframe::App for SelfretApp {
     }
 }
 
+/// The window icon (assets/icon.png, drawn by scripts/make-icon.py), built into the binary.
+const ICON_PNG: &[u8] = include_bytes!("../../assets/icon.png");
+
+/// The window icon, decoded; `None` (the platform's default icon) if it would not decode.
+pub fn window_icon() -> Option<egui::IconData> {
+    eframe::icon_data::from_png_bytes(ICON_PNG).ok()
+}
+
 /// Opens the window.
 pub fn run(startup: Startup) -> anyhow::Result<()> {
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("selfret")
+        .with_app_id("selfret")
+        .with_inner_size([1280.0, 800.0])
+        .with_min_inner_size([700.0, 450.0]);
+    if let Some(icon) = window_icon() {
+        viewport = viewport.with_icon(icon);
+    }
     let opts = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("selfret")
-            .with_inner_size([1280.0, 800.0])
-            .with_min_inner_size([700.0, 450.0]),
+        viewport,
         ..Default::default()
     };
     eframe::run_native(

@@ -669,7 +669,7 @@ fn bench_trie(a: &BenchArgs) -> Result<()> {
     let source: ModelSource = a.model.parse().unwrap_or(ModelSource::Tiny);
     let (tok, eos) = match &source {
         ModelSource::Gguf(p) if p.is_file() => {
-            let (content, _) = crate::model::source::read_gguf_header(p)?;
+            let (content, _) = crate::model::source::gguf::read_gguf_header(p)?;
             let tok = crate::model::tokenizer::tokenizer_from_gguf(&content)?;
             let eos = crate::model::SpecialTokens::detect(&tok, None)?.eos;
             (tok, eos)

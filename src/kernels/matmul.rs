@@ -586,12 +586,8 @@ pub fn linear_2d(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testing::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>());
-        d.unwrap()
-    }
 
     /// Every transpose combination, views included, and both gradients, against candle's matmul.
     #[test]

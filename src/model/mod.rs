@@ -1,57 +1,32 @@
-//! The language model: a trainable llama-family decoder, its tokenizer, where it comes from and
-//! how it is saved.
+//! The network and where it comes from:
+//!
+//! - [`llama`]: the llama-family decoder (layers calling [`crate::kernels`] entry points only),
+//!   with [`kv_cache`] and [`lora`] adapters; [`config`] is its config.json.
+//! - [`backward`]: the hand-written training pass (forward with stashes, then gradients).
+//! - [`source`]: GGUF files, Hugging Face folders, the Hub, the tiny corpus-built model.
+//! - [`tokenizer`]: the tokenizer, its special tokens, and batch pre-tokenisation.
+//! - [`bundle`]: a model ready to train or query (network, trainable parameters, tokenizer),
+//!   and [`checkpoint`]: how it is saved and verified.
 
-pub mod backprop;
+pub mod backward;
+pub mod bundle;
 pub mod checkpoint;
 pub mod config;
-pub mod hub;
+pub mod kv_cache;
 pub mod llama;
 pub mod lora;
-pub mod pretok;
 pub mod source;
-pub mod tiny;
 pub mod tokenizer;
 
+pub use bundle::{ModelBundle, TrainMode};
 pub use config::Config;
-pub use llama::{KvCache, Llama};
+pub use kv_cache::KvCache;
+pub use llama::Llama;
 pub use lora::{LoraConfig, Projection};
 pub use source::{LoadedWeights, ModelSource};
 pub use tokenizer::SpecialTokens;
 
-use crate::error::{Error, Result};
-use candle_core::{DType, Device, Var};
-use candle_nn::{VarBuilder, VarMap};
-use checkpoint::{Manifest, ADAPTER, MANIFEST, WEIGHTS};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use tokenizers::Tokenizer;
-
-/// Which parameters training may change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub enum TrainMode {
-    /// No parameters: inference only.
-    #[default]
-    Frozen,
-    /// Every weight (needed for the from-scratch tiny model).
-    Full,
-    /// Only low-rank adapters; the base stays frozen.
-    Lora(LoraConfig),
-}
-
-/// A model ready to train or query: the network, the trainable parameters, the tokenizer.
-pub struct ModelBundle {
-    /// The (possibly trainable) network; use [`ModelBundle::inference`] for decoding.
-    pub model: Llama,
-    /// The trainable parameters (all weights in `Full`, adapters in `Lora`, none in `Frozen`).
-    pub varmap: VarMap,
-    pub tokenizer: Tokenizer,
-    pub special: SpecialTokens,
-    pub source: ModelSource,
-    pub mode: TrainMode,
-    /// Optimiser steps already taken (from a checkpoint).
-    pub step: u64,
-}
+use candle_core::Device;
 
 /// Picks the compute device: CUDA when built with the `cuda` feature and a GPU is present.
 pub fn default_device() -> Device {
@@ -73,216 +48,4 @@ pub fn device_name(d: &Device) -> &'static str {
         Device::Cuda(_) => "CUDA",
         Device::Metal(_) => "Metal",
     }
-}
-
-impl ModelBundle {
-    /// Builds the network over loaded weights in the requested training mode.
-    pub fn from_weights(
-        w: LoadedWeights,
-        source: ModelSource,
-        mode: TrainMode,
-        device: &Device,
-    ) -> Result<Self> {
-        let varmap = VarMap::new();
-        let mut model = match &mode {
-            TrainMode::Full => {
-                {
-                    let mut data = varmap
-                        .data()
-                        .lock()
-                        .map_err(|_| Error::invalid("parameter store poisoned"))?;
-                    for (k, t) in w.tensors {
-                        data.insert(k, Var::from_tensor(&t)?);
-                    }
-                }
-                Llama::load(
-                    VarBuilder::from_varmap(&varmap, DType::F32, device),
-                    &w.config,
-                )?
-            }
-            _ => Llama::load(
-                VarBuilder::from_tensors(w.tensors, DType::F32, device),
-                &w.config,
-            )?,
-        };
-        if let TrainMode::Lora(cfg) = &mode {
-            model.add_lora(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-        }
-        Ok(ModelBundle {
-            model,
-            varmap,
-            tokenizer: w.tokenizer,
-            special: w.special,
-            source,
-            mode,
-            step: 0,
-        })
-    }
-
-    /// An inference copy of the network (adapters merged, no autograd, fused kernels).
-    pub fn inference(&self) -> Result<Llama> {
-        self.model.for_inference()
-    }
-
-    /// Writes a checkpoint folder atomically. In LoRA mode the frozen base is written once (kept
-    /// from the previous checkpoint when present) and the adapters beside it.
-    pub fn save(
-        &self,
-        dir: &Path,
-        corpus_fingerprint: Option<String>,
-        hyperparameters: BTreeMap<String, String>,
-    ) -> Result<()> {
-        let manifest = Manifest {
-            source: self.source.to_string(),
-            mode: self.mode.clone(),
-            step: self.step,
-            special: self.special,
-            corpus_fingerprint,
-            hyperparameters,
-        };
-        let previous_base = dir.join(WEIGHTS);
-        checkpoint::write_dir_atomic(dir, |tmp| {
-            std::fs::write(tmp.join("config.json"), self.model.config.to_json())
-                .map_err(|e| Error::io(tmp.join("config.json"), e))?;
-            self.tokenizer
-                .save(tmp.join("tokenizer.json"), false)
-                .map_err(|e| Error::bad_file(tmp.join("tokenizer.json"), e.to_string()))?;
-            std::fs::write(tmp.join(MANIFEST), manifest.to_ron())
-                .map_err(|e| Error::io(tmp.join(MANIFEST), e))?;
-            match (&self.mode, &self.source) {
-                // A GGUF base is referenced, not copied: checkpoints hold the adapters alone.
-                (TrainMode::Lora(_), ModelSource::Gguf(path)) => {
-                    let base = checkpoint::BaseRef::of(path)?;
-                    std::fs::write(tmp.join(checkpoint::BASE_REF), base.to_ron())
-                        .map_err(|e| Error::io(tmp.join(checkpoint::BASE_REF), e))?;
-                    checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
-                }
-                (TrainMode::Lora(_), _) => {
-                    let base_unchanged = Manifest::read(dir).is_ok_and(|m| {
-                        m.source == manifest.source && matches!(m.mode, TrainMode::Lora(_))
-                    });
-                    if base_unchanged && previous_base.is_file() {
-                        std::fs::copy(&previous_base, tmp.join(WEIGHTS))
-                            .map_err(|e| Error::io(&previous_base, e))?;
-                    } else {
-                        let base = self.model.without_lora();
-                        checkpoint::save_tensors(&tmp.join(WEIGHTS), base.named_weights()?)?;
-                    }
-                    checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
-                }
-                _ => checkpoint::save_tensors(&tmp.join(WEIGHTS), self.model.named_weights()?),
-            }
-        })
-    }
-
-    /// The weights a checkpoint folder's model starts from: its own files, or the GGUF base
-    /// its `base.ron` names (verified against the checksum first).
-    fn checkpoint_base(dir: &Path, device: &Device) -> Result<LoadedWeights> {
-        match checkpoint::BaseRef::read(dir)? {
-            Some(base) => {
-                base.verify(dir)?;
-                source::load_weights(&ModelSource::Gguf(base.path.clone()), device, None)
-            }
-            None => source::load_hf_folder(dir, device),
-        }
-    }
-
-    /// Loads a checkpoint folder written by [`ModelBundle::save`] (or any HF folder). `mode`
-    /// overrides the saved training mode (e.g. `Frozen` to only query); `None` keeps it.
-    pub fn load_checkpoint(dir: &Path, mode: Option<TrainMode>, device: &Device) -> Result<Self> {
-        // A folder without a manifest is a plain HF folder; a manifest that does not parse is
-        // an error, not a reason to guess.
-        let manifest = match dir.join(MANIFEST).is_file() {
-            true => Some(Manifest::read(dir)?),
-            false => None,
-        };
-        let w = Self::checkpoint_base(dir, device)?;
-        refuse_non_finite(&dir.join(WEIGHTS), &w.tensors)?;
-        let saved_mode = manifest
-            .as_ref()
-            .map(|m| m.mode.clone())
-            .unwrap_or_default();
-        let mode = mode.unwrap_or_else(|| saved_mode.clone());
-        let adapter_path = dir.join(ADAPTER);
-        let mut bundle = match (&saved_mode, adapter_path.is_file()) {
-            (TrainMode::Lora(lcfg), true) => {
-                let adapters =
-                    candle_core::safetensors::load(&adapter_path, device).map_err(|e| {
-                        Error::bad_file(&adapter_path, format!("unreadable adapter weights: {e}"))
-                    })?;
-                refuse_non_finite(&adapter_path, &adapters)?;
-                Self::with_saved_adapters(w, lcfg, adapters, &mode, device)?
-            }
-            _ => Self::from_weights(w, ModelSource::HfFolder(dir.to_path_buf()), mode, device)?,
-        };
-        bundle.source = ModelSource::HfFolder(dir.to_path_buf());
-        if let Some(m) = &manifest {
-            bundle.step = m.step;
-            if let Ok(src) = m.source.parse() {
-                bundle.source = src;
-            }
-        }
-        Ok(bundle)
-    }
-
-    fn with_saved_adapters(
-        w: LoadedWeights,
-        lcfg: &LoraConfig,
-        adapters: HashMap<String, candle_core::Tensor>,
-        mode: &TrainMode,
-        device: &Device,
-    ) -> Result<Self> {
-        let varmap = VarMap::new();
-        let mut model = Llama::load(
-            VarBuilder::from_tensors(w.tensors, DType::F32, device),
-            &w.config,
-        )?;
-        let trainable = matches!(mode, TrainMode::Lora(_));
-        if trainable {
-            let mut data = varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::invalid("parameter store poisoned"))?;
-            for (k, t) in &adapters {
-                data.insert(k.clone(), Var::from_tensor(t)?);
-            }
-        }
-        let vb = if trainable {
-            VarBuilder::from_varmap(&varmap, DType::F32, device)
-        } else {
-            VarBuilder::from_tensors(adapters, DType::F32, device)
-        };
-        // Kept unmerged even when frozen: the inference copy merges them, and the base stays
-        // available beneath (the query likelihood can read with it).
-        model.add_lora(lcfg, vb)?;
-        Ok(ModelBundle {
-            model,
-            varmap,
-            tokenizer: w.tokenizer,
-            special: w.special,
-            source: ModelSource::Tiny,
-            mode: mode.clone(),
-            step: 0,
-        })
-    }
-
-    /// Number of trainable parameters.
-    pub fn trainable_parameters(&self) -> usize {
-        self.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
-    }
-}
-
-/// Refuses weights holding NaN or infinity (overwritten bytes behind an intact header load
-/// "fine" and turn every score into NaN): one pass over each tensor, its sum.
-fn refuse_non_finite(file: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
-    for (name, t) in tensors {
-        let sum = t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-        if !sum.is_finite() {
-            return Err(Error::bad_file(
-                file,
-                format!("tensor `{name}` holds non-finite values (NaN or infinity): the file is corrupt; use an earlier checkpoint or retrain"),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -2,7 +2,6 @@
 //! each title's passage trie (auto-completed once unique), self-assessment of every candidate,
 //! reranking, and an answer. Everything is recorded in a [`RetrievalTrace`].
 
-pub mod generate;
 pub mod likelihood;
 pub mod score;
 

@@ -309,7 +309,7 @@ pub fn batch_loss(
 
 /// The batch's mean loss and the gradients of `seed * loss` for every trainable weight: what
 /// one training micro-batch needs. On the CPU this is the hand-written backward pass
-/// ([`crate::model::backprop`]); elsewhere candle's autograd over [`batch_loss`].
+/// ([`crate::model::backward`]); elsewhere candle's autograd over [`batch_loss`].
 pub fn batch_grads(
     model: &Llama,
     examples: &[&Example],
@@ -327,9 +327,9 @@ fn batch_grads_here(
     max_len: usize,
     seed: f64,
 ) -> Result<(f64, GradStore)> {
-    if crate::model::backprop::supported(model) {
+    if crate::model::backward::supported(model) {
         let b = pack_batch(model, examples, pad, max_len)?;
-        let (loss, grads) = crate::model::backprop::loss_and_grads(
+        let (loss, grads) = crate::model::backward::loss_and_grads(
             model,
             &b.input,
             &b.positions,

@@ -8,8 +8,8 @@
 use super::data::Query;
 use crate::corpus::Corpus;
 use crate::error::{Error, Result};
+use crate::generate::{generate_batch, GenerateOptions};
 use crate::prompts::QuestionPrompt;
-use crate::retrieve::generate::{generate_batch, GenerateOptions};
 use crate::retrieve::{RetrieveOptions, Retriever};
 use rand::rngs::StdRng;
 use rand::SeedableRng;

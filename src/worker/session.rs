@@ -4,8 +4,8 @@
 use crate::corpus::{load_path, Corpus, LoadOptions};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomic;
+use crate::model::source::tiny::{self, TinyOptions};
 use crate::model::source::DownloadProgress;
-use crate::model::tiny::{self, TinyOptions};
 use crate::model::{LoraConfig, ModelBundle, ModelSource, TrainMode};
 use crate::prompts::PromptCodec;
 use crate::retrieve::{RetrievalTrace, RetrieveOptions, Retriever};
@@ -528,7 +528,7 @@ impl QuerySession {
                 return Err(Error::Cancelled);
             }
             let first = c.by_title[t][0];
-            if let Some(title) = crate::retrieve::generate::title_for(
+            if let Some(title) = crate::generate::title_for(
                 &self.model,
                 &self.bundle.tokenizer,
                 self.bundle.special.eos,

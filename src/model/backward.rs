@@ -371,7 +371,7 @@ mod tests {
     /// Random weights at a scale where every path carries signal (norm gains and biases too).
     fn weights(cfg: &Config) -> HashMap<String, Tensor> {
         let dev = Device::Cpu;
-        let w = crate::model::tiny::random_weights(cfg, 7, &dev).unwrap();
+        let w = crate::model::source::tiny::random_weights(cfg, 7, &dev).unwrap();
         w.into_iter()
             .enumerate()
             .map(|(i, (k, t))| {

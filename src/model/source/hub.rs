@@ -1,6 +1,6 @@
 //! Downloads a model from the Hugging Face Hub into the shared HF cache (when online).
 
-use super::source::DownloadProgress;
+use super::DownloadProgress;
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 

@@ -1,10 +1,10 @@
 //! The embedded default model: a small llama initialised from scratch with a tokenizer trained on
 //! the user's corpus. Needs no download and trains at thousands of tokens per second on a CPU.
 
-use super::config::Config;
-use super::source::LoadedWeights;
-use super::tokenizer::{self, SpecialTokens, TINY_EOS};
+use super::LoadedWeights;
 use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::model::tokenizer::{self, SpecialTokens, TINY_EOS};
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

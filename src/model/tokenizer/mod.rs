@@ -1,10 +1,12 @@
 //! Tokenizers for every model source: rebuilt from GGUF metadata, read from `tokenizer.json`, or
 //! trained on the corpus for the tiny model.
 
-use super::pretok::ByteLevelWords;
+pub mod pretok;
+
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use pretok::ByteLevelWords;
 use std::collections::HashMap;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;

@@ -226,7 +226,7 @@ fn interrupted_checkpoint_write_leaves_the_run_loadable() {
 /// each evaluation; an epoch budget is turned into steps.
 #[test]
 fn run_mines_negatives_and_reports_hits_during_training() {
-    use selfret::worker::session::{run_index, IndexSpec};
+    use selfret::worker::index::{run_index, IndexSpec};
     let dir = tempfile::tempdir().unwrap();
     let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
     spec.tiny = opts();
@@ -250,7 +250,7 @@ fn run_mines_negatives_and_reports_hits_during_training() {
     .unwrap();
 
     // The run's log replays every event (the app redraws an opened run's curves from it).
-    let history = selfret::worker::session::read_history(&run);
+    let history = selfret::worker::index::read_history(&run);
     assert_eq!(history.len(), events.len());
     assert!(matches!(history.last(), Some(TrainEvent::Finished { .. })));
     let mined: std::collections::HashMap<String, Vec<String>> =
@@ -320,7 +320,7 @@ fn examples_without_target_inside_max_len_are_skipped() {
 /// resume with nothing to resume from.
 #[test]
 fn corrupt_checkpoints_and_empty_resumes_are_refused() {
-    use selfret::worker::session::{run_index, IndexSpec};
+    use selfret::worker::index::{run_index, IndexSpec};
     let corpus = demo_corpus();
     let dir = tempfile::tempdir().unwrap();
     let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();

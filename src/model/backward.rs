@@ -4,7 +4,7 @@
 //! buffer and adds into it, and undoes each transpose and reshape with a copy. At 135M
 //! parameters that bookkeeping cost about as much as the matrix products. Here a training
 //! step keeps only the activations the backward pass reads, runs every product through
-//! [`matmul`](crate::kernels::matmul::matmul) (whichever operand order needs no copy) and every
+//! [`crate::kernels::matmul::matmul`] (whichever operand order needs no copy) and every
 //! element-wise part through the fused kernels of [`crate::kernels`], and produces each weight's
 //! gradient exactly once. The autograd path stays for other devices and dtypes, and a test
 //! checks the two agree.

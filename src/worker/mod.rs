@@ -1,7 +1,10 @@
 //! The background worker: one thread that owns the model and runs every long job, talking to its
 //! owner (GUI or CLI) only through crossbeam channels. Jobs come in on one channel; control
 //! (cancel, pause, save now) on another that running jobs poll between steps; events go out.
+//! The jobs themselves: [`index`] (the training pipeline into a run directory), [`session`]
+//! (a model opened for querying), [`preset`] (the training recipes).
 
+pub mod index;
 pub mod preset;
 pub mod session;
 
@@ -269,7 +272,7 @@ fn run_job(
             send(Event::Started("training".into()));
             *session = None;
             let mut dl = download_reporter(send);
-            let result = session::run_index(
+            let result = index::run_index(
                 &spec,
                 &run,
                 resume,
@@ -287,7 +290,7 @@ fn run_job(
         }
         Job::OpenRun(run) => {
             send(Event::Started(format!("opening {}", run.display())));
-            let history = session::read_history(&run);
+            let history = index::read_history(&run);
             if !history.is_empty() {
                 send(Event::TrainHistory(history));
             }

@@ -2,7 +2,7 @@
 //! docs/benchmarks.md for the measurements behind each value). A preset sets the whole recipe;
 //! flags given after it override single values.
 
-use super::session::IndexSpec;
+use super::index::IndexSpec;
 use crate::model::{LoraConfig, ModelSource};
 use crate::train::data::TargetLength;
 use crate::train::pseudo::PseudoOptions;

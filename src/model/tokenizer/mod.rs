@@ -118,7 +118,7 @@ pub fn decode(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<String
 ///
 /// The tokenizer's own pipeline builds a full `Encoding` per text (a `String` per token, offsets,
 /// word ids) and that allocation dominates the cost of tokenizing a corpus. Here each text is
-/// split into words (by [`super::pretok::ByteLevelWords`] when the tokenizer is byte-level BPE,
+/// split into words (by [`pretok::ByteLevelWords`] when the tokenizer is byte-level BPE,
 /// else by its own normalizer and pre-tokenizer), and each word is looked up in a per-thread
 /// cache of ids before the model is asked. Texts
 /// that contain an added token's text, or any text when added tokens are matched after

@@ -1,0 +1,290 @@
+//! `index`: train a model on a corpus into a run directory, with presets, a progress bar,
+//! checkpoints and resume.
+
+use super::{download_bar, report_load};
+use crate::model::{LoraConfig, ModelSource, Projection};
+use crate::train::data::TargetLength;
+use crate::train::TrainEvent;
+use crate::worker::index::{run_index, IndexSpec};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+/// Arguments of `index`.
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// JSONL file, BEIR folder or folder of .txt/.md/.pdf.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// `tiny`, a .gguf file, a Hugging Face folder or hf:OWNER/NAME.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Run directory (checkpoint, run.ron, metrics.jsonl).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A whole training recipe: `quick` (about a hundred passages, ~10 min on 2 cores) or
+    /// `thorough` (thousands of passages, ~2 h). Flags given with it override single values.
+    #[arg(long, value_enum)]
+    pub preset: Option<crate::worker::preset::Preset>,
+    /// Query file ({"question","answers","positive_ids"} per line) for retrieval + assessment.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// LoRA rank (default for pretrained models: 8).
+    #[arg(long, conflicts_with = "full")]
+    pub lora: Option<usize>,
+    /// Projections that get adapters.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    pub lora_targets: String,
+    /// Full fine-tune (default for the tiny model).
+    #[arg(long)]
+    pub full: bool,
+    /// Optimiser steps.
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the training examples (converted to steps).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Token budget per batch.
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    /// Indexing target: `full` passage or `first:N` words.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Sentences sampled per passage for indexing.
+    #[arg(long)]
+    pub sentences: Option<usize>,
+    /// Task weights, e.g. `indexing=1,retrieval=1,assessment=0`.
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Hard negatives per query for self-assessment.
+    #[arg(long)]
+    pub negatives: Option<usize>,
+    /// Training queries whose retrievals by the starting model are mined for assessment
+    /// negatives (passages it retrieves wrongly).
+    #[arg(long)]
+    pub mine_queries: Option<usize>,
+    /// Write pseudo-queries for every passage with the base model first and train retrieval
+    /// on those kept (with --queries too, or in place of them).
+    #[arg(long)]
+    pub pseudo_queries: bool,
+    /// Questions the base model writes per passage (implies --pseudo-queries; 0: none).
+    #[arg(long)]
+    pub pseudo_per_passage: Option<usize>,
+    /// Evaluate every N steps: held-out loss per task and Hits@1/@5 on held-out queries
+    /// (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Training queries held out for Hits@1 during training.
+    #[arg(long, default_value_t = 8)]
+    pub eval_queries: usize,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Continue from the run directory's checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Keep a copy of the model after these minutes of training (`15,30,60,120`), as
+    /// `checkpoint-{m}min` in the run: the points of a learning curve (`eval --checkpoint`).
+    #[arg(long, value_delimiter = ',')]
+    pub snapshot_minutes: Vec<f64>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn parse_target(s: &str) -> Result<TargetLength> {
+    if s == "full" {
+        return Ok(TargetLength::Full);
+    }
+    if let Some(n) = s.strip_prefix("first:") {
+        return Ok(TargetLength::FirstWords(
+            n.parse().context("first:N needs a number")?,
+        ));
+    }
+    bail!("--target must be `full` or `first:N`, not `{s}`")
+}
+
+fn parse_mix(s: &str) -> Result<crate::train::TaskMix> {
+    let mut mix = crate::train::TaskMix::default();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("`{part}`: expected task=weight"))?;
+        let w: f64 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("`{v}` is not a number"))?;
+        match k.trim() {
+            "indexing" => mix.indexing = w,
+            "retrieval" => mix.retrieval = w,
+            "assessment" => mix.assessment = w,
+            other => bail!("unknown task `{other}` (indexing, retrieval, assessment)"),
+        }
+    }
+    Ok(mix)
+}
+
+/// Runs `index`.
+pub fn index(a: IndexArgs) -> Result<()> {
+    let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
+    let mut spec = IndexSpec::new(a.corpus.clone(), source);
+    if let Some(p) = a.preset {
+        p.apply(&mut spec);
+    }
+    if let Some(r) = a.lora {
+        spec.lora = Some(LoraConfig {
+            rank: r,
+            alpha: 2.0 * r as f64,
+            targets: Projection::parse_list(&a.lora_targets).map_err(anyhow::Error::msg)?,
+        });
+    }
+    if a.full {
+        spec.lora = None;
+    }
+    spec.queries = a.queries.clone();
+    if let Some(lr) = a.lr {
+        spec.train.lr = lr;
+    }
+    if let Some(b) = a.batch_tokens {
+        spec.train.batch_tokens = b;
+    }
+    if let Some(t) = &a.target {
+        spec.data.target = parse_target(t)?;
+    }
+    if let Some(s) = a.sentences {
+        spec.data.sentences_per_passage = s;
+    }
+    if let Some(m) = &a.mix {
+        spec.train.mix = parse_mix(m)?;
+    }
+    if let Some(n) = a.negatives {
+        spec.data.negatives = n;
+    }
+    if let Some(n) = a.mine_queries {
+        spec.data.mine_queries = n;
+    }
+    spec.train.eval_queries = a.eval_queries;
+    if a.pseudo_queries && spec.pseudo.is_none() {
+        spec.pseudo = Some(Default::default());
+    }
+    match a.pseudo_per_passage {
+        Some(0) => spec.pseudo = None,
+        Some(n) => spec.pseudo.get_or_insert_with(Default::default).per_passage = n,
+        None => {}
+    }
+    spec.train.seed = a.seed;
+    spec.train.checkpoint_every = a.checkpoint_every;
+    spec.train.snapshot_minutes = a.snapshot_minutes.clone();
+    spec.train.eval_every = a.eval_every;
+    if let Some(s) = a.steps {
+        spec.train.steps = s;
+        spec.train.epochs = None;
+    }
+    if a.resume {
+        // Resume with the spec the run was started with.
+        let text = std::fs::read_to_string(a.out.join("run.ron"))
+            .with_context(|| format!("{}: no run to resume", a.out.display()))?;
+        let m: crate::worker::index::RunManifest = ron::from_str(&text).with_context(|| {
+            format!("{}: invalid run manifest", a.out.join("run.ron").display())
+        })?;
+        let stored = m.spec.train.steps;
+        spec = m.spec;
+        // A new budget on resume extends or shortens the run (its schedule follows).
+        if let Some(s) = a.steps {
+            spec.train.steps = s;
+            spec.train.epochs = None;
+            eprintln!("resuming with a budget of {s} steps (the run was planned for {stored})");
+        } else if let Some(e) = a.epochs {
+            spec.train.epochs = Some(e);
+            eprintln!(
+                "resuming with a budget of {e} epochs (the run was planned for {stored} steps)"
+            );
+        }
+    } else if let Some(e) = a.epochs {
+        spec.train.epochs = Some(e);
+    }
+    let bar = indicatif::ProgressBar::new(spec.train.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    struct CtrlC(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl crate::train::TrainControl for CtrlC {
+        fn should_cancel(&mut self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+    report_load(&crate::corpus::load_path(&spec.corpus, &spec.load)?);
+    let started = std::time::Instant::now();
+    let mut dl = download_bar();
+    run_index(
+        &spec,
+        &a.out,
+        a.resume,
+        &mut CtrlC(stop),
+        &mut |e| match e {
+            TrainEvent::Started {
+                start_step,
+                examples,
+                total_steps,
+            } => {
+                bar.set_length(total_steps as u64);
+                bar.set_position(start_step as u64);
+                bar.println(format!(
+                    "{examples} training examples, starting at step {start_step}"
+                ));
+            }
+            TrainEvent::Step {
+                step,
+                task,
+                loss,
+                tokens_per_s,
+                eta_s,
+                lr,
+                ..
+            } => {
+                bar.set_position(step as u64);
+                bar.set_message(format!(
+                    "{:<10} loss {loss:.3} lr {lr:.1e} {tokens_per_s:.0} tok/s ETA {:.0}s",
+                    task.name(),
+                    eta_s
+                ));
+            }
+            TrainEvent::Eval {
+                step,
+                losses,
+                metrics,
+            } => bar.println(format!(
+                "evaluation at step {step}: held-out loss {}{}",
+                losses
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                metrics
+                    .iter()
+                    .map(|(k, v)| format!("; {k} {v:.3}"))
+                    .collect::<String>()
+            )),
+            TrainEvent::Checkpoint { step, path } => {
+                bar.println(format!("checkpoint at step {step}: {}", path.display()))
+            }
+            TrainEvent::Preparing { stage, done, total } => {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(stage);
+            }
+            TrainEvent::Finished { step, cancelled } => {
+                bar.finish();
+                eprintln!(
+                    "{} at step {step} after {:.1}s",
+                    if cancelled { "cancelled" } else { "finished" },
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        },
+        Some(&mut dl),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! `query`: retrieve passages for one question and answer it, printing every ranking term; and
+//! the beam and ranking flags that `query` and `eval` share.
+
+use super::ModelChoice;
+use crate::retrieve::RetrieveOptions;
+use anyhow::Result;
+
+/// Beams and ranking weights, shared by `query` and `eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RankArgs {
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TITLES)]
+    pub titles: usize,
+    #[arg(long, default_value_t = 10)]
+    pub passages: usize,
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_TAU)]
+    pub tau: f64,
+    #[arg(long, default_value_t = 0.4)]
+    pub delta: f64,
+    /// Weight of the passage's own likelihood in the ranking within a title (0: the paper's
+    /// formula).
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_PASSAGE_WEIGHT)]
+    pub passage_weight: f64,
+    /// Weight of the query likelihood (how likely the question is after each candidate
+    /// passage) in the ranking (0: not used).
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_QUERY_WEIGHT)]
+    pub query_weight: f64,
+    /// Do not read the query likelihood (faster; the ranking of the paper and the passage term).
+    #[arg(long)]
+    pub no_likelihood: bool,
+    /// Read the query likelihood with the fine-tuned weights instead of the base model's
+    /// (LoRA runs; the base model reads it by default).
+    #[arg(long)]
+    pub likelihood_tuned: bool,
+    /// Run self-assessment (the paper's P(reject) for every candidate; off by default).
+    #[arg(long)]
+    pub assess: bool,
+}
+
+impl RankArgs {
+    /// The retrieval options these flags set (the rest at their defaults).
+    pub fn options(&self) -> RetrieveOptions {
+        RetrieveOptions {
+            titles: self.titles,
+            passages: self.passages,
+            tau: self.tau,
+            delta: self.delta,
+            passage_weight: self.passage_weight,
+            query_weight: self.query_weight,
+            likelihood: !self.no_likelihood,
+            likelihood_base: !self.likelihood_tuned,
+            assess: self.assess,
+            ..Default::default()
+        }
+    }
+}
+
+/// Arguments of `query`.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The question.
+    pub question: String,
+    #[command(flatten)]
+    pub source: ModelChoice,
+    /// Passages to print.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// Print the whole retrieval trace as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `query`.
+pub fn query(a: QueryArgs) -> Result<()> {
+    let session = a.source.open()?;
+    let opts = session.options_for_model(&a.rank.options());
+    let trace = session.query(&a.question, &opts, &mut |_| {})?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&trace)?);
+        return Ok(());
+    }
+    println!("query: {}", trace.query);
+    println!(
+        "{:>4}  {:<8}  {:<8}  {:<8}  {:<8}  {:<8}  {:<14}  title",
+        "rank", "S", "S_T", "S_gen", "S_P", "S_Q", "passage"
+    );
+    for (i, r) in trace.ranking.iter().take(a.top).enumerate() {
+        println!(
+            "{:>4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<8.4}  {:<14}  {}",
+            i + 1,
+            r.s,
+            r.s_t,
+            r.s_gen,
+            r.s_p,
+            r.s_q,
+            r.passage_id,
+            r.title
+        );
+        let words: Vec<&str> = r.text.split_whitespace().take(30).collect();
+        println!(
+            "      {}{}",
+            words.join(" "),
+            if r.text.split_whitespace().count() > 30 {
+                " ..."
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(ans) = &trace.answer {
+        println!("answer: {} [{}]", ans.text, ans.cited.join(", "));
+    }
+    let t = &trace.timings;
+    println!(
+        "time: titles {:.0} ms, passages {:.0} ms, assessment {:.0} ms, answer {:.0} ms ({} forward passes over {} token positions)",
+        t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
+    );
+    Ok(())
+}

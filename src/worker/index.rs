@@ -1,0 +1,423 @@
+//! The training pipeline both front ends run: index (train) a model on a corpus into a run
+//! directory — load, write pseudo-queries, mine negatives, build the examples, train with
+//! checkpoints and a retrieval probe — and what a run directory records.
+
+use crate::corpus::{load_path, Corpus, LoadOptions};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::write_atomic;
+use crate::model::source::tiny::{self, TinyOptions};
+use crate::model::source::DownloadProgress;
+use crate::model::{LoraConfig, ModelBundle, ModelSource, TrainMode};
+use crate::prompts::PromptCodec;
+use crate::retrieve::{RetrieveOptions, Retriever};
+use crate::train::data::{load_queries, Query, TargetLength};
+use crate::train::{
+    train, DataBuilder, DataOptions, Example, TrainConfig, TrainControl, TrainEvent,
+};
+use crate::trie::CorpusTrie;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Everything needed to (re)start an indexing run; saved as `run.ron` in the run directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexSpec {
+    pub corpus: PathBuf,
+    pub load: LoadOptions,
+    pub model: ModelSource,
+    pub tiny: TinyOptions,
+    /// `None`: full fine-tune.
+    pub lora: Option<LoraConfig>,
+    pub queries: Option<PathBuf>,
+    /// Write pseudo-queries for the passages with the starting model first, and train
+    /// retrieval on the kept ones too (with no query file, they stand in for it).
+    #[serde(default)]
+    pub pseudo: Option<crate::train::pseudo::PseudoOptions>,
+    pub data: DataOptions,
+    pub train: TrainConfig,
+}
+
+impl IndexSpec {
+    /// Defaults for a corpus and a model source: full training for the tiny model, LoRA otherwise.
+    pub fn new(corpus: PathBuf, model: ModelSource) -> Self {
+        let pretrained = model != ModelSource::Tiny;
+        IndexSpec {
+            corpus,
+            load: LoadOptions::default(),
+            tiny: TinyOptions::default(),
+            lora: pretrained.then(LoraConfig::default),
+            model,
+            queries: None,
+            pseudo: None,
+            data: DataOptions {
+                target: if pretrained {
+                    TargetLength::FirstWords(10)
+                } else {
+                    TargetLength::Full
+                },
+                ..Default::default()
+            },
+            train: TrainConfig {
+                lr: if pretrained { 2e-4 } else { 1e-3 },
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// The run's manifest: the spec plus provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    pub spec: IndexSpec,
+    pub corpus_fingerprint: String,
+    pub git_commit: Option<String>,
+}
+
+/// The events a run logged (`metrics.jsonl`); unreadable lines are skipped (a line cut short by
+/// a killed process must not hide the rest).
+pub fn read_history(run: &Path) -> Vec<TrainEvent> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<TrainEvent>(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Folder of the model checkpoint inside a run directory.
+pub fn checkpoint_dir(run: &Path) -> PathBuf {
+    run.join("checkpoint")
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Loads the base model for a spec (building the tiny model from the corpus when asked);
+/// `progress` hears about Hub downloads.
+pub fn load_base(
+    spec: &IndexSpec,
+    corpus: &Corpus,
+    device: &Device,
+    progress: Option<DownloadProgress<'_>>,
+) -> Result<ModelBundle> {
+    let mode = match &spec.lora {
+        Some(l) => TrainMode::Lora(l.clone()),
+        None => TrainMode::Full,
+    };
+    let weights = match &spec.model {
+        ModelSource::Tiny => tiny::build(corpus.texts(), &spec.tiny, device)?,
+        other => crate::model::source::load_weights(other, device, progress)?,
+    };
+    ModelBundle::from_weights(weights, spec.model.clone(), mode, device)
+}
+
+/// Builds the training examples of a spec from its corpus and (training) queries; `mined` holds
+/// passages the model retrieved wrongly per question, used first as assessment negatives.
+pub fn build_examples(
+    spec: &IndexSpec,
+    corpus: &Corpus,
+    bundle: &ModelBundle,
+    queries: &[Query],
+    mined: &HashMap<String, Vec<String>>,
+) -> Result<Vec<Example>> {
+    let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+    let builder = DataBuilder {
+        tokenizer: &bundle.tokenizer,
+        codec: &codec,
+        corpus,
+        opts: spec.data.clone(),
+    };
+    let mut examples = builder.indexing()?;
+    if !queries.is_empty() {
+        examples.extend(builder.retrieval(queries)?);
+        if spec.train.mix.assessment > 0.0 {
+            examples.extend(builder.assessment(queries, mined)?);
+        }
+    }
+    Ok(examples)
+}
+
+/// Splits the query file into training queries and the few held out for Hits@1 during
+/// training (the last `eval_queries`, only when evaluation is on and enough queries exist).
+pub fn split_queries(spec: &IndexSpec) -> Result<(Vec<Query>, Vec<Query>)> {
+    let Some(path) = &spec.queries else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut all = load_queries(path)?;
+    let n = spec.train.eval_queries;
+    if spec.train.eval_every == 0 || n == 0 || all.len() < 4 * n {
+        return Ok((all, Vec::new()));
+    }
+    let held = all.split_off(all.len() - n);
+    Ok((all, held))
+}
+
+/// What a [`Retriever`] borrows, built from a (possibly training) bundle: its prompt codec, the
+/// corpus trie and an inference copy of the model (adapters merged).
+pub(super) fn retrieval_parts(
+    bundle: &ModelBundle,
+    corpus: &Corpus,
+) -> Result<(PromptCodec, CorpusTrie, crate::model::Llama)> {
+    let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+    let trie = CorpusTrie::build(corpus, &bundle.tokenizer, &codec)?;
+    Ok((codec, trie, bundle.inference()?))
+}
+
+/// Runs the model's own retrieval for up to `limit` queries and keeps, per question, the
+/// retrieved passages that are neither gold nor contain an answer string: the hard negatives
+/// "passages the current model retrieves wrongly".
+pub fn mine_negatives(
+    bundle: &ModelBundle,
+    corpus: &Corpus,
+    queries: &[Query],
+    limit: usize,
+) -> Result<HashMap<String, Vec<String>>> {
+    let (codec, trie, model) = retrieval_parts(bundle, corpus)?;
+    let r = Retriever {
+        base: None,
+        model: &model,
+        tokenizer: &bundle.tokenizer,
+        codec: &codec,
+        corpus,
+        trie: &trie,
+    };
+    let mut out = HashMap::new();
+    let asked = queries.iter().filter(|q| !q.question.trim().is_empty());
+    for q in asked.take(limit) {
+        let trace = r.retrieve(&q.question, &RetrieveOptions::light(), &mut |_| {})?;
+        let wrong: Vec<String> = trace
+            .ranked_ids()
+            .into_iter()
+            .filter(|id| !q.positive_ids.iter().any(|p| p == id))
+            .filter(|id| {
+                corpus.index_of(id).is_some_and(|i| {
+                    let t = corpus.passages[i].text.to_lowercase();
+                    !q.answers
+                        .iter()
+                        .any(|a| !a.is_empty() && t.contains(&a.to_lowercase()))
+                })
+            })
+            .map(String::from)
+            .collect();
+        if !wrong.is_empty() {
+            out.insert(q.question.clone(), wrong);
+        }
+    }
+    Ok(out)
+}
+
+/// Adds Hits@1/Hits@5 on held-out queries, through the real retrieval path, to each evaluation.
+struct RetrievalProbe<'a> {
+    inner: &'a mut dyn TrainControl,
+    corpus: &'a Corpus,
+    queries: Vec<Query>,
+    trie: Option<CorpusTrie>,
+}
+
+impl TrainControl for RetrievalProbe<'_> {
+    fn should_cancel(&mut self) -> bool {
+        self.inner.should_cancel()
+    }
+    fn save_requested(&mut self) -> bool {
+        self.inner.save_requested()
+    }
+    fn evaluate(&mut self, bundle: &ModelBundle) -> Result<BTreeMap<String, f64>> {
+        let mut out = self.inner.evaluate(bundle)?;
+        if self.queries.is_empty() {
+            return Ok(out);
+        }
+        let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+        if self.trie.is_none() {
+            self.trie = Some(CorpusTrie::build(self.corpus, &bundle.tokenizer, &codec)?);
+        }
+        let Some(trie) = self.trie.as_ref() else {
+            return Ok(out);
+        };
+        let model = bundle.inference()?;
+        let r = Retriever {
+            base: None,
+            model: &model,
+            tokenizer: &bundle.tokenizer,
+            codec: &codec,
+            corpus: self.corpus,
+            trie,
+        };
+        let (mut h1, mut h5, mut asked) = (0usize, 0usize, 0usize);
+        for q in self
+            .queries
+            .iter()
+            .filter(|q| !q.question.trim().is_empty())
+        {
+            asked += 1;
+            let trace = r.retrieve(&q.question, &RetrieveOptions::light(), &mut |_| {})?;
+            let ids = trace.ranked_ids();
+            let hit = |k: usize| {
+                ids.iter()
+                    .take(k)
+                    .any(|id| q.positive_ids.iter().any(|p| p == id))
+            };
+            h1 += hit(1) as usize;
+            h5 += hit(5) as usize;
+        }
+        let n = asked.max(1) as f64;
+        out.insert("hits@1".into(), h1 as f64 / n);
+        out.insert("hits@5".into(), h5 as f64 / n);
+        Ok(out)
+    }
+}
+
+/// Runs (or resumes) indexing into `run`. Every event is also appended to `metrics.jsonl`.
+pub fn run_index(
+    spec: &IndexSpec,
+    run: &Path,
+    resume: bool,
+    control: &mut dyn TrainControl,
+    on_event: &mut dyn FnMut(TrainEvent),
+    progress: Option<DownloadProgress<'_>>,
+) -> Result<()> {
+    let device = crate::model::default_device();
+    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    let corpus = load_path(&spec.corpus, &spec.load)?;
+    let report = corpus.load_report(usize::MAX);
+    write_atomic(&run.join("load_report.txt"), report.as_bytes())?;
+    let ckpt = checkpoint_dir(run);
+    let mut bundle = if resume {
+        if !ckpt.join("manifest.ron").is_file() {
+            return Err(Error::bad_file(
+                &ckpt,
+                "nothing to resume: the run has no checkpoint (manifest.ron is missing); start it without resume",
+            ));
+        }
+        ModelBundle::load_checkpoint(&ckpt, None, &device)?
+    } else {
+        load_base(spec, &corpus, &device, progress)?
+    };
+    let mut spec = spec.clone();
+    let mut pseudo_queries: Vec<Query> = Vec::new();
+    if let Some(opts) = &spec.pseudo {
+        // Written once by the starting model and kept in the run (a resume reuses them).
+        let path = run.join("pseudo_queries.jsonl");
+        if !path.is_file() {
+            let (codec, trie, model) = retrieval_parts(&bundle, &corpus)?;
+            let r = Retriever {
+                base: None,
+                model: &model,
+                tokenizer: &bundle.tokenizer,
+                codec: &codec,
+                corpus: &corpus,
+                trie: &trie,
+            };
+            let mut cancelled = false;
+            let qs = crate::train::pseudo::generate_pseudo_queries(
+                &r,
+                bundle.special.eos,
+                opts,
+                &mut |done, total| {
+                    on_event(TrainEvent::Preparing {
+                        stage: "writing pseudo-queries".into(),
+                        done,
+                        total,
+                    });
+                    cancelled = cancelled || control.should_cancel();
+                    cancelled
+                },
+            )?;
+            if cancelled {
+                return Err(Error::Cancelled);
+            }
+            crate::train::pseudo::save_pseudo_queries(&path, &qs)?;
+        }
+        // No question kept (a model that writes none the filter accepts): train without.
+        let kept = std::fs::metadata(&path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        if !kept {
+            tracing::warn!("no pseudo-query was kept; training without them");
+        } else if spec.queries.is_none() {
+            spec.queries = Some(path);
+        } else if spec.queries.as_deref() != Some(path.as_path()) {
+            // (A resumed run whose query file already is this file has them once.)
+            pseudo_queries = load_queries(&path)?;
+        }
+    }
+    let spec = &spec;
+    let (train_queries, held_queries) = split_queries(spec)?;
+    // Negatives are mined once, by the model the run starts from, and kept in the run so a
+    // resumed run sees exactly the same examples.
+    let mined_path = run.join("mined_negatives.json");
+    let mined: HashMap<String, Vec<String>> = if mined_path.is_file() {
+        let text = std::fs::read_to_string(&mined_path).map_err(|e| Error::io(&mined_path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&mined_path, e.to_string()))?
+    } else if spec.data.mine_queries > 0
+        && !train_queries.is_empty()
+        && spec.train.mix.assessment > 0.0
+    {
+        let m = mine_negatives(&bundle, &corpus, &train_queries, spec.data.mine_queries)?;
+        let json = serde_json::to_string(&m).map_err(|e| Error::invalid(e.to_string()))?;
+        write_atomic(&mined_path, json.as_bytes())?;
+        m
+    } else {
+        HashMap::new()
+    };
+    let mut examples = build_examples(spec, &corpus, &bundle, &train_queries, &mined)?;
+    if !pseudo_queries.is_empty() {
+        let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+        let builder = DataBuilder {
+            tokenizer: &bundle.tokenizer,
+            codec: &codec,
+            corpus: &corpus,
+            opts: spec.data.clone(),
+        };
+        examples.extend(builder.retrieval(&pseudo_queries)?);
+    }
+    let mut spec = spec.clone();
+    if let Some(e) = spec.train.epochs {
+        let per_epoch = crate::train::batches_per_epoch(&examples, &spec.train).max(1);
+        spec.train.steps = ((per_epoch as f64) * e).ceil().max(1.0) as usize;
+    }
+    let manifest = RunManifest {
+        spec: spec.clone(),
+        corpus_fingerprint: corpus.fingerprint(),
+        git_commit: git_commit(),
+    };
+    let text = ron::ser::to_string_pretty(&manifest, ron::ser::PrettyConfig::default())
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    write_atomic(&run.join("run.ron"), text.as_bytes())?;
+    let metrics_path = run.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut sink = |e: TrainEvent| {
+        if let Ok(line) = serde_json::to_string(&e) {
+            let _ = writeln!(metrics, "{line}");
+        }
+        on_event(e);
+    };
+    let mut probe = RetrievalProbe {
+        inner: control,
+        corpus: &corpus,
+        queries: held_queries,
+        trie: None,
+    };
+    train(
+        &mut bundle,
+        &examples,
+        &spec.train,
+        Some(&ckpt),
+        &mut probe,
+        &mut sink,
+    )
+}

@@ -35,8 +35,8 @@ fn corpus_train_cancel_query_and_rerank() {
         .build_eframe(|cc| SelfretApp::new(cc));
 
     // First start: the demo corpus loads by itself.
-    wait_until(&mut h, "the demo corpus", 60, |a| a.corpus.is_some());
-    assert!(h.state().corpus.as_ref().unwrap().len() >= 60);
+    wait_until(&mut h, "the demo corpus", 60, |a| a.shared.corpus.is_some());
+    assert!(h.state().shared.corpus.as_ref().unwrap().len() >= 60);
     h.get_by_label_contains("passages,").hover();
 
     // Every path field has a file-dialog button beside it.
@@ -51,26 +51,26 @@ fn corpus_train_cancel_query_and_rerank() {
     assert!(h.query_by_label("pagerank-1").is_some());
 
     // The first start's recipe is the demo's: SmolLM2 with the quick preset.
-    assert!(h.state().project.model_source.ends_with(".gguf"));
+    assert!(h.state().shared.project.model_source.ends_with(".gguf"));
     assert_eq!(
-        h.state().project.preset,
+        h.state().shared.project.preset,
         Some(selfret::worker::preset::Preset::Quick)
     );
     // Train: the presets fill the form; then a short run on the tiny model, cancelled while
     // it runs.
     h.get_by_role_and_label(Role::Button, "Train").click();
     h.run_ok();
-    h.state_mut().project.model_source = "tiny".into();
+    h.state_mut().shared.project.model_source = "tiny".into();
     h.get_by_label("thorough").click();
     h.run_ok();
     assert_eq!(
-        h.state().project.preset,
+        h.state().shared.project.preset,
         Some(selfret::worker::preset::Preset::Thorough)
     );
     h.get_by_label("quick").click();
     h.run_ok();
     {
-        let p = &h.state().project;
+        let p = &h.state().shared.project;
         assert_eq!(p.preset, Some(selfret::worker::preset::Preset::Quick));
         assert_eq!(
             p.sentences_per_passage, 0,
@@ -81,28 +81,30 @@ fn corpus_train_cancel_query_and_rerank() {
     }
     {
         let app = h.state_mut();
-        app.project.run_dir = run_dir.path().join("run").display().to_string();
-        app.project.epochs = 0.0;
-        app.project.steps = 400;
-        app.project.batch_tokens = 512;
-        app.project.lr = 3e-3;
+        app.shared.project.run_dir = run_dir.path().join("run").display().to_string();
+        app.shared.project.epochs = 0.0;
+        app.shared.project.steps = 400;
+        app.shared.project.batch_tokens = 512;
+        app.shared.project.lr = 3e-3;
     }
     h.get_by_role_and_label(Role::Button, "Start").click();
     h.run_ok();
-    wait_until(&mut h, "loss points", 240, |a| a.train.losses.len() >= 3);
+    wait_until(&mut h, "loss points", 240, |a| {
+        a.panels.train.view.losses.len() >= 3
+    });
     h.get_by_role_and_label(Role::Button, "Stop training")
         .click();
     h.run_ok();
     wait_until(&mut h, "the run to stop and the model to load", 240, |a| {
-        !a.is_busy() && a.session_info.is_some()
+        !a.is_busy() && a.shared.session_info.is_some()
     });
     h.get_by_label("Log scale").click();
     h.run_ok();
-    assert!(h.state().train.log_scale);
-    let steps = h.state().train.losses.len();
+    assert!(h.state().panels.train.view.log_scale);
+    let steps = h.state().panels.train.view.losses.len();
     assert!(steps < 400, "cancel did not stop the run ({steps} steps)");
     assert!(matches!(
-        h.state().train.last,
+        h.state().panels.train.view.last,
         Some(selfret::train::TrainEvent::Finished {
             cancelled: true,
             ..
@@ -114,17 +116,19 @@ fn corpus_train_cancel_query_and_rerank() {
     h.get_by_label("Pseudo-queries (corpus without queries)")
         .click();
     h.run_ok();
-    h.state_mut().pseudo.opts.max_passages = 3;
-    h.state_mut().pseudo.opts.keep_top = 10;
+    h.state_mut().panels.train.pseudo.opts.max_passages = 3;
+    h.state_mut().panels.train.pseudo.opts.keep_top = 10;
     h.get_by_role_and_label(Role::Button, "Write pseudo-queries")
         .click();
     h.run_ok();
     wait_until(&mut h, "pseudo-queries", 120, |a| {
-        !a.is_busy() && a.pseudo.status.is_some()
+        !a.is_busy() && a.panels.train.pseudo.status.is_some()
     });
     let pseudo_file = run_dir.path().join("pseudo.jsonl");
-    h.state_mut().pseudo.path = pseudo_file.display().to_string();
+    h.state_mut().panels.train.pseudo.path = pseudo_file.display().to_string();
     h.state_mut()
+        .panels
+        .train
         .pseudo
         .items
         .push(selfret::train::pseudo::PseudoQuery {
@@ -147,7 +151,7 @@ fn corpus_train_cancel_query_and_rerank() {
         .iter()
         .any(|q| q.question == "Who wrote the first web crawler?"));
     assert_eq!(
-        h.state().project.queries_path,
+        h.state().shared.project.queries_path,
         pseudo_file.display().to_string()
     );
 
@@ -162,7 +166,7 @@ fn corpus_train_cancel_query_and_rerank() {
     // Query: ranked candidates and a score table.
     h.get_by_role_and_label(Role::Button, "Query").click();
     h.run_ok();
-    assert_eq!(h.state().project.panel, PanelKind::Query);
+    assert_eq!(h.state().shared.project.panel, PanelKind::Query);
     h.get_by_label("Question").click();
     h.run_ok();
     h.get_by_label("Question").type_text("Who founded Google?");
@@ -170,9 +174,9 @@ fn corpus_train_cancel_query_and_rerank() {
     h.get_by_role_and_label(Role::Button, "Search").click();
     h.run_ok();
     wait_until(&mut h, "the retrieval trace", 120, |a| {
-        a.trace_done && a.trace.is_some()
+        a.panels.query.trace_done && a.panels.query.trace.is_some()
     });
-    let trace = h.state().trace.clone().unwrap();
+    let trace = h.state().panels.query.trace.clone().unwrap();
     assert!(!trace.ranking.is_empty());
     assert!(
         h.query_by_label("P(reject)").is_some(),
@@ -183,9 +187,9 @@ fn corpus_train_cancel_query_and_rerank() {
     // Sort the score table by P(reject), then export the trace as JSON.
     h.get_by_label("P(reject)").click();
     h.run_ok();
-    assert_eq!(h.state().score_sort, (5, true));
+    assert_eq!(h.state().panels.query.score_sort, (5, true));
     let export = run_dir.path().join("trace.json");
-    h.state_mut().export_path = export.display().to_string();
+    h.state_mut().panels.query.export_path = export.display().to_string();
     h.get_by_role_and_label(Role::Button, "Export trace JSON")
         .click();
     h.run_ok();
@@ -202,6 +206,8 @@ fn corpus_train_cancel_query_and_rerank() {
     assert!(!h.state().is_busy());
     let after: Vec<f64> = h
         .state()
+        .panels
+        .query
         .trace
         .as_ref()
         .unwrap()
@@ -209,7 +215,7 @@ fn corpus_train_cancel_query_and_rerank() {
         .iter()
         .map(|t| t.s_t)
         .collect();
-    assert_eq!(h.state().trace.as_ref().unwrap().tau, 4.0);
+    assert_eq!(h.state().panels.query.trace.as_ref().unwrap().tau, 4.0);
     if before.len() > 1 {
         assert_ne!(before, after, "tau did not change the title scores");
     }
@@ -217,27 +223,36 @@ fn corpus_train_cancel_query_and_rerank() {
     // Evaluate: Self-Retrieval and BM25 over a few demo queries, then click into one.
     h.get_by_role_and_label(Role::Button, "Evaluate").click();
     h.run_ok();
-    h.state_mut().project.eval.limit = 4;
+    h.state_mut().shared.project.eval.limit = 4;
     h.get_by_role_and_label(Role::Button, "Run evaluation")
         .click();
     h.run_ok();
     wait_until(&mut h, "evaluation results", 240, |a| {
-        !a.is_busy() && !a.eval_results.is_empty()
+        !a.is_busy() && !a.panels.evaluate.results.is_empty()
     });
     let systems: Vec<String> = h
         .state()
-        .eval_results
+        .panels
+        .evaluate
+        .results
         .iter()
         .map(|s| s.system.clone())
         .collect();
     assert_eq!(systems, ["bm25", "self-retrieval"]);
     assert!(h.query_by_label("mrr@5").is_some());
-    let first_q = h.state().eval_results[1].queries[0].question.clone();
+    let first_q = h.state().panels.evaluate.results[1].queries[0]
+        .question
+        .clone();
     h.get_by_label(&first_q).click();
     h.run_ok();
-    assert_eq!(h.state().project.panel, PanelKind::Query);
+    assert_eq!(h.state().shared.project.panel, PanelKind::Query);
     wait_until(&mut h, "the clicked query", 120, |a| {
-        a.trace_done && a.trace.as_ref().is_some_and(|t| t.query == first_q)
+        a.panels.query.trace_done
+            && a.panels
+                .query
+                .trace
+                .as_ref()
+                .is_some_and(|t| t.query == first_q)
     });
 }
 

@@ -1,52 +1,91 @@
 //! Query panel: the retrieval inspector. Title beams with probabilities, each passage expansion
 //! token by token (chosen / forced / auto-completed), the score table, live tau and delta, answer.
 
-use super::{AppCommand, SelfretApp};
-use crate::retrieve::StepKind;
+use crate::app::dialogs::{browse_button, Dialogs, PathField};
+use crate::app::{AppCommand, Shared};
+use crate::retrieve::{RetrievalTrace, StepKind};
 
 const CHOSEN: egui::Color32 = egui::Color32::from_rgb(40, 110, 200);
 const FORCED: egui::Color32 = egui::Color32::from_rgb(130, 130, 130);
 const AUTO: egui::Color32 = egui::Color32::from_rgb(60, 150, 80);
 
-/// Draws the panel.
-pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
-    ui.heading("Query");
-    if app.session_info.is_none() {
-        ui.weak("Load a model first: train one (Train panel), open a run, or load a model without training.");
-    }
-    ui.horizontal(|ui| {
-        let l = ui.label("Question");
-        let r = ui
-            .add(egui::TextEdit::singleline(&mut app.query_text).desired_width(480.0))
-            .labelled_by(l.id);
-        let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-        if ui
-            .add_enabled(!app.is_busy(), egui::Button::new("Search"))
-            .clicked()
-            || (enter && !app.is_busy())
-        {
-            cmds.push(AppCommand::Query(app.query_text.clone()));
+/// The Query panel's own state: the question, its trace and the score table's view of it.
+#[derive(Debug, Clone)]
+pub struct QueryPanel {
+    pub query_text: String,
+    pub trace: Option<RetrievalTrace>,
+    /// The trace is complete (it arrives stage by stage).
+    pub trace_done: bool,
+    /// Score table sort: (column, descending).
+    pub score_sort: (usize, bool),
+    pub export_path: String,
+    pub export_status: Option<String>,
+}
+
+impl Default for QueryPanel {
+    fn default() -> Self {
+        QueryPanel {
+            query_text: String::new(),
+            trace: None,
+            trace_done: false,
+            score_sort: (0, false),
+            export_path: "trace.json".into(),
+            export_status: None,
         }
-    });
-    if !app.project.query_history.is_empty() {
-        ui.horizontal_wrapped(|ui| {
-            ui.weak("history:");
-            for h in app.project.query_history.clone().iter().take(6) {
-                if ui.small_button(h).clicked() {
-                    app.query_text = h.clone();
-                }
+    }
+}
+
+impl QueryPanel {
+    /// Draws the panel.
+    pub fn ui(
+        &mut self,
+        shared: &mut Shared,
+        dialogs: &Dialogs,
+        ui: &mut egui::Ui,
+        cmds: &mut Vec<AppCommand>,
+    ) {
+        ui.heading("Query");
+        if shared.session_info.is_none() {
+            ui.weak("Load a model first: train one (Train panel), open a run, or load a model without training.");
+        }
+        ui.horizontal(|ui| {
+            let l = ui.label("Question");
+            let r = ui
+                .add(egui::TextEdit::singleline(&mut self.query_text).desired_width(480.0))
+                .labelled_by(l.id);
+            let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if ui
+                .add_enabled(!shared.is_busy(), egui::Button::new("Search"))
+                .clicked()
+                || (enter && !shared.is_busy())
+            {
+                cmds.push(AppCommand::Query(self.query_text.clone()));
             }
         });
-    }
-    ui.horizontal(|ui| {
-        ui.add(egui::Slider::new(&mut app.project.retrieve.titles, 1..=20).text("Title beams"));
-        ui.add(egui::Slider::new(&mut app.project.retrieve.passages, 1..=20).text("Passage beams"));
-    });
-    let mut changed = false;
-    ui.horizontal(|ui| {
+        if !shared.project.query_history.is_empty() {
+            ui.horizontal_wrapped(|ui| {
+                ui.weak("history:");
+                for h in shared.project.query_history.clone().iter().take(6) {
+                    if ui.small_button(h).clicked() {
+                        self.query_text = h.clone();
+                    }
+                }
+            });
+        }
+        ui.horizontal(|ui| {
+            ui.add(
+                egui::Slider::new(&mut shared.project.retrieve.titles, 1..=20).text("Title beams"),
+            );
+            ui.add(
+                egui::Slider::new(&mut shared.project.retrieve.passages, 1..=20)
+                    .text("Passage beams"),
+            );
+        });
+        let mut changed = false;
+        ui.horizontal(|ui| {
         changed |= ui
             .add(
-                egui::Slider::new(&mut app.project.retrieve.tau, 0.01..=5.0)
+                egui::Slider::new(&mut shared.project.retrieve.tau, 0.01..=5.0)
                     .logarithmic(true)
                     .text("tau"),
             )
@@ -54,7 +93,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             .changed();
         changed |= ui
             .add(
-                egui::Slider::new(&mut app.project.retrieve.delta, 0.01..=5.0)
+                egui::Slider::new(&mut shared.project.retrieve.delta, 0.01..=5.0)
                     .logarithmic(true)
                     .text("delta"),
             )
@@ -62,68 +101,68 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
             .changed();
         changed |= ui
             .add(
-                egui::Slider::new(&mut app.project.retrieve.passage_weight, 0.0..=3.0)
+                egui::Slider::new(&mut shared.project.retrieve.passage_weight, 0.0..=3.0)
                     .text("passage weight"),
             )
             .on_hover_text("Weight w of the passage's own likelihood: within a title, candidates are ranked by softmax((1 - P(reject)) / delta + w x log P_trie(passage)). 0 is the paper's formula.")
             .changed();
         changed |= ui
             .add(
-                egui::Slider::new(&mut app.project.retrieve.query_weight, 0.0..=32.0)
+                egui::Slider::new(&mut shared.project.retrieve.query_weight, 0.0..=32.0)
                     .text("query weight"),
             )
             .on_hover_text("Weight q of the query likelihood: how likely the model finds the question after reading each candidate. S = softmax over all candidates of ln(S_T x within-title score) + q x log P(question | passage). 0 leaves it out.")
             .changed();
-        ui.checkbox(&mut app.project.retrieve.assess, "self-assessment")
+        ui.checkbox(&mut shared.project.retrieve.assess, "self-assessment")
             .on_hover_text("Read the model's own verdict P(reject) for every candidate (the paper's reranking; applies to the next question). Off by default: on new questions it does not separate passages at this model size, the query likelihood does.");
-        ui.checkbox(&mut app.project.retrieve.likelihood, "read query likelihood")
+        ui.checkbox(&mut shared.project.retrieve.likelihood, "read query likelihood")
             .on_hover_text("Read log P(question | passage) for every candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
-        ui.checkbox(&mut app.project.retrieve.likelihood_base, "with the base model")
+        ui.checkbox(&mut shared.project.retrieve.likelihood_base, "with the base model")
             .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
     });
-    let weights = app.project.retrieve.weights();
-    let Some(trace) = app.trace.as_mut() else {
-        return;
-    };
-    if changed || trace.weights() != weights {
-        trace.rerank(weights);
-    }
-    ui.separator();
-    if !app.trace_done {
-        ui.weak("retrieving ... (results appear as each stage completes)");
-    }
-    if let Some(ans) = &trace.answer {
-        ui.horizontal(|ui| {
-            ui.strong("Answer:");
-            ui.label(&ans.text);
-            for id in &ans.cited {
-                if ui.link(format!("[{id}]")).clicked() {
-                    cmds.push(AppCommand::ShowPassage(id.clone()));
+        let weights = shared.project.retrieve.weights();
+        let Some(trace) = self.trace.as_mut() else {
+            return;
+        };
+        if changed || trace.weights() != weights {
+            trace.rerank(weights);
+        }
+        ui.separator();
+        if !self.trace_done {
+            ui.weak("retrieving ... (results appear as each stage completes)");
+        }
+        if let Some(ans) = &trace.answer {
+            ui.horizontal(|ui| {
+                ui.strong("Answer:");
+                ui.label(&ans.text);
+                for id in &ans.cited {
+                    if ui.link(format!("[{id}]")).clicked() {
+                        cmds.push(AppCommand::ShowPassage(id.clone()));
+                    }
                 }
-            }
-        });
-    }
-    let t = &trace.timings;
-    ui.weak(format!(
+            });
+        }
+        let t = &trace.timings;
+        ui.weak(format!(
         "titles {:.0} ms | passages {:.0} ms | assessment {:.0} ms | query likelihood {:.0} ms | answer {:.0} ms | {} forward passes over {} token positions",
         t.titles_ms, t.passages_ms, t.assess_ms, t.likelihood_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
     ));
-    ui.horizontal(|ui| {
-        ui.colored_label(CHOSEN, "chosen by the model");
-        ui.colored_label(FORCED, "forced by the trie");
-        ui.colored_label(AUTO, "auto-completed");
-    });
-    egui::ScrollArea::vertical()
+        ui.horizontal(|ui| {
+            ui.colored_label(CHOSEN, "chosen by the model");
+            ui.colored_label(FORCED, "forced by the trie");
+            ui.colored_label(AUTO, "auto-completed");
+        });
+        egui::ScrollArea::vertical()
         .id_salt("trace")
         .show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.strong("Ranking");
                 ui.weak("(click a column to sort)");
                 let l = ui.label("Export to");
-                ui.add(egui::TextEdit::singleline(&mut app.export_path).desired_width(200.0))
+                ui.add(egui::TextEdit::singleline(&mut self.export_path).desired_width(200.0))
                     .labelled_by(l.id);
-                let field = super::dialogs::PathField::ExportTrace;
-                if super::dialogs::browse_button(ui, field, &app.dialogs) {
+                let field = PathField::ExportTrace;
+                if browse_button(ui, field, dialogs) {
                     cmds.push(AppCommand::Browse(field));
                 }
                 if ui.button("Export trace JSON").clicked() {
@@ -131,17 +170,17 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                         .map_err(|e| e.to_string())
                         .and_then(|json| {
                             crate::model::checkpoint::write_atomic(
-                                std::path::Path::new(app.export_path.trim()),
+                                std::path::Path::new(self.export_path.trim()),
                                 json.as_bytes(),
                             )
                             .map_err(|e| e.to_string())
                         });
-                    app.export_status = Some(match result {
-                        Ok(()) => format!("wrote {}", app.export_path.trim()),
+                    self.export_status = Some(match result {
+                        Ok(()) => format!("wrote {}", self.export_path.trim()),
                         Err(e) => format!("export failed: {e}"),
                     });
                 }
-                if let Some(st) = &app.export_status {
+                if let Some(st) = &self.export_status {
                     ui.weak(st);
                 }
             });
@@ -189,7 +228,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                     _ => c.rank as f64,
                 }
             };
-            let (col, desc) = app.score_sort;
+            let (col, desc) = self.score_sort;
             rows.sort_by(|a, b| {
                 let o = match col {
                     1 => a.passage_id.cmp(&b.passage_id),
@@ -207,8 +246,8 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                 .num_columns(COLUMNS.len())
                 .show(ui, |ui| {
                     for (k, h) in COLUMNS.iter().enumerate() {
-                        let arrow = if app.score_sort.0 == k {
-                            if app.score_sort.1 {
+                        let arrow = if self.score_sort.0 == k {
+                            if self.score_sort.1 {
                                 " v"
                             } else {
                                 " ^"
@@ -217,12 +256,12 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                             ""
                         };
                         if ui
-                            .selectable_label(app.score_sort.0 == k, format!("{h}{arrow}"))
+                            .selectable_label(self.score_sort.0 == k, format!("{h}{arrow}"))
                             .on_hover_text(HINTS[k])
                             .clicked()
                         {
-                            app.score_sort = if app.score_sort.0 == k {
-                                (k, !app.score_sort.1)
+                            self.score_sort = if self.score_sort.0 == k {
+                                (k, !self.score_sort.1)
                             } else {
                                 (k, k >= 3)
                             };
@@ -270,6 +309,7 @@ pub fn show(app: &mut SelfretApp, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>)
                 });
             }
         });
+    }
 }
 
 fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {

@@ -1,0 +1,113 @@
+//! The bars around the panels: the top bar (model, device, job progress, errors) and the left
+//! panel (the panel list and the project-file box).
+
+use super::dialogs::{self, PathField};
+use super::{AppCommand, PanelKind, SelfretApp};
+use crate::train::TrainEvent;
+use crate::worker::Control;
+use std::path::PathBuf;
+
+impl SelfretApp {
+    /// The heading, the loaded model, the job's progress with Cancel, and any error.
+    pub(super) fn top_bar(&self, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+        ui.horizontal(|ui| {
+            ui.heading("selfret");
+            ui.separator();
+            ui.label(format!("project: {}", self.shared.project.name));
+            ui.separator();
+            ui.label(format!(
+                "model: {}",
+                self.shared.session_info.as_deref().unwrap_or("none loaded")
+            ));
+            ui.separator();
+            ui.label(format!(
+                "device: {}",
+                crate::model::device_name(&crate::model::default_device())
+            ));
+            ui.separator();
+            match &self.shared.busy {
+                Some(label) => {
+                    let frac = match &self.panels.train.view.last {
+                        _ if self.shared.progress.is_some() => self
+                            .shared
+                            .progress
+                            .as_ref()
+                            .map(|(_, d, t)| *d as f32 / (*t).max(1) as f32)
+                            .unwrap_or(0.0),
+                        _ if self.shared.download.is_some() => self
+                            .shared
+                            .download
+                            .as_ref()
+                            .map(|(_, d, t)| *d as f32 / (*t).max(1) as f32)
+                            .unwrap_or(0.0),
+                        Some(TrainEvent::Step { step, .. })
+                            if self.panels.train.view.running
+                                && self.panels.train.view.total_steps > 0 =>
+                        {
+                            *step as f32 / self.panels.train.view.total_steps as f32
+                        }
+                        _ => 0.0,
+                    };
+                    // A paused run says so (its progress and ETA stand still).
+                    let text = if self.panels.train.view.paused && self.panels.train.view.running {
+                        format!("{label}: paused")
+                    } else {
+                        label.clone()
+                    };
+                    ui.add(egui::ProgressBar::new(frac).desired_width(160.0).text(text));
+                    if ui.button("Cancel").clicked() {
+                        cmds.push(AppCommand::Control(Control::Cancel));
+                    }
+                }
+                None => {
+                    ui.label("idle");
+                }
+            }
+        });
+        if let Some(e) = &self.shared.error {
+            ui.horizontal(|ui| {
+                ui.colored_label(egui::Color32::from_rgb(200, 60, 60), format!("error: {e}"));
+                if ui.small_button("Dismiss").clicked() {
+                    cmds.push(AppCommand::DismissError);
+                }
+            });
+        }
+        if let Some(n) = &self.dialogs.notice {
+            ui.weak(n.as_str());
+        }
+    }
+
+    /// The panel list and the project-file box.
+    pub(super) fn side_panel(&mut self, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+        ui.add_space(6.0);
+        for p in PanelKind::ALL {
+            if ui
+                .selectable_label(self.shared.project.panel == p, p.label())
+                .clicked()
+            {
+                cmds.push(AppCommand::SwitchPanel(p));
+            }
+        }
+        ui.separator();
+        let l = ui.label("Project file");
+        ui.add(
+            egui::TextEdit::singleline(&mut self.project_file)
+                .hint_text("project.ron")
+                .desired_width(110.0),
+        )
+        .labelled_by(l.id);
+        ui.horizontal(|ui| {
+            if ui.button("Save").clicked() && !self.project_file.is_empty() {
+                cmds.push(AppCommand::SaveProject(PathBuf::from(&self.project_file)));
+            }
+            if ui.button("Open").clicked() && !self.project_file.is_empty() {
+                cmds.push(AppCommand::OpenProject(PathBuf::from(&self.project_file)));
+            }
+        });
+        for field in [PathField::OpenProject, PathField::SaveProject] {
+            if dialogs::browse_button(ui, field, &self.dialogs) {
+                cmds.push(AppCommand::Browse(field));
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Worker events into state: each event updates the shared state or the panel it concerns
+//! (a trace goes to the Query panel, loss points to the Train panel).
+
+use super::dialogs::PathField;
+use super::panels::TrainView;
+use super::{AppCommand, SelfretApp};
+use crate::train::TrainEvent;
+use crate::worker::Event;
+use std::path::PathBuf;
+
+impl SelfretApp {
+    /// Takes in what the worker and the file dialogs reported since the last frame.
+    pub(super) fn poll(&mut self) {
+        for (field, path) in self.dialogs.poll() {
+            self.on_path_chosen(field, path);
+        }
+        for ev in self.worker.poll() {
+            match ev {
+                Event::Started(label) => {
+                    self.shared.busy = Some(label);
+                    self.shared.error = None;
+                }
+                Event::CorpusLoaded(c) => {
+                    self.shared.untitled = c.untitled().len();
+                    self.shared.corpus = Some(c);
+                    self.panels.corpus.matches = None;
+                    self.panels.corpus.page = 0;
+                }
+                Event::Train(e) => self.panels.train.view.on_train_event(e),
+                Event::SessionReady(info) => {
+                    self.shared.session_info = Some(info.description.clone());
+                    self.shared.session = Some(info);
+                }
+                Event::Trace { trace, done } => {
+                    self.panels.query.trace = Some(trace);
+                    self.panels.query.trace_done = done;
+                }
+                Event::EvalProgress {
+                    system,
+                    done,
+                    total,
+                } => self.panels.evaluate.progress = Some((system, done, total)),
+                Event::EvalDone(results) => {
+                    self.panels.evaluate.results = results;
+                    self.panels.evaluate.progress = None;
+                }
+                Event::Progress { label, done, total } => {
+                    self.shared.progress = Some((label, done, total))
+                }
+                Event::PseudoQueries(items) => {
+                    let kept = items.iter().filter(|q| q.keep).count();
+                    self.panels.train.pseudo.status = Some(format!(
+                        "{} questions written, {kept} kept (found again by retrieval)",
+                        items.len()
+                    ));
+                    self.panels.train.pseudo.items = items;
+                }
+                Event::TitledCorpus { path, generated } => {
+                    self.shared.project.corpus_path = path.display().to_string();
+                    self.panels.corpus.titles_status = Some(format!(
+                        "{generated} titles written by the model; corpus saved to {}",
+                        path.display()
+                    ));
+                    self.apply(AppCommand::LoadCorpus);
+                }
+                Event::TrainHistory(events) => {
+                    let view = &mut self.panels.train.view;
+                    *view = TrainView {
+                        log_scale: view.log_scale,
+                        ..Default::default()
+                    };
+                    for e in events {
+                        view.on_train_event(e);
+                    }
+                    view.running = false;
+                }
+                Event::Download { file, done, total } => {
+                    self.shared.download = Some((file, done, total))
+                }
+                Event::Error(e) => self.shared.error = Some(e),
+                Event::Finished => {
+                    self.shared.download = None;
+                    self.shared.progress = None;
+                    self.shared.busy = None;
+                    self.panels.train.view.running = false;
+                    self.panels.train.view.paused = false;
+                }
+            }
+        }
+    }
+
+    /// Fills in the path a dialog chose; a corpus loads and a project opens or saves at once.
+    fn on_path_chosen(&mut self, field: PathField, path: PathBuf) {
+        *self.field_mut(field) = path.display().to_string();
+        match field {
+            PathField::CorpusFile | PathField::CorpusFolder => self.apply(AppCommand::LoadCorpus),
+            PathField::OpenProject => self.apply(AppCommand::OpenProject(path)),
+            PathField::SaveProject => self.apply(AppCommand::SaveProject(path)),
+            PathField::ModelFile
+            | PathField::ModelFolder
+            | PathField::QueriesFile
+            | PathField::RunDir
+            | PathField::EvalQueries
+            | PathField::ExportTrace
+            | PathField::PseudoQueries => {}
+        }
+    }
+}
+
+impl TrainView {
+    /// Adds one training event to the curves.
+    pub(super) fn on_train_event(&mut self, e: TrainEvent) {
+        match &e {
+            TrainEvent::Started { total_steps, .. } => {
+                self.total_steps = *total_steps;
+                self.running = true;
+            }
+            TrainEvent::Step {
+                step,
+                task,
+                loss,
+                lr,
+                tokens_per_s,
+                eta_s,
+                ..
+            } => {
+                self.losses.push((*task, *step, *loss));
+                self.lr.push([*step as f64, *lr]);
+                self.speed.push([*step as f64, *tokens_per_s]);
+                self.eta.push([*step as f64, *eta_s]);
+            }
+            TrainEvent::Checkpoint { step, path } => self
+                .checkpoints
+                .push(format!("step {step}: {}", path.display())),
+            TrainEvent::Eval {
+                step,
+                losses,
+                metrics,
+            } => {
+                for (k, v) in losses {
+                    self.eval_losses.push((k.clone(), *step, *v));
+                }
+                for (k, v) in metrics {
+                    self.eval_metrics.push((k.clone(), *step, *v));
+                }
+            }
+            TrainEvent::Finished { .. } => self.running = false,
+            TrainEvent::Preparing { .. } => self.running = true,
+        }
+        self.last = Some(e);
+    }
+}

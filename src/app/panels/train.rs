@@ -1,0 +1,423 @@
+//! Train panel: hyperparameters, Start / Pause / Cancel / Save now, live loss curves per task.
+
+use crate::app::dialogs::{path_row, Dialogs, PathField};
+use crate::app::{AppCommand, Shared};
+use crate::train::{Task, TrainEvent};
+use crate::worker::preset::Preset;
+use crate::worker::Control;
+use egui_plot::{Legend, Line, Plot, Points};
+
+/// The Train panel's own state: the run's curves and the pseudo-queries under review.
+#[derive(Debug, Clone, Default)]
+pub struct TrainPanel {
+    pub view: TrainView,
+    pub pseudo: PseudoView,
+}
+
+/// Pseudo-queries being reviewed before they are saved as a query file.
+#[derive(Debug, Clone)]
+pub struct PseudoView {
+    pub path: String,
+    pub opts: crate::train::pseudo::PseudoOptions,
+    pub items: Vec<crate::train::pseudo::PseudoQuery>,
+    pub status: Option<String>,
+}
+
+impl Default for PseudoView {
+    fn default() -> Self {
+        PseudoView {
+            path: "pseudo_queries.jsonl".into(),
+            opts: crate::train::pseudo::PseudoOptions {
+                max_passages: 30,
+                ..Default::default()
+            },
+            items: Vec::new(),
+            status: None,
+        }
+    }
+}
+
+/// Training progress gathered from worker events.
+#[derive(Debug, Clone, Default)]
+pub struct TrainView {
+    pub losses: Vec<(Task, usize, f64)>,
+    /// Held-out losses: (task name, step, loss).
+    pub eval_losses: Vec<(String, usize, f64)>,
+    /// Plot losses on a log10 axis.
+    pub log_scale: bool,
+    pub lr: Vec<[f64; 2]>,
+    /// Tokens per second by step.
+    pub speed: Vec<[f64; 2]>,
+    /// Seconds left by step.
+    pub eta: Vec<[f64; 2]>,
+    /// Retrieval metrics on held-out queries: (name, step, value).
+    pub eval_metrics: Vec<(String, usize, f64)>,
+    pub last: Option<TrainEvent>,
+    pub total_steps: usize,
+    pub checkpoints: Vec<String>,
+    pub running: bool,
+    pub paused: bool,
+}
+
+impl TrainPanel {
+    /// Draws the panel.
+    pub fn ui(
+        &mut self,
+        shared: &mut Shared,
+        dialogs: &Dialogs,
+        ui: &mut egui::Ui,
+        cmds: &mut Vec<AppCommand>,
+    ) {
+        ui.heading("Train");
+        path_row(
+            ui,
+            "Run directory",
+            &mut shared.project.run_dir,
+            "runs/my-run",
+            &[PathField::RunDir],
+            dialogs,
+            cmds,
+        );
+        path_row(
+            ui,
+            "Query file (optional)",
+            &mut shared.project.queries_path,
+            "train.jsonl with question/answers/positive_ids",
+            &[PathField::QueriesFile],
+            dialogs,
+            cmds,
+        );
+        ui.horizontal(|ui| {
+        ui.label("Preset").on_hover_text(
+            "Fills every training setting below with a measured recipe for the corpus size and the model; any field can still be changed.",
+        );
+        for preset in Preset::ALL {
+            let selected = shared.project.preset == Some(preset);
+            if ui
+                .selectable_label(selected, preset.name())
+                .on_hover_text(preset.describe())
+                .clicked()
+            {
+                shared.project.apply_preset(preset);
+            }
+        }
+        match shared.project.preset {
+            Some(p) => ui.weak(format!("{}: {}", p.name(), p.describe())),
+            None => ui.weak("custom settings"),
+        };
+    });
+        ui.horizontal(|ui| {
+            let mut by_epochs = shared.project.epochs > 0.0;
+            ui.label("Budget");
+            if ui.radio(!by_epochs, "steps").clicked() {
+                by_epochs = false;
+                shared.project.epochs = 0.0;
+            }
+            if ui.radio(by_epochs, "epochs").clicked() && !by_epochs {
+                shared.project.epochs = 1.0;
+            }
+            if shared.project.epochs > 0.0 {
+                ui.add(egui::Slider::new(&mut shared.project.epochs, 0.1..=20.0).text("Epochs"));
+            } else {
+                ui.add(
+                    egui::Slider::new(&mut shared.project.steps, 10..=5000)
+                        .logarithmic(true)
+                        .text("Steps"),
+                );
+            }
+        });
+        ui.horizontal(|ui| {
+        ui.add(
+            egui::Slider::new(&mut shared.project.sentences_per_passage, 0..=20)
+                .text("Indexing sentences per passage (0 = all)"),
+        )
+        .on_hover_text("Indexing teaches sentence -> title + passage; 0 uses every sentence of 6-49 words, every epoch.");
+        ui.add(
+            egui::Slider::new(&mut shared.project.pseudo_per_passage, 0..=10)
+                .text("Generated questions per passage"),
+        )
+        .on_hover_text("Before training, the base model writes this many questions for every passage; those BM25 finds the passage from train retrieval alongside the query file (0: off).");
+    });
+        ui.horizontal(|ui| {
+        ui.label("Task mix").on_hover_text("Relative weight of each training task: indexing (sentence -> passage), retrieval (question -> passage), self-assessment (question + passage -> can / cannot answer). With epochs, a weight of 2 sees that task's examples twice per epoch.");
+        let mix = &mut shared.project.mix;
+        ui.add(egui::Slider::new(&mut mix.indexing, 0.0..=4.0).text("Indexing"));
+        ui.add(egui::Slider::new(&mut mix.retrieval, 0.0..=4.0).text("Retrieval"));
+        ui.add(egui::Slider::new(&mut mix.assessment, 0.0..=4.0).text("Assessment"));
+    });
+        ui.horizontal(|ui| {
+        ui.add(
+            egui::Slider::new(&mut shared.project.target_words, 0..=200)
+                .text("Indexing target words (0 = whole passage)"),
+        );
+        ui.add_enabled(
+            shared.project.lora,
+            egui::Slider::new(&mut shared.project.lora_rank, 1..=64).text("LoRA rank"),
+        )
+        .on_hover_text("Rank of the low-rank adapters trained on every projection while the base model stays frozen: higher learns more, costs more.");
+    });
+        ui.add(
+            egui::Slider::new(&mut shared.project.lr, 1e-5..=1e-2)
+                .logarithmic(true)
+                .text("Learning rate"),
+        );
+        ui.add(
+            egui::Slider::new(&mut shared.project.batch_tokens, 256..=8192)
+                .logarithmic(true)
+                .text("Batch tokens"),
+        )
+        .on_hover_text("Token budget of one training batch (rows x longest row).");
+        let running = self.view.running;
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(!shared.is_busy(), egui::Button::new("Start"))
+                .clicked()
+            {
+                cmds.push(AppCommand::StartTraining { resume: false });
+            }
+            if ui
+                .add_enabled(!shared.is_busy(), egui::Button::new("Resume run"))
+                .clicked()
+            {
+                cmds.push(AppCommand::StartTraining { resume: true });
+            }
+            let pause_label = if self.view.paused {
+                "Continue"
+            } else {
+                "Pause"
+            };
+            if ui
+                .add_enabled(running, egui::Button::new(pause_label))
+                .clicked()
+            {
+                cmds.push(AppCommand::Control(if self.view.paused {
+                    Control::Resume
+                } else {
+                    Control::Pause
+                }));
+            }
+            if ui
+                .add_enabled(running, egui::Button::new("Save now"))
+                .clicked()
+            {
+                cmds.push(AppCommand::Control(Control::SaveNow));
+            }
+            if ui
+                .add_enabled(running, egui::Button::new("Stop training"))
+                .clicked()
+            {
+                cmds.push(AppCommand::Control(Control::Cancel));
+            }
+            if ui
+                .add_enabled(!shared.is_busy(), egui::Button::new("Open run"))
+                .clicked()
+            {
+                cmds.push(AppCommand::OpenRun);
+            }
+        });
+        pseudo_section(&mut self.pseudo, shared, dialogs, ui, cmds);
+        match &self.view.last {
+            Some(TrainEvent::Step {
+                step,
+                loss,
+                lr,
+                tokens_per_s,
+                eta_s,
+                task,
+                ..
+            }) => {
+                ui.label(format!(
+                "step {step}/{}  {} loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tokens/s  ETA {eta_s:.0} s",
+                self.view.total_steps,
+                task.name()
+            ));
+            }
+            Some(TrainEvent::Preparing { stage, done, total }) => {
+                ui.label(format!("preparing: {stage} {done}/{total}"));
+            }
+            Some(TrainEvent::Finished { step, cancelled }) => {
+                ui.label(format!(
+                    "{} at step {step}",
+                    if *cancelled { "stopped" } else { "finished" }
+                ));
+            }
+            Some(other) => {
+                ui.label(format!("{other:?}"));
+            }
+            None => {
+                ui.label("not started");
+            }
+        }
+        ui.horizontal(|ui| {
+            ui.label(format!("loss points: {}", self.view.losses.len()));
+            ui.checkbox(&mut self.view.log_scale, "Log scale");
+        });
+        let log = self.view.log_scale;
+        let y = move |l: f64| if log { l.max(1e-6).log10() } else { l };
+        Plot::new("loss-plot")
+            .legend(Legend::default())
+            .height(260.0)
+            .x_axis_label("step")
+            .y_axis_label(if log { "loss (log10)" } else { "loss" })
+            .y_axis_formatter(move |m, _| {
+                if log {
+                    format!("{:.3}", 10f64.powf(m.value))
+                } else {
+                    format!("{:.2}", m.value)
+                }
+            })
+            .show(ui, |p| {
+                for task in Task::ALL {
+                    let pts: Vec<[f64; 2]> = self
+                        .view
+                        .losses
+                        .iter()
+                        .filter(|(t, _, _)| *t == task)
+                        .map(|(_, s, l)| [*s as f64, y(*l)])
+                        .collect();
+                    if !pts.is_empty() {
+                        p.line(Line::new(task.name(), pts));
+                    }
+                    let held: Vec<[f64; 2]> = self
+                        .view
+                        .eval_losses
+                        .iter()
+                        .filter(|(t, _, _)| t == task.name())
+                        .map(|(_, s, l)| [*s as f64, y(*l)])
+                        .collect();
+                    if !held.is_empty() {
+                        p.points(
+                            Points::new(format!("{} (held-out)", task.name()), held).radius(3.0),
+                        );
+                    }
+                }
+            });
+        if !self.view.eval_metrics.is_empty() {
+            let last: Vec<String> = ["hits@1", "hits@5"]
+                .iter()
+                .filter_map(|k| {
+                    self.view
+                        .eval_metrics
+                        .iter()
+                        .rev()
+                        .find(|(n, _, _)| n == k)
+                        .map(|(n, s, v)| format!("{n} {v:.2} (step {s})"))
+                })
+                .collect();
+            ui.label(format!("held-out retrieval: {}", last.join(", ")));
+        }
+        ui.columns(3, |cols| {
+            small_plot(&mut cols[0], "lr-plot", "learning rate", &self.view.lr);
+            small_plot(&mut cols[1], "speed-plot", "tokens/s", &self.view.speed);
+            let hits: Vec<[f64; 2]> = self
+                .view
+                .eval_metrics
+                .iter()
+                .filter(|(n, _, _)| n == "hits@1")
+                .map(|(_, s, v)| [*s as f64, *v])
+                .collect();
+            if hits.is_empty() {
+                small_plot(&mut cols[2], "eta-plot", "ETA (s)", &self.view.eta);
+            } else {
+                small_plot(&mut cols[2], "hits-plot", "held-out Hits@1", &hits);
+            }
+        });
+        for c in self.view.checkpoints.iter().rev().take(3) {
+            ui.weak(format!("checkpoint {c}"));
+        }
+    }
+}
+
+/// A compact line plot of one series against the step.
+fn small_plot(ui: &mut egui::Ui, id: &str, name: &str, points: &[[f64; 2]]) {
+    ui.label(name);
+    Plot::new(id)
+        .height(120.0)
+        .x_axis_label("step")
+        .allow_scroll(false)
+        .show(ui, |p| {
+            if !points.is_empty() {
+                p.line(Line::new(name.to_string(), points.to_vec()));
+            }
+        });
+}
+
+/// Pseudo-queries: written by the loaded model, filtered by its own retrieval, reviewed and
+/// edited here, then saved as the query file training uses.
+fn pseudo_section(
+    pseudo: &mut PseudoView,
+    shared: &Shared,
+    dialogs: &Dialogs,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<AppCommand>,
+) {
+    egui::CollapsingHeader::new("Pseudo-queries (corpus without queries)")
+        .default_open(!pseudo.items.is_empty())
+        .show(ui, |ui| {
+            ui.weak(
+                "The loaded model writes questions for passages; a question is kept when the \
+                 model's own retrieval finds its passage again. Load a pretrained model first.",
+            );
+            let o = &mut pseudo.opts;
+            ui.horizontal(|ui| {
+                ui.add(egui::Slider::new(&mut o.per_passage, 1..=5).text("Questions per passage"));
+                ui.add(egui::Slider::new(&mut o.max_passages, 0..=500).text("Passages (0 = all)"));
+                ui.add(egui::Slider::new(&mut o.keep_top, 1..=10).text("Keep if found in top"));
+            });
+            ui.horizontal(|ui| {
+                if ui
+                    .add_enabled(
+                        !shared.is_busy() && shared.session.is_some(),
+                        egui::Button::new("Write pseudo-queries"),
+                    )
+                    .clicked()
+                {
+                    cmds.push(AppCommand::GeneratePseudoQueries);
+                }
+                if let Some((label, done, total)) = &shared.progress {
+                    ui.label(format!("{label}: {done}/{total} passages"));
+                }
+            });
+            if let Some(s) = &pseudo.status {
+                ui.label(s.as_str());
+            }
+            if pseudo.items.is_empty() {
+                return;
+            }
+            egui::ScrollArea::vertical()
+                .id_salt("pseudo")
+                .max_height(200.0)
+                .show(ui, |ui| {
+                    egui::Grid::new("pseudo-grid").striped(true).show(ui, |ui| {
+                        ui.strong("");
+                        ui.strong("passage");
+                        ui.strong("question (editable)");
+                        ui.strong("rank");
+                        ui.end_row();
+                        for q in pseudo.items.iter_mut() {
+                            ui.checkbox(&mut q.keep, "keep");
+                            let l = ui.label(q.query.positive_ids.join(", "));
+                            ui.add(
+                                egui::TextEdit::singleline(&mut q.query.question)
+                                    .desired_width(420.0),
+                            )
+                            .labelled_by(l.id);
+                            ui.label(q.rank.map(|r| r.to_string()).unwrap_or("-".into()));
+                            ui.end_row();
+                        }
+                    });
+                });
+            path_row(
+                ui,
+                "Save to",
+                &mut pseudo.path,
+                "pseudo_queries.jsonl",
+                &[PathField::PseudoQueries],
+                dialogs,
+                cmds,
+            );
+            if ui.button("Save and train with them").clicked() {
+                cmds.push(AppCommand::SavePseudoQueries);
+            }
+        });
+}

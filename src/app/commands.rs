@@ -5,7 +5,7 @@ use super::dialogs::{self, PathField};
 use super::panels::TrainView;
 use super::{PanelKind, Project, SelfretApp};
 use crate::model::ModelSource;
-use crate::worker::session::IndexSpec;
+use crate::worker::index::IndexSpec;
 use crate::worker::{Control, Job};
 use std::path::PathBuf;
 

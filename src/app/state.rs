@@ -5,8 +5,8 @@
 use crate::corpus::Corpus;
 use crate::model::ModelSource;
 use crate::retrieve::RetrieveOptions;
+use crate::worker::index::IndexSpec;
 use crate::worker::preset::Preset;
-use crate::worker::session::IndexSpec;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;

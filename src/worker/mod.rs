@@ -13,7 +13,8 @@ use crate::model::ModelSource;
 use crate::retrieve::{RetrievalTrace, RetrieveOptions};
 use crate::train::{TrainControl, TrainEvent};
 use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
-use session::{IndexSpec, QuerySession};
+use index::IndexSpec;
+use session::QuerySession;
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -1,8 +1,7 @@
 //! Opening a run directory (or an untrained model over a corpus) for querying: the
 //! [`QuerySession`] that the CLI, the app and evaluation ask.
 
-pub use super::index::IndexSpec;
-use super::index::{checkpoint_dir, load_base, RunManifest};
+use super::index::{checkpoint_dir, load_base, IndexSpec, RunManifest};
 use crate::corpus::{load_path, Corpus, LoadOptions};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::write_atomic;

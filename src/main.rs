@@ -4,6 +4,13 @@ use clap::Parser;
 use selfret::cli::{self, Cli, Command};
 
 fn main() -> anyhow::Result<()> {
+    // `selfret query ... | head` should end quietly when the reader goes, as other command-line
+    // tools do, not panic in println! (Rust ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     selfret::kernels::pin_thread_count();
     selfret::kernels::tune_allocator();
     selfret::kernels::blas_ffi::choose_openblas_kernels();

@@ -281,3 +281,55 @@ fn the_window_has_an_icon_and_a_desktop_entry() {
         assert!(entry.lines().any(|l| l == line), "missing `{line}`");
     }
 }
+
+/// Start into a folder that holds a trained model asks first, and nothing trains until the
+/// user chooses; "Use a new folder" then trains beside it and leaves the old one untouched.
+#[test]
+fn start_asks_before_training_over_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("run");
+    std::fs::create_dir_all(old.join("checkpoint")).unwrap();
+    std::fs::write(old.join("checkpoint/manifest.ron"), "(kept)").unwrap();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .with_max_steps(8)
+        .build_eframe(|cc| SelfretApp::new(cc));
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
+    h.get_by_role_and_label(Role::Button, "Train").click();
+    h.run_ok();
+    {
+        let p = &mut h.state_mut().shared.project;
+        p.model_source = "tiny".into();
+        p.run_dir = old.display().to_string();
+        p.epochs = 0.0;
+        p.steps = 2;
+        p.batch_tokens = 256;
+        p.pseudo_per_passage = 0;
+    }
+    h.get_by_role_and_label(Role::Button, "Start").click();
+    h.run_ok();
+    assert!(
+        !h.state().is_busy(),
+        "nothing may train before the user chooses"
+    );
+    assert!(h.query_by_label("Overwrite").is_some());
+    h.get_by_label("Use a new folder").click();
+    h.run_ok();
+    let fresh = dir.path().join("run-2");
+    assert_eq!(
+        h.state().shared.project.run_dir,
+        fresh.display().to_string()
+    );
+    wait_until(&mut h, "the new run", 120, |a| !a.is_busy());
+    assert!(
+        fresh.join("checkpoint/manifest.ron").is_file(),
+        "{:?}",
+        h.state().shared.error
+    );
+    assert_eq!(
+        std::fs::read_to_string(old.join("checkpoint/manifest.ron")).unwrap(),
+        "(kept)"
+    );
+}

@@ -320,6 +320,7 @@ fn examples_without_target_inside_max_len_are_skipped() {
 /// resume with nothing to resume from.
 #[test]
 fn corrupt_checkpoints_and_empty_resumes_are_refused() {
+    use selfret::model::checkpoint::Manifest;
     use selfret::worker::index::{run_index, IndexSpec};
     let corpus = demo_corpus();
     let dir = tempfile::tempdir().unwrap();
@@ -341,6 +342,18 @@ fn corrupt_checkpoints_and_empty_resumes_are_refused() {
         *x = 0xff;
     }
     std::fs::write(nan.join("model.safetensors"), &bytes).unwrap();
+    let e = ModelBundle::load_checkpoint(&nan, None, &Device::Cpu)
+        .err()
+        .expect("NaN weights must be refused")
+        .to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("model.safetensors"),
+        "{e}"
+    );
+    // A checkpoint from before checksums were kept: the values themselves are checked.
+    let mut manifest = Manifest::read(&nan).unwrap();
+    manifest.checksums.clear();
+    std::fs::write(nan.join("manifest.ron"), manifest.to_ron()).unwrap();
     let e = ModelBundle::load_checkpoint(&nan, None, &Device::Cpu)
         .err()
         .expect("NaN weights must be refused")
@@ -379,4 +392,152 @@ fn corrupt_checkpoints_and_empty_resumes_are_refused() {
         !run.join("checkpoint").exists(),
         "a resume must not start over"
     );
+}
+
+/// Overwrites the tensor bytes of a safetensors file (after its header) with `byte`.
+fn overwrite_tensor_bytes(path: &Path, byte: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for x in &mut bytes[8 + header..] {
+        *x = byte;
+    }
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Copies a checkpoint folder's files.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Bytes that decode as finite numbers (0x41 repeated reads as 12.07) pass any check of the
+/// values: the checksums the manifest keeps refuse them, in the weights, the adapters and the
+/// optimiser state, and a resume over a corrupt optimiser leaves the checkpoint as it was.
+#[test]
+fn finite_garbage_in_any_checkpoint_file_is_refused() {
+    use selfret::model::LoraConfig;
+    use selfret::worker::index::{run_index, IndexSpec};
+    let corpus = demo_corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
+    let lora = TrainMode::Lora(LoraConfig {
+        rank: 4,
+        ..Default::default()
+    });
+    let b = ModelBundle::from_weights(w, ModelSource::Tiny, lora, &Device::Cpu).unwrap();
+    let good = dir.path().join("good");
+    b.save(&good, None, Default::default()).unwrap();
+    assert!(ModelBundle::load_checkpoint(&good, None, &Device::Cpu).is_ok());
+    for file in ["model.safetensors", "adapter.safetensors"] {
+        let bad = dir.path().join(format!("bad-{file}"));
+        copy_dir(&good, &bad);
+        overwrite_tensor_bytes(&bad.join(file), 0x41);
+        let Err(e) = ModelBundle::load_checkpoint(&bad, None, &Device::Cpu) else {
+            panic!("garbage in {file} must be refused");
+        };
+        let e = e.to_string();
+        assert!(e.contains("checksum mismatch") && e.contains(file), "{e}");
+    }
+
+    // A run whose optimiser state is then overwritten: the resume refuses, nothing is written.
+    let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
+    spec.tiny = opts();
+    spec.train.steps = 3;
+    spec.train.batch_tokens = 512;
+    spec.pseudo = None;
+    let run = dir.path().join("run");
+    run_index(&spec, &run, false, &mut NoControl, &mut |_| {}, None).unwrap();
+    let ckpt = run.join("checkpoint");
+    overwrite_tensor_bytes(&ckpt.join("optimizer.safetensors"), 0x41);
+    let before = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+    spec.train.steps = 5;
+    let Err(e) = run_index(&spec, &run, true, &mut NoControl, &mut |_| {}, None) else {
+        panic!("a resume over a corrupt optimiser state must fail");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("optimizer.safetensors") && e.contains("checksum"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
+        before
+    );
+}
+
+/// The command line refuses what would train nothing or rank with broken temperatures, before
+/// any work: a resume budget the run has already spent, NaN or negative tau and delta (in
+/// `query` and `eval`), zero beams, an empty question.
+#[test]
+fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let bin = env!("CARGO_BIN_EXE_selfret");
+    let corpus = root().join("corpora/ir_history.jsonl");
+    let selfret = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let run_s = run.to_str().unwrap();
+    let corpus_s = corpus.to_str().unwrap();
+    let (ok, err) = selfret(&[
+        "index",
+        "--corpus",
+        corpus_s,
+        "--model",
+        "tiny",
+        "--out",
+        run_s,
+        "--steps",
+        "3",
+        "--batch-tokens",
+        "512",
+        "--pseudo-per-passage",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, err) = selfret(&[
+        "index", "--corpus", corpus_s, "--out", run_s, "--resume", "--steps", "2",
+    ]);
+    assert!(!ok && err.contains("already taken 3 steps"), "{err}");
+    for bad in [
+        vec!["--tau", "NaN"],
+        vec!["--tau=-1"],
+        vec!["--delta", "inf"],
+        vec!["--titles", "0"],
+    ] {
+        let mut args = vec!["query", "--run", run_s, "card catalogues"];
+        args.extend(bad.iter().copied());
+        let (ok, err) = selfret(&args);
+        assert!(
+            !ok && (err.contains("must be") || err.contains("at least 1")),
+            "{bad:?}: {err}"
+        );
+        let queries = root().join("corpora/ir_history.dev.jsonl");
+        let mut args = vec![
+            "eval",
+            "--run",
+            run_s,
+            "--queries",
+            queries.to_str().unwrap(),
+        ];
+        args.extend(bad.iter().copied());
+        let (ok, err) = selfret(&args);
+        assert!(
+            !ok && (err.contains("must be") || err.contains("at least 1")),
+            "eval {bad:?} must stop first: {err}"
+        );
+    }
+    let (ok, err) = selfret(&["query", "--run", run_s, "  "]);
+    assert!(!ok && err.contains("empty"), "{err}");
 }

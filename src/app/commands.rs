@@ -154,6 +154,14 @@ impl SelfretApp {
                 .map_err(|e| e.to_string())
                 .and_then(|t| {
                     ron::from_str::<Project>(&t).map_err(|e| format!("{}: {e}", path.display()))
+                })
+                .and_then(|p| {
+                    // NaN or negative temperatures parse as RON numbers; refuse them here, not
+                    // at the first re-ranking.
+                    p.retrieve
+                        .validate()
+                        .map(|_| p)
+                        .map_err(|e| format!("{}: {e}", path.display()))
                 }) {
                 Ok(p) => {
                     self.shared.project = p;

@@ -137,6 +137,8 @@ pub fn tune(a: TuneArgs) -> Result<()> {
 
 /// Runs `eval`.
 pub fn eval(a: EvalArgs) -> Result<()> {
+    // Before any work: a bad temperature would otherwise fail after the baselines ran.
+    a.rank.options().validate()?;
     let mut queries = crate::train::data::load_queries(&a.queries)?;
     if let Some(n) = a.limit {
         queries = if a.spread {
@@ -156,27 +158,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     report_load(&corpus);
     eprintln!("{} queries over {} passages", queries.len(), corpus.len());
-    let unknown: Vec<&str> = queries
-        .iter()
-        .flat_map(|q| q.positive_ids.iter())
-        .filter(|id| corpus.index_of(id).is_none())
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        eprintln!(
-            "warning: {} gold passage ids are not in the corpus (first: {}); those queries can only score as misses",
-            unknown.len(),
-            unknown.iter().take(5).copied().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let unscorable = queries
-        .iter()
-        .filter(|q| q.positive_ids.is_empty() || q.question.trim().is_empty())
-        .count();
-    if unscorable > 0 {
-        eprintln!(
-            "{unscorable} queries have no gold passage or no question: left out of the metrics"
-        );
+    for line in crate::eval::check_queries(&mut queries, &corpus).report() {
+        eprintln!("{line}");
     }
     let plan = crate::eval::run::EvalPlan {
         baselines: a

@@ -189,8 +189,26 @@ pub fn index(a: IndexArgs) -> Result<()> {
         })?;
         let stored = m.spec.train.steps;
         spec = m.spec;
+        // How often to save and probe is the user's to change; the recipe is the run's own.
+        spec.train.checkpoint_every = a.checkpoint_every;
+        spec.train.snapshot_minutes = a.snapshot_minutes.clone();
+        spec.train.eval_every = a.eval_every;
+        eprintln!(
+            "resuming with the run's own recipe ({}); recipe flags given now are not applied",
+            a.out.join("run.ron").display()
+        );
+        let done = crate::model::checkpoint::Manifest::read(&a.out.join("checkpoint"))
+            .map(|m| m.step as usize)
+            .unwrap_or(0);
         // A new budget on resume extends or shortens the run (its schedule follows).
         if let Some(s) = a.steps {
+            if s <= done {
+                bail!(
+                    "{}: the run has already taken {done} steps, so a budget of {s} would train \
+                     nothing; give more than {done} steps",
+                    a.out.display()
+                );
+            }
             spec.train.steps = s;
             spec.train.epochs = None;
             eprintln!("resuming with a budget of {s} steps (the run was planned for {stored})");

@@ -77,9 +77,11 @@ fn report_load(corpus: &crate::corpus::Corpus) {
 }
 
 impl ModelChoice {
-    fn open(&self) -> Result<QuerySession> {
+    /// Opens the session; prints the corpus's load report always when `report`, else only
+    /// when something was skipped (a query should not repeat it on every call).
+    fn open(&self, report: bool) -> Result<QuerySession> {
         let session = self.open_quietly()?;
-        if session.corpus.skipped_count() > 0 {
+        if report || session.corpus.skipped_count() > 0 {
             report_load(&session.corpus);
         }
         Ok(session)

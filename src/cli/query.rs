@@ -73,7 +73,7 @@ pub struct QueryArgs {
 
 /// Runs `query`.
 pub fn query(a: QueryArgs) -> Result<()> {
-    let session = a.source.open()?;
+    let session = a.source.open(false)?;
     let opts = session.options_for_model(&a.rank.options());
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
     if a.json {

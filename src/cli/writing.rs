@@ -38,7 +38,7 @@ pub struct TitlesArgs {
 
 /// Runs `pseudo-queries`.
 pub fn pseudo_queries(a: PseudoArgs) -> Result<()> {
-    let session = a.model.open()?;
+    let session = a.model.open(true)?;
     let opts = crate::train::pseudo::PseudoOptions {
         per_passage: a.per_passage,
         max_passages: a.limit,
@@ -73,7 +73,7 @@ pub fn pseudo_queries(a: PseudoArgs) -> Result<()> {
 
 /// Runs `titles`.
 pub fn titles(a: TitlesArgs) -> Result<()> {
-    let session = a.model.open()?;
+    let session = a.model.open(true)?;
     let untitled = session.corpus.untitled().len();
     let bar = indicatif::ProgressBar::new(untitled as u64);
     let n = session.write_titled_corpus(&a.out, &mut |done, _| {

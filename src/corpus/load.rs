@@ -117,9 +117,9 @@ fn load_file(
     match std::fs::metadata(path) {
         Err(e) => status.skipped.push(whole(format!("cannot read: {e}"))),
         Ok(m) if m.len() > opts.max_file_bytes => status.skipped.push(whole(format!(
-            "file is {} MB, over the {} MB limit",
-            m.len() / (1024 * 1024),
-            opts.max_file_bytes / (1024 * 1024)
+            "file is {:.1} MB, over the {:.1} MB limit",
+            m.len() as f64 / (1024.0 * 1024.0),
+            opts.max_file_bytes as f64 / (1024.0 * 1024.0)
         ))),
         Ok(_) => {
             let before = passages.len();
@@ -150,8 +150,13 @@ fn read_text(path: &Path) -> std::result::Result<String, String> {
     if bytes.iter().take(8192).any(|&b| b == 0) {
         return Err("binary file (contains NUL bytes)".into());
     }
-    String::from_utf8(bytes)
-        .map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()))
+    let text = String::from_utf8(bytes)
+        .map_err(|e| format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()))?;
+    // A byte-order mark would otherwise stick to the first word (and hide a Markdown title).
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 fn pdf_text(path: &Path) -> std::result::Result<String, String> {
@@ -246,6 +251,15 @@ fn load_jsonl(
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| placeholder_title(&text));
         let words = text.split_whitespace().count();
+        // Words average a few characters; a record of hundreds per "word" is a blob (base64,
+        // minified data), which no chunking into words can turn into passages.
+        if text.len() > MAX_CHARS_PER_WORD * words.max(1) && text.len() > 10_000 {
+            skip(format!(
+                "passage `{id}` is {} characters in {words} words: not text (a blob?)",
+                text.len()
+            ));
+            continue;
+        }
         let too_long = words > JSONL_HARD_LIMIT * opts.chunk.max_words;
         let pieces = if (opts.chunk_jsonl || too_long) && words > opts.chunk.max_words {
             chunk_text(&text, opts.chunk)
@@ -274,6 +288,9 @@ fn load_jsonl(
 
 /// See [`LoadOptions::chunk_jsonl`].
 pub const JSONL_HARD_LIMIT: usize = 5;
+
+/// Above this many characters per word (and 10,000 characters in all) a record is not text.
+pub const MAX_CHARS_PER_WORD: usize = 100;
 
 /// Stand-in title for passages without one: their first words (the model can generate a better
 /// one later).
@@ -474,5 +491,75 @@ not json
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.jsonl:1: invalid JSON"), "{e}");
+    }
+
+    /// A record that is one enormous "word" (a blob) is skipped with its reason, a Markdown
+    /// file's byte-order mark does not stick to its title, and the good records load.
+    #[test]
+    fn blobs_are_skipped_and_a_markdown_bom_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = "x".repeat(50_000);
+        let jsonl = format!(
+            "{{\"id\":\"ok\",\"title\":\"T\",\"text\":\"plain words here\"}}\n\
+             {{\"id\":\"blob\",\"title\":\"T\",\"text\":\"{blob}\"}}\n"
+        );
+        std::fs::write(dir.path().join("c.jsonl"), jsonl).unwrap();
+        std::fs::write(
+            dir.path().join("notes.md"),
+            "\u{feff}# My Heading\n\nSome text.",
+        )
+        .unwrap();
+        let c = load_path(dir.path(), &LoadOptions::default()).unwrap();
+        assert!(c.index_of("ok").is_some());
+        assert!(c.index_of("blob").is_none());
+        let skipped: Vec<&Skipped> = c.files.iter().flat_map(|f| &f.skipped).collect();
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.line == Some(2) && s.reason.contains("not text")),
+            "{skipped:?}"
+        );
+        assert!(c
+            .passages
+            .iter()
+            .all(|p| !p.title.contains('\u{feff}') && !p.text.contains('\u{feff}')));
+        assert!(
+            c.passages.iter().any(|p| p.title == "My Heading"),
+            "{:?}",
+            c.passages
+        );
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all, as a corpus file or a query file: a named error or a result,
+        /// never a panic.
+        #[test]
+        fn random_bytes_never_panic_the_readers(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.jsonl");
+            std::fs::write(&p, &bytes).unwrap();
+            let _ = load_path(&p, &LoadOptions::default());
+            let _ = crate::train::data::load_queries(&p);
+            let g = dir.path().join("m.gguf");
+            std::fs::write(&g, &bytes).unwrap();
+            let _ = crate::model::source::gguf::read_gguf_header(&g);
+            let s = dir.path().join("m.safetensors");
+            std::fs::write(&s, &bytes).unwrap();
+            let _ = candle_core::safetensors::load(&s, &candle_core::Device::Cpu);
+        }
+
+        /// JSON-shaped lines with random fields: never a panic either.
+        #[test]
+        fn random_json_records_never_panic(
+            id in "[a-z#]{0,6}",
+            title in proptest::prelude::any::<String>(),
+            text in proptest::prelude::any::<String>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.jsonl");
+            let line = serde_json::json!({"id": id, "title": title, "text": text}).to_string();
+            std::fs::write(&p, format!("{line}\n{line}\n")).unwrap();
+            let _ = load_path(&p, &LoadOptions::default());
+        }
     }
 }

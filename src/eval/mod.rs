@@ -123,6 +123,58 @@ pub fn auc(labelled: &[(bool, f64)]) -> Option<f64> {
     Some(u / (pos * neg) as f64)
 }
 
+/// What [`check_queries`] found in a query file against a corpus.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryCheck {
+    /// Gold passage ids that are not in the corpus (removed from their queries).
+    pub unknown_ids: Vec<String>,
+    /// Ids of queries left with no gold passage or no question: left out of the metrics.
+    pub unscorable: Vec<String>,
+}
+
+impl QueryCheck {
+    /// Lines for the user, naming the first few of each kind (none when all is well).
+    pub fn report(&self) -> Vec<String> {
+        let first = |v: &[String]| v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let mut lines = Vec::new();
+        if !self.unknown_ids.is_empty() {
+            lines.push(format!(
+                "warning: {} gold passage ids are not in the corpus (first: {}); they are dropped",
+                self.unknown_ids.len(),
+                first(&self.unknown_ids)
+            ));
+        }
+        if !self.unscorable.is_empty() {
+            lines.push(format!(
+                "{} queries have no gold passage in the corpus or no question, and are left out \
+                 of the metrics (first: {})",
+                self.unscorable.len(),
+                first(&self.unscorable)
+            ));
+        }
+        lines
+    }
+}
+
+/// Drops gold ids the corpus does not hold, so a query can only be scored against passages
+/// that exist, and lists the queries that are then unscorable (which [`score`] leaves out).
+pub fn check_queries(queries: &mut [Query], corpus: &crate::corpus::Corpus) -> QueryCheck {
+    let mut check = QueryCheck::default();
+    for q in queries.iter_mut() {
+        q.positive_ids.retain(|id| {
+            let known = corpus.index_of(id).is_some();
+            if !known {
+                check.unknown_ids.push(id.clone());
+            }
+            known
+        });
+        if q.positive_ids.is_empty() || q.question.trim().is_empty() {
+            check.unscorable.push(q.id.clone());
+        }
+    }
+    check
+}
+
 /// Computes every metric for ranked results against the queries. Queries without a gold
 /// passage or without a question cannot be scored and are left out (counted as
 /// `unscorable`).
@@ -340,5 +392,62 @@ mod tests {
         assert_eq!(super::spread_sample((0..10).collect(), 4), vec![0, 2, 5, 7]);
         assert_eq!(super::spread_sample((0..3).collect(), 5), vec![0, 1, 2]);
         assert!(super::spread_sample((0..3).collect::<Vec<i32>>(), 0).is_empty());
+    }
+
+    /// Gold ids the corpus lacks are dropped; a query left with none, or without a question,
+    /// is named as unscorable, and the scoring leaves it out.
+    #[test]
+    fn queries_are_checked_against_the_corpus() {
+        use crate::corpus::{Corpus, Passage};
+        let corpus = Corpus::from_passages(
+            vec![Passage {
+                id: "p1".into(),
+                title: "T".into(),
+                text: "text".into(),
+            }],
+            Vec::new(),
+        );
+        let q = |id: &str, question: &str, pos: &[&str]| Query {
+            id: id.into(),
+            question: question.into(),
+            answers: vec![],
+            positive_ids: pos.iter().map(|s| s.to_string()).collect(),
+            answer_passage_ids: vec![],
+        };
+        let mut queries = vec![
+            q("good", "what?", &["p1", "gone"]),
+            q("unknown", "what?", &["nowhere"]),
+            q("blank", "  ", &["p1"]),
+        ];
+        let check = check_queries(&mut queries, &corpus);
+        assert_eq!(
+            check.unknown_ids,
+            vec!["gone".to_string(), "nowhere".to_string()]
+        );
+        assert_eq!(
+            check.unscorable,
+            vec!["unknown".to_string(), "blank".to_string()]
+        );
+        assert_eq!(queries[0].positive_ids, vec!["p1".to_string()]);
+        let report = check.report().join("\n");
+        assert!(
+            report.contains("first: gone, nowhere") && report.contains("first: unknown, blank"),
+            "{report}"
+        );
+        let results = queries
+            .iter()
+            .map(|q| QueryResult {
+                id: q.id.clone(),
+                question: q.question.clone(),
+                ranked: vec!["p1".into()],
+                gold_rank: None,
+                answer: None,
+                latency_ms: 1.0,
+                title_rank: None,
+            })
+            .collect();
+        let res = score("s", &queries, results);
+        assert_eq!(res.metrics["unscorable"], 2.0);
+        assert_eq!(res.metrics["hits@1"], 1.0);
     }
 }

@@ -95,13 +95,27 @@ impl ModelBundle {
         corpus_fingerprint: Option<String>,
         hyperparameters: BTreeMap<String, String>,
     ) -> Result<()> {
-        let manifest = Manifest {
+        self.save_with(dir, corpus_fingerprint, hyperparameters, Vec::new())
+    }
+
+    /// [`ModelBundle::save`] with more tensor files in the same folder (the optimiser's state),
+    /// written and checksummed with the weights, so the folder is replaced as one.
+    pub fn save_with(
+        &self,
+        dir: &Path,
+        corpus_fingerprint: Option<String>,
+        hyperparameters: BTreeMap<String, String>,
+        extra: Vec<(&str, Vec<(String, candle_core::Tensor)>)>,
+    ) -> Result<()> {
+        self.refuse_non_finite_parameters()?;
+        let mut manifest = Manifest {
             source: self.source.to_string(),
             mode: self.mode.clone(),
             step: self.step,
             special: self.special,
             corpus_fingerprint,
             hyperparameters,
+            checksums: BTreeMap::new(),
         };
         let previous_base = dir.join(WEIGHTS);
         checkpoint::write_dir_atomic(dir, |tmp| {
@@ -110,8 +124,6 @@ impl ModelBundle {
             self.tokenizer
                 .save(tmp.join("tokenizer.json"), false)
                 .map_err(|e| Error::bad_file(tmp.join("tokenizer.json"), e.to_string()))?;
-            std::fs::write(tmp.join(MANIFEST), manifest.to_ron())
-                .map_err(|e| Error::io(tmp.join(MANIFEST), e))?;
             match (&self.mode, &self.source) {
                 // A GGUF base is referenced, not copied: checkpoints hold the adapters alone.
                 (TrainMode::Lora(_), ModelSource::Gguf(path)) => {
@@ -134,8 +146,31 @@ impl ModelBundle {
                     checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
                 }
                 _ => checkpoint::save_tensors(&tmp.join(WEIGHTS), self.model.named_weights()?),
+            }?;
+            for (name, tensors) in extra {
+                checkpoint::save_tensors(&tmp.join(name), tensors)?;
             }
+            // The manifest last, with the checksum of every tensor file beside it: a loader
+            // then refuses bytes changed after this point (finite garbage included).
+            manifest.checksums = checkpoint::tensor_checksums(tmp)?;
+            std::fs::write(tmp.join(MANIFEST), manifest.to_ron())
+                .map_err(|e| Error::io(tmp.join(MANIFEST), e))
         })
+    }
+
+    /// Refuses to write parameters holding NaN or infinity: a checkpoint must stay loadable, so
+    /// a run that diverged keeps its last good one.
+    fn refuse_non_finite_parameters(&self) -> Result<()> {
+        for var in self.varmap.all_vars() {
+            let sum = var.as_tensor().sum_all()?.to_scalar::<f32>()?;
+            if !sum.is_finite() {
+                return Err(Error::invalid(
+                    "the trained parameters became non-finite (NaN or infinity); nothing was \
+                     saved, the last checkpoint stays: lower the learning rate and resume",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The weights a checkpoint folder's model starts from: its own files, or the GGUF base
@@ -159,6 +194,10 @@ impl ModelBundle {
             true => Some(Manifest::read(dir)?),
             false => None,
         };
+        if let Some(m) = &manifest {
+            m.verify_file(dir, WEIGHTS)?;
+            m.verify_file(dir, ADAPTER)?;
+        }
         let w = Self::checkpoint_base(dir, device)?;
         refuse_non_finite(&dir.join(WEIGHTS), &w.tensors)?;
         let saved_mode = manifest

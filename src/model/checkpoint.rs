@@ -111,6 +111,10 @@ pub struct Manifest {
     pub corpus_fingerprint: Option<String>,
     /// Free-form hyperparameters for display (learning rate, LoRA rank, ...).
     pub hyperparameters: BTreeMap<String, String>,
+    /// SHA-256 (hex) of each tensor file in the folder, by file name, verified on load.
+    /// Empty in checkpoints written before checksums were kept (loaded unverified).
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -125,6 +129,47 @@ impl Manifest {
     pub fn to_ron(&self) -> String {
         ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).unwrap_or_default()
     }
+
+    /// Refuses `dir/name` when the manifest holds a checksum for it and the file's bytes no
+    /// longer match (overwritten, truncated, or copied from elsewhere). A file the manifest
+    /// does not list passes: older checkpoints carry no checksums.
+    pub fn verify_file(&self, dir: &Path, name: &str) -> Result<()> {
+        let Some(want) = self.checksums.get(name) else {
+            return Ok(());
+        };
+        let path = dir.join(name);
+        if !path.is_file() {
+            return Err(Error::bad_file(
+                &path,
+                "missing: the checkpoint lists it; use an earlier checkpoint or retrain",
+            ));
+        }
+        if &sha256_file(&path)? != want {
+            return Err(Error::bad_file(
+                &path,
+                "checksum mismatch: the file changed after it was written (corrupt or \
+                 replaced); use an earlier checkpoint or retrain",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The SHA-256 of every `.safetensors` file in `dir`, by file name.
+pub fn tensor_checksums(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut sums = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().is_some_and(|x| x == "safetensors") {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            sums.insert(name, sha256_file(&path)?);
+        }
+    }
+    Ok(sums)
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.

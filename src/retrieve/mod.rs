@@ -114,8 +114,18 @@ fn unscored(steps: &[TokenStep]) -> impl Iterator<Item = usize> + '_ {
     (1..steps.len()).filter(|&k| steps[k].logprob.is_none())
 }
 
+/// Log-probability rows as vectors, refusing NaN: weights that load but compute garbage (bytes
+/// overwritten with huge finite values) would otherwise print NaN scores as results. A NaN
+/// anywhere in a row's logits makes its normaliser, and so its first entry, NaN.
 fn rows_to_vecs(lp: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(lp.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+    let rows = lp.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    if rows.iter().any(|r| r.first().is_some_and(|v| v.is_nan())) {
+        return Err(Error::invalid(
+            "the model computed NaN probabilities: its weights are corrupt or diverged; use an \
+             earlier checkpoint or retrain",
+        ));
+    }
+    Ok(rows)
 }
 
 impl Retriever<'_> {

@@ -140,3 +140,52 @@ impl Default for RetrieveOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Temperatures must be finite and positive, weights finite and not negative, beams at
+    /// least one: anything else would give scores of exactly 0 or 1, or NaN.
+    #[test]
+    fn options_that_cannot_rank_are_refused() {
+        assert!(RetrieveOptions::default().validate().is_ok());
+        let bad = [
+            RetrieveOptions {
+                tau: f64::NAN,
+                ..Default::default()
+            },
+            RetrieveOptions {
+                tau: -1.0,
+                ..Default::default()
+            },
+            RetrieveOptions {
+                tau: f64::INFINITY,
+                ..Default::default()
+            },
+            RetrieveOptions {
+                delta: 0.0,
+                ..Default::default()
+            },
+            RetrieveOptions {
+                passage_weight: -1.0,
+                ..Default::default()
+            },
+            RetrieveOptions {
+                query_weight: f64::NAN,
+                ..Default::default()
+            },
+            RetrieveOptions {
+                titles: 0,
+                ..Default::default()
+            },
+            RetrieveOptions {
+                passages: 0,
+                ..Default::default()
+            },
+        ];
+        for o in bad {
+            assert!(o.validate().is_err(), "{o:?}");
+        }
+    }
+}

@@ -304,3 +304,30 @@ impl DataBuilder<'_> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query file with a byte-order mark and CRLF line ends reads every query; an empty file
+    /// and invalid UTF-8 are refused, naming the file (and the line).
+    #[test]
+    fn query_files_with_a_bom_and_crlf_load_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q.jsonl");
+        std::fs::write(
+            &p,
+            "\u{feff}{\"question\":\"a?\",\"positive_ids\":[\"x\"]}\r\n\r\n{\"question\":\"b?\"}\r\n",
+        )
+        .unwrap();
+        let qs = load_queries(&p).unwrap();
+        assert_eq!(qs.len(), 2);
+        assert_eq!(qs[0].question, "a?");
+        std::fs::write(&p, "\r\n  \n").unwrap();
+        let e = load_queries(&p).unwrap_err().to_string();
+        assert!(e.contains("q.jsonl") && e.contains("no queries"), "{e}");
+        std::fs::write(&p, b"{\"question\":\"a?\"}\n{\"question\":\"\xff\"}\n").unwrap();
+        let e = load_queries(&p).unwrap_err().to_string();
+        assert!(e.contains("q.jsonl:2") && e.contains("UTF-8"), "{e}");
+    }
+}

@@ -499,6 +499,9 @@ pub fn train(
     if let Some(dir) = out {
         let state_path = dir.join("optimizer.safetensors");
         if bundle.step > 0 && state_path.is_file() {
+            if let Ok(m) = crate::model::checkpoint::Manifest::read(dir) {
+                m.verify_file(dir, "optimizer.safetensors")?;
+            }
             let state = candle_core::safetensors::load(&state_path, &candle_core::Device::Cpu)
                 .map_err(|e| Error::bad_file(&state_path, e.to_string()))?;
             opt.load_state(&state)?;
@@ -522,10 +525,11 @@ pub fn train(
         hp.insert("lr".into(), cfg.lr.to_string());
         hp.insert("steps".into(), cfg.steps.to_string());
         hp.insert("batch_tokens".into(), cfg.batch_tokens.to_string());
-        bundle.save(dir, None, hp)?;
-        crate::model::checkpoint::save_tensors(
-            &dir.join("optimizer.safetensors"),
-            opt.state_tensors()?,
+        bundle.save_with(
+            dir,
+            None,
+            hp,
+            vec![("optimizer.safetensors", opt.state_tensors()?)],
         )?;
         on_event(TrainEvent::Checkpoint {
             step: bundle.step as usize,
@@ -598,6 +602,13 @@ pub fn train(
             )));
         }
         let grad_norm = opt.step(&grads, lr, cfg.clip)?;
+        if !grad_norm.is_finite() {
+            return Err(Error::invalid(format!(
+                "the gradient became non-finite at step {}: training stopped and nothing was \
+                 saved after it (the last checkpoint is kept); lower the learning rate",
+                step + 1
+            )));
+        }
         bundle.step = (step + 1) as u64;
         let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
         let done = (step + 1 - start) as f64;

@@ -274,6 +274,13 @@ impl AdamW {
                         "optimiser state `{key}` has the wrong size"
                     )));
                 }
+                // Corrupt moments would turn the next step's weights into NaN.
+                if vals.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::invalid(format!(
+                        "optimiser state `{key}` holds non-finite values: the file is corrupt; \
+                         use an earlier checkpoint or start the run again"
+                    )));
+                }
                 *dst = vals;
             }
         }
@@ -281,5 +288,41 @@ impl AdamW {
             self.step = s.to_vec1::<f32>()?.first().copied().unwrap_or(0.0) as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Saved moments round-trip, and moments holding NaN or infinity are refused (they would
+    /// turn the next step's weights into NaN).
+    #[test]
+    fn optimiser_state_round_trips_and_non_finite_state_is_refused() {
+        let varmap = VarMap::new();
+        varmap
+            .get(
+                (2, 3),
+                "w",
+                candle_nn::Init::Const(0.5),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap();
+        let opt = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+        let state: HashMap<String, Tensor> = opt.state_tensors().unwrap().into_iter().collect();
+        let mut other = AdamW::new(&varmap, AdamWConfig::default()).unwrap();
+        other.load_state(&state).unwrap();
+        let mut bad = state.clone();
+        bad.insert(
+            "v.w".into(),
+            Tensor::new(
+                &[[0f32, f32::NAN, 0.0], [0.0, 0.0, 0.0]],
+                &candle_core::Device::Cpu,
+            )
+            .unwrap(),
+        );
+        let e = other.load_state(&bad).unwrap_err().to_string();
+        assert!(e.contains("v.w") && e.contains("non-finite"), "{e}");
     }
 }

@@ -271,20 +271,43 @@ fn run_job(
         }
         Job::Index { spec, run, resume } => {
             send(Event::Started("training".into()));
-            *session = None;
             let mut dl = download_reporter(send);
+            let mut stopped_at = None;
             let result = index::run_index(
                 &spec,
                 &run,
                 resume,
                 control,
-                &mut |e| send(Event::Train(e)),
+                &mut |e| {
+                    if let TrainEvent::Finished {
+                        step,
+                        cancelled: true,
+                    } = e
+                    {
+                        stopped_at = Some(step);
+                    }
+                    send(Event::Train(e))
+                },
                 Some(&mut dl),
             );
             crate::kernels::release_memory();
             result?;
+            // A stopped run does not silently replace the model that answers queries: the one
+            // loaded before stays, and says so.
+            if let (Some(step), Some(s)) = (stopped_at, session.as_ref()) {
+                let d = format!(
+                    "{} (still loaded: training stopped at step {step}; open {} to query the stopped run)",
+                    s.bundle.source,
+                    run.display()
+                );
+                send(Event::SessionReady(SessionInfo::of(s, d)));
+                return Ok(());
+            }
             let s = QuerySession::open_run(&run)?;
-            let d = format!("{} (trained, step {})", spec.model, s.bundle.step);
+            let d = match stopped_at {
+                Some(step) => format!("{} (stopped at step {step})", spec.model),
+                None => format!("{} (trained, step {})", spec.model, s.bundle.step),
+            };
             send(Event::SessionReady(SessionInfo::of(&s, d)));
             *session = Some(s);
             Ok(())
@@ -350,6 +373,9 @@ fn run_job(
                     &loaded
                 }
             };
+            for line in crate::eval::check_queries(&mut qs, corpus).report() {
+                tracing::warn!("{line}");
+            }
             let systems = crate::eval::run::run_eval(
                 s,
                 corpus,

@@ -12,6 +12,27 @@ use egui_plot::{Legend, Line, Plot, Points};
 pub struct TrainPanel {
     pub view: TrainView,
     pub pseudo: PseudoView,
+    /// A run folder that already holds a trained model, shown in a dialog before Start
+    /// trains over it.
+    pub confirm_overwrite: Option<std::path::PathBuf>,
+}
+
+/// Whether `run` holds a checkpoint (Start from scratch would replace it).
+pub fn holds_checkpoint(run: &std::path::Path) -> bool {
+    run.join("checkpoint").join("manifest.ron").is_file()
+}
+
+/// The first of `run-2`, `run-3`, ... that does not exist yet: a new folder beside `run`.
+pub fn fresh_run_dir(run: &std::path::Path) -> std::path::PathBuf {
+    let name = run
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    (2..)
+        .map(|k| run.with_file_name(format!("{name}-{k}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| run.to_path_buf())
 }
 
 /// Pseudo-queries being reviewed before they are saved as a query file.
@@ -60,6 +81,49 @@ pub struct TrainView {
 }
 
 impl TrainPanel {
+    /// Asks before Start trains over a folder that holds a model: overwrite it, resume it, or
+    /// train into a new folder beside it.
+    fn overwrite_dialog(
+        &mut self,
+        shared: &mut Shared,
+        ctx: &egui::Context,
+        cmds: &mut Vec<AppCommand>,
+    ) {
+        let Some(run) = self.confirm_overwrite.clone() else {
+            return;
+        };
+        let fresh = fresh_run_dir(&run);
+        egui::Window::new("The run folder holds a trained model")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
+            .show(ctx, |ui| {
+                ui.label(format!(
+                    "{} already holds a checkpoint. Starting from scratch replaces it.",
+                    run.display()
+                ));
+                ui.horizontal(|ui| {
+                    if ui.button("Use a new folder").clicked() {
+                        shared.project.run_dir = fresh.display().to_string();
+                        cmds.push(AppCommand::StartTraining { resume: false });
+                        self.confirm_overwrite = None;
+                    }
+                    if ui.button("Resume it").clicked() {
+                        cmds.push(AppCommand::StartTraining { resume: true });
+                        self.confirm_overwrite = None;
+                    }
+                    if ui.button("Overwrite").clicked() {
+                        cmds.push(AppCommand::StartTraining { resume: false });
+                        self.confirm_overwrite = None;
+                    }
+                    if ui.button("Cancel").clicked() {
+                        self.confirm_overwrite = None;
+                    }
+                });
+                ui.weak(format!("A new folder would be {}", fresh.display()));
+            });
+    }
+
     /// Draws the panel.
     pub fn ui(
         &mut self,
@@ -68,6 +132,7 @@ impl TrainPanel {
         ui: &mut egui::Ui,
         cmds: &mut Vec<AppCommand>,
     ) {
+        self.overwrite_dialog(shared, ui.ctx(), cmds);
         ui.heading("Train");
         path_row(
             ui,
@@ -173,7 +238,12 @@ impl TrainPanel {
                 .add_enabled(!shared.is_busy(), egui::Button::new("Start"))
                 .clicked()
             {
-                cmds.push(AppCommand::StartTraining { resume: false });
+                let run = std::path::PathBuf::from(shared.project.run_dir.trim());
+                if holds_checkpoint(&run) {
+                    self.confirm_overwrite = Some(run);
+                } else {
+                    cmds.push(AppCommand::StartTraining { resume: false });
+                }
             }
             if ui
                 .add_enabled(!shared.is_busy(), egui::Button::new("Resume run"))

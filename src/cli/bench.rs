@@ -1,4 +1,6 @@
 //! `selfret bench`: performance tables measured on this machine (never asserted in tests).
+//! One job, one file: each table (model, products, trie, query, train, eval) is a function
+//! here, sharing the loading and printing helpers.
 
 use crate::corpus::{load_path, Corpus, LoadOptions, Passage};
 use crate::model::{LoraConfig, ModelBundle, ModelSource, TrainMode};

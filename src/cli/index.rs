@@ -233,7 +233,15 @@ pub fn index(a: IndexArgs) -> Result<()> {
             self.0.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
-    report_load(&crate::corpus::load_path(&spec.corpus, &spec.load)?);
+    let corpus = crate::corpus::load_path(&spec.corpus, &spec.load)?;
+    report_load(&corpus);
+    if let Some(path) = &spec.queries {
+        let mut queries = crate::train::data::load_queries(path)?;
+        for line in crate::eval::check_queries(&mut queries, &corpus).report() {
+            eprintln!("{}: {line}", path.display());
+        }
+    }
+    drop(corpus);
     let started = std::time::Instant::now();
     let mut dl = download_bar();
     run_index(

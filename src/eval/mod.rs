@@ -146,8 +146,8 @@ impl QueryCheck {
         }
         if !self.unscorable.is_empty() {
             lines.push(format!(
-                "{} queries have no gold passage in the corpus or no question, and are left out \
-                 of the metrics (first: {})",
+                "{} queries have no gold passage in the corpus or no question: metrics leave \
+                 them out and retrieval training cannot use them (first: {})",
                 self.unscorable.len(),
                 first(&self.unscorable)
             ));

@@ -11,7 +11,8 @@
 //!
 //! Used only where it pays: CPUs that have AMX-BF16, Linux granting the tile state, products big
 //! enough that packing the operands is cheap beside the work. `SELFRET_AMX=off` turns it off.
-//! Everything else (small products, other CPUs) stays on the BLAS and the row kernel.
+//! Everything else (small products, other CPUs) stays on the BLAS and the row kernel. One job
+//! in one file: packing, the tile kernel and its dispatch over threads belong together.
 
 use rayon::prelude::*;
 use std::sync::OnceLock;

@@ -1,6 +1,8 @@
 //! Training: masked next-token loss over examples of the three tasks, a deterministic batch
 //! schedule (length-bucketed, token budget per batch), AdamW with warmup + cosine decay and
-//! clipping, checkpoints, and events for whoever watches (GUI, CLI).
+//! clipping, checkpoints, and events for whoever watches (GUI, CLI). The training loop is one
+//! job and stays in one file; the examples are built in [`data`], the optimiser is [`optim`],
+//! the questions the base model writes are [`pseudo`].
 
 pub mod data;
 pub mod optim;

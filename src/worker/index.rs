@@ -150,11 +150,19 @@ pub fn build_examples(
 
 /// Splits the query file into training queries and the few held out for Hits@1 during
 /// training (the last `eval_queries`, only when evaluation is on and enough queries exist).
-pub fn split_queries(spec: &IndexSpec) -> Result<(Vec<Query>, Vec<Query>)> {
+/// Gold ids the corpus lacks are dropped first; what was dropped is reported in `report`.
+pub fn split_queries(
+    spec: &IndexSpec,
+    corpus: &Corpus,
+    report: &mut Vec<String>,
+) -> Result<(Vec<Query>, Vec<Query>)> {
     let Some(path) = &spec.queries else {
         return Ok((Vec::new(), Vec::new()));
     };
     let mut all = load_queries(path)?;
+    for line in crate::eval::check_queries(&mut all, corpus).report() {
+        report.push(format!("{}: {line}", path.display()));
+    }
     let n = spec.train.eval_queries;
     if spec.train.eval_every == 0 || n == 0 || all.len() < 4 * n {
         return Ok((all, Vec::new()));
@@ -289,8 +297,8 @@ pub fn run_index(
     let device = crate::model::default_device();
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     let corpus = load_path(&spec.corpus, &spec.load)?;
-    let report = corpus.load_report(usize::MAX);
-    write_atomic(&run.join("load_report.txt"), report.as_bytes())?;
+    let mut report = vec![corpus.load_report(usize::MAX)];
+    write_atomic(&run.join("load_report.txt"), report.join("\n").as_bytes())?;
     let ckpt = checkpoint_dir(run);
     let mut bundle = if resume {
         if !ckpt.join("manifest.ron").is_file() {
@@ -352,7 +360,8 @@ pub fn run_index(
         }
     }
     let spec = &spec;
-    let (train_queries, held_queries) = split_queries(spec)?;
+    let (train_queries, held_queries) = split_queries(spec, &corpus, &mut report)?;
+    write_atomic(&run.join("load_report.txt"), report.join("\n").as_bytes())?;
     // Negatives are mined once, by the model the run starts from, and kept in the run so a
     // resumed run sees exactly the same examples.
     let mined_path = run.join("mined_negatives.json");

@@ -333,3 +333,46 @@ fn start_asks_before_training_over_a_checkpoint() {
         "(kept)"
     );
 }
+
+/// An evaluation whose query file names passages the corpus lacks says so in the Evaluate
+/// panel, naming them, and scores the rest.
+#[test]
+fn evaluate_names_gold_ids_missing_from_the_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = dir.path().join("q.jsonl");
+    std::fs::write(
+        &queries,
+        "{\"id\":\"q1\",\"question\":\"Who proposed inverse document frequency?\",\"positive_ids\":[\"tf-idf-1\"]}\n\
+         {\"id\":\"q2\",\"question\":\"What is missing here?\",\"positive_ids\":[\"no-such-passage\"]}\n",
+    )
+    .unwrap();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .with_max_steps(8)
+        .build_eframe(|cc| SelfretApp::new(cc));
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
+    h.get_by_role_and_label(Role::Button, "Evaluate").click();
+    h.run_ok();
+    {
+        let e = &mut h.state_mut().shared.project.eval;
+        e.queries_path = queries.display().to_string();
+        e.self_retrieval = false;
+        e.bm25 = true;
+        e.dense = false;
+        e.reader = false;
+        e.limit = 0;
+    }
+    h.get_by_role_and_label(Role::Button, "Run evaluation")
+        .click();
+    h.run_ok();
+    wait_until(&mut h, "the BM25 results", 60, |a| {
+        !a.is_busy() && !a.panels.evaluate.results.is_empty()
+    });
+    assert!(h.query_by_label_contains("no-such-passage").is_some());
+    assert_eq!(
+        h.state().panels.evaluate.results[0].metrics["unscorable"],
+        1.0
+    );
+}

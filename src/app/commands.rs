@@ -129,6 +129,7 @@ impl SelfretApp {
                     dense_model: crate::eval::dense::default_dir(),
                 };
                 self.panels.evaluate.results.clear();
+                self.panels.evaluate.notes.clear();
                 self.shared.busy = Some("evaluating".into());
                 self.worker.submit(Job::Eval {
                     queries: PathBuf::from(e.queries_path.trim()),

@@ -40,6 +40,7 @@ impl SelfretApp {
                     done,
                     total,
                 } => self.panels.evaluate.progress = Some((system, done, total)),
+                Event::EvalNotes(notes) => self.panels.evaluate.notes = notes,
                 Event::EvalDone(results) => {
                     self.panels.evaluate.results = results;
                     self.panels.evaluate.progress = None;

@@ -81,6 +81,8 @@ pub enum Event {
         total: usize,
     },
     EvalDone(Vec<crate::eval::SystemResult>),
+    /// What the query file's check found (unknown gold ids, unscorable queries), for the user.
+    EvalNotes(Vec<String>),
     /// Progress of a job that is not training or evaluation.
     Progress {
         label: String,
@@ -373,8 +375,9 @@ fn run_job(
                     &loaded
                 }
             };
-            for line in crate::eval::check_queries(&mut qs, corpus).report() {
-                tracing::warn!("{line}");
+            let notes = crate::eval::check_queries(&mut qs, corpus).report();
+            if !notes.is_empty() {
+                send(Event::EvalNotes(notes));
             }
             let systems = crate::eval::run::run_eval(
                 s,

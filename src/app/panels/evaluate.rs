@@ -31,6 +31,8 @@ pub struct EvaluatePanel {
     pub results: Vec<crate::eval::SystemResult>,
     /// (system, queries done, total).
     pub progress: Option<(String, usize, usize)>,
+    /// What the last run found wrong in its query file (unknown gold ids, unscorable queries).
+    pub notes: Vec<String>,
 }
 
 impl EvaluatePanel {
@@ -67,6 +69,9 @@ impl EvaluatePanel {
             .clicked()
         {
             cmds.push(AppCommand::RunEval);
+        }
+        for note in &self.notes {
+            ui.colored_label(egui::Color32::from_rgb(190, 120, 30), note);
         }
         if let Some((system, done, total)) = &self.progress {
             ui.add(

@@ -162,8 +162,7 @@ impl ModelBundle {
     /// a run that diverged keeps its last good one.
     fn refuse_non_finite_parameters(&self) -> Result<()> {
         for var in self.varmap.all_vars() {
-            let sum = var.as_tensor().sum_all()?.to_scalar::<f32>()?;
-            if !sum.is_finite() {
+            if !all_finite(var.as_tensor())? {
                 return Err(Error::invalid(
                     "the trained parameters became non-finite (NaN or infinity); nothing was \
                      saved, the last checkpoint stays: lower the learning rate and resume",
@@ -274,12 +273,19 @@ impl ModelBundle {
     }
 }
 
+/// Whether a tensor holds no NaN or infinity: one pass, its sum (either would make it so).
+fn all_finite(t: &candle_core::Tensor) -> Result<bool> {
+    Ok(t.to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        .is_finite())
+}
+
 /// Refuses weights holding NaN or infinity (overwritten bytes behind an intact header load
 /// "fine" and turn every score into NaN): one pass over each tensor, its sum.
 fn refuse_non_finite(file: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
     for (name, t) in tensors {
-        let sum = t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-        if !sum.is_finite() {
+        if !all_finite(t)? {
             return Err(Error::bad_file(
                 file,
                 format!("tensor `{name}` holds non-finite values (NaN or infinity): the file is corrupt; use an earlier checkpoint or retrain"),

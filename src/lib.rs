@@ -13,6 +13,7 @@ pub use error::{Error, Result};
 pub mod app;
 pub mod cli;
 pub mod corpus;
+pub mod docids;
 pub mod eval;
 pub mod prompts;
 pub mod retrieve;

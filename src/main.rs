@@ -30,5 +30,6 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Bench(a)) => cli::bench::run(a),
         Some(Command::PseudoQueries(a)) => cli::pseudo_queries(a),
         Some(Command::Titles(a)) => cli::titles(a),
+        Some(Command::Docids(a)) => cli::docids(a),
     }
 }

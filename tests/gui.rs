@@ -138,6 +138,7 @@ fn corpus_train_cancel_query_and_rerank() {
                 answers: vec![],
                 positive_ids: vec!["web-crawlers-1".into()],
                 answer_passage_ids: vec![],
+                relevance: Default::default(),
             },
             rank: None,
             keep: true,

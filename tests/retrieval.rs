@@ -477,3 +477,81 @@ fn evaluation_runs_baselines_reader_and_self_retrieval_together() {
     assert_eq!(systems[0].metrics["hits@1"], systems[1].metrics["hits@1"]);
     assert!(systems[1].metrics.contains_key("answer_em"));
 }
+
+#[test]
+fn explaining_a_passage_reproduces_a_candidate_and_places_an_outsider() {
+    let corpus = demo_corpus();
+    let s = QuerySession::new(bundle_for(&corpus, TrainMode::Frozen), corpus.clone()).unwrap();
+    let opts = RetrieveOptions {
+        titles: 2,
+        passages: 2,
+        assess: true,
+        answer: false,
+        ..Default::default()
+    };
+    let trace = s
+        .query(
+            "who proposed inverse document frequency",
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
+    // A candidate: the forced pass gives the numbers the beams gave, and the same rank.
+    let c = &trace.candidates[0];
+    let e = s.explain(&trace, &c.passage_id, &opts).unwrap();
+    assert!(e.was_candidate);
+    assert_eq!(e.rank, c.rank);
+    assert_eq!(e.placed.candidates.len(), trace.candidates.len());
+    assert_eq!(e.title_beam_rank, Some(c.title_rank + 1));
+    let title = &trace.titles[c.title_rank];
+    assert!(
+        (e.title_norm_prob - title.norm_prob).abs() < 2e-3,
+        "{} vs {}",
+        e.title_norm_prob,
+        title.norm_prob
+    );
+    assert!(
+        (e.passage_logprob - c.passage_logprob).abs() < 2e-3,
+        "{} vs {}",
+        e.passage_logprob,
+        c.passage_logprob
+    );
+    assert!((e.p_reject - c.p_reject).abs() < 1e-9);
+    let toks: Vec<u32> = e.passage_steps.iter().map(|st| st.token).collect();
+    assert_eq!(toks, s.codec.passage(&s.bundle.tokenizer, &c.text).unwrap());
+
+    // A passage the beams did not reach: scored and placed among the candidates.
+    let outsider = corpus
+        .passages
+        .iter()
+        .find(|p| trace.candidates.iter().all(|c| c.passage_id != p.id))
+        .unwrap();
+    let e = s.explain(&trace, &outsider.id, &opts).unwrap();
+    assert!(!e.was_candidate);
+    assert_eq!(e.placed.candidates.len(), trace.candidates.len() + 1);
+    assert!((1..=e.placed.candidates.len()).contains(&e.rank));
+    let placed = e
+        .placed
+        .candidates
+        .iter()
+        .find(|c| c.passage_id == outsider.id)
+        .unwrap();
+    assert_eq!((placed.s, placed.rank), (e.s, e.rank));
+    assert!((0.0..=1.0).contains(&e.p_reject) && e.p_reject != 0.5);
+    assert!(e.title_steps.iter().all(|st| st.logprob.is_some()));
+    let total: f64 = e.placed.titles.iter().map(|t| t.s_t).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    // Every other candidate is still there.
+    for c in &trace.candidates {
+        assert!(e
+            .placed
+            .candidates
+            .iter()
+            .any(|p| p.passage_id == c.passage_id));
+    }
+    let err = s
+        .explain(&trace, "no-such-id", &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-such-id"), "{err}");
+}

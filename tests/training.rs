@@ -506,6 +506,33 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
         "0",
     ]);
     assert!(ok, "{err}");
+    assert!(
+        err.contains("loaded 105 passages"),
+        "the load report: {err}"
+    );
+    // "Why not this passage?" from the command line.
+    let out = std::process::Command::new(bin)
+        .args([
+            "query",
+            "--run",
+            run_s,
+            "card catalogues",
+            "--explain",
+            "card-catalogues-3",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("why not card-catalogues-3") && stdout.contains(" rank "),
+        "{stdout}"
+    );
     let (ok, err) = selfret(&[
         "index", "--corpus", corpus_s, "--out", run_s, "--resume", "--steps", "2",
     ]);

@@ -20,9 +20,14 @@ pub struct EvalArgs {
     /// Corpus (defaults to the run's corpus).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
-    /// Query file with `question`, `answers`, `positive_ids` (and optional `answer_passage_ids`).
+    /// Query file with `question`, `answers`, `positive_ids` (and optional `answer_passage_ids`),
+    /// or a BEIR folder (`queries.jsonl` and `qrels/{split}.tsv`; graded qrels add nDCG@10 and
+    /// Recall@100).
     #[arg(long)]
     pub queries: PathBuf,
+    /// The qrels split of a BEIR folder given as --queries.
+    #[arg(long, default_value = "test")]
+    pub split: String,
     /// Comma-separated baselines: bm25, dense, bm25+reader (BM25's top passage answered by
     /// the run's model; needs --run).
     #[arg(long, default_value = "bm25,dense")]
@@ -139,7 +144,7 @@ pub fn tune(a: TuneArgs) -> Result<()> {
 pub fn eval(a: EvalArgs) -> Result<()> {
     // Before any work: a bad temperature would otherwise fail after the baselines ran.
     a.rank.options().validate()?;
-    let mut queries = crate::train::data::load_queries(&a.queries)?;
+    let mut queries = crate::train::data::load_queries_split(&a.queries, &a.split)?;
     if let Some(n) = a.limit {
         queries = if a.spread {
             crate::eval::spread_sample(queries, n)

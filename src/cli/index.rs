@@ -236,7 +236,8 @@ pub fn index(a: IndexArgs) -> Result<()> {
     let corpus = crate::corpus::load_path(&spec.corpus, &spec.load)?;
     report_load(&corpus);
     if let Some(path) = &spec.queries {
-        let mut queries = crate::train::data::load_queries(path)?;
+        // A BEIR folder trains on its `train` split.
+        let mut queries = crate::train::data::load_queries_split(path, "train")?;
         for line in crate::eval::check_queries(&mut queries, &corpus).report() {
             eprintln!("{}: {line}", path.display());
         }

@@ -1,13 +1,15 @@
 //! The headless command line: the same jobs as the GUI, for scripts, CI and bigger machines.
 //! One file per command family: [`mod@index`], [`mod@query`], [`mod@eval`] (and `tune`),
-//! [`writing`] (pseudo-queries, titles), [`mod@bench`]; here the parser and what they share.
+//! [`writing`] (pseudo-queries, titles), [`mod@docids`], [`mod@bench`]; here the parser and what they share.
 
 pub mod bench;
+pub mod docids;
 pub mod eval;
 pub mod index;
 pub mod query;
 pub mod writing;
 
+pub use docids::{docids, DocidsArgs};
 pub use eval::{eval, tune, EvalArgs, TuneArgs};
 pub use index::{index, IndexArgs};
 pub use query::{query, QueryArgs, RankArgs};
@@ -52,6 +54,8 @@ pub enum Command {
     PseudoQueries(PseudoArgs),
     /// Let a model write titles for passages that have none; writes a new JSONL corpus.
     Titles(TitlesArgs),
+    /// Build the corpus's hierarchical semantic docids (the second retrieval mode) and print them.
+    Docids(DocidsArgs),
 }
 
 /// Where the model comes from: a run, or an un-fine-tuned model over a corpus.

@@ -69,6 +69,10 @@ pub struct QueryArgs {
     /// Print the whole retrieval trace as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also show how the model scores this passage (by id) and where it would rank: "why not
+    /// this passage?".
+    #[arg(long, value_name = "PASSAGE_ID")]
+    pub explain: Option<String>,
 }
 
 /// Runs `query`.
@@ -76,8 +80,18 @@ pub fn query(a: QueryArgs) -> Result<()> {
     let session = a.source.open(false)?;
     let opts = session.options_for_model(&a.rank.options());
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
+    let explanation = match &a.explain {
+        Some(id) => Some(session.explain(&trace, id, &opts)?),
+        None => None,
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&trace)?);
+        match &explanation {
+            Some(e) => println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"trace": trace, "explain": e}))?
+            ),
+            None => println!("{}", serde_json::to_string_pretty(&trace)?),
+        }
         return Ok(());
     }
     println!("query: {}", trace.query);
@@ -116,5 +130,70 @@ pub fn query(a: QueryArgs) -> Result<()> {
         "time: titles {:.0} ms, passages {:.0} ms, assessment {:.0} ms, answer {:.0} ms ({} forward passes over {} token positions)",
         t.titles_ms, t.passages_ms, t.assess_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
     );
+    if let Some(e) = &explanation {
+        print_explanation(e, trace.candidates.len());
+    }
     Ok(())
+}
+
+/// The "why not this passage?" report: the title and passage forced through the tries, each
+/// term, and the rank it would take.
+fn print_explanation(e: &crate::retrieve::Explanation, candidates: usize) {
+    println!();
+    println!("why not {} ({}):", e.passage_id, e.title);
+    let beams = match e.title_beam_rank {
+        Some(r) => format!("title beam {r}"),
+        None => "not among the title beams".to_string(),
+    };
+    println!(
+        "  title: log P {:.3}, per token {:.3} ({beams}; its probability places it {} among the beams' titles)",
+        e.title_logprob, e.title_norm_prob, e.title_place
+    );
+    let steps = |steps: &[crate::retrieve::TokenStep]| {
+        steps
+            .iter()
+            .map(|s| match s.logprob {
+                Some(lp) if s.alternatives > 1 => {
+                    format!(
+                        "{:?} {lp:.2} (trie {:.2} of {})",
+                        s.piece, s.trie_logprob, s.alternatives
+                    )
+                }
+                Some(lp) => format!("{:?} {lp:.2}", s.piece),
+                None => format!("{:?}", s.piece),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  title tokens: {}", steps(&e.title_steps));
+    let shown: Vec<_> = e.passage_steps.iter().take(12).cloned().collect();
+    println!(
+        "  passage: log P_trie {:.3}; first tokens: {}{}",
+        e.passage_logprob,
+        steps(&shown),
+        if e.passage_steps.len() > 12 {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  query likelihood {:.3}, P(reject) {:.3}",
+        e.query_logprob, e.p_reject
+    );
+    println!(
+        "  S {:.4} (S_T {:.4}, S_gen {:.4}, S_P {:.4}, S_Q {:.4}): rank {} of {}{}",
+        e.s,
+        e.s_t,
+        e.s_gen,
+        e.s_p,
+        e.s_q,
+        e.rank,
+        e.placed.candidates.len(),
+        if e.was_candidate {
+            String::from(" (it was a candidate)")
+        } else {
+            format!(" (not among the {candidates} candidates; placed with them)")
+        }
+    );
 }

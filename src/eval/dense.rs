@@ -58,11 +58,22 @@ impl DenseIndex {
             .iter()
             .map(|p| format!("{}. {}", p.title, p.text))
             .collect();
+        // Batches of similar length: each batch is padded to its longest text, so sorting by
+        // length first saves most of the padded work; rows go back to corpus order after.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
         let mut rows = Vec::new();
-        for chunk in texts.chunks(32) {
-            rows.push(index.embed(chunk)?);
+        for chunk in order.chunks(32) {
+            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+            rows.push(index.embed(&batch)?);
         }
-        index.matrix = Tensor::cat(&rows, 0)?;
+        let sorted = Tensor::cat(&rows, 0)?;
+        let mut back = vec![0u32; order.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            back[i] = pos as u32;
+        }
+        let back = Tensor::new(back.as_slice(), &index.device)?;
+        index.matrix = sorted.index_select(&back, 0)?;
         Ok(index)
     }
 
@@ -90,6 +101,11 @@ impl DenseIndex {
             .sqrt()?
             .clamp(1e-12, f64::MAX)?;
         Ok(mean.broadcast_div(&norm)?)
+    }
+
+    /// The embedded corpus, one normalised row per passage.
+    pub fn passage_rows(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.matrix.to_vec2()?)
     }
 
     /// Passage indices by cosine similarity, best first.

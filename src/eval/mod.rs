@@ -3,6 +3,7 @@
 
 pub mod bm25;
 pub mod dense;
+pub mod graded;
 pub mod run;
 pub mod tune;
 
@@ -238,6 +239,23 @@ pub fn score(system: &str, queries: &[Query], results: Vec<QueryResult>) -> Syst
             contained as f64 / answered as f64,
         );
     }
+    // Graded judgements (BEIR qrels): nDCG@10 and Recall@100 beside the binary metrics.
+    if queries.iter().any(|q| !q.relevance.is_empty()) {
+        let (mut ndcg, mut recall) = (0.0, 0.0);
+        for (q, r) in queries.iter().zip(&out) {
+            let binary;
+            let rel = if q.relevance.is_empty() {
+                binary = q.positive_ids.iter().map(|p| (p.clone(), 1)).collect();
+                &binary
+            } else {
+                &q.relevance
+            };
+            ndcg += graded::ndcg_at(&r.ranked, rel, 10);
+            recall += graded::recall_at(&r.ranked, rel, 100);
+        }
+        m.insert("ndcg@10".into(), ndcg / n);
+        m.insert("recall@100".into(), recall / n);
+    }
     m.insert("gold_in_candidates".into(), in_candidates as f64 / n);
     m.insert("latency_ms".into(), latency / n);
     m.insert("queries".into(), out.len() as f64);
@@ -266,15 +284,27 @@ pub const TABLE_COLUMNS: [&str; 10] = [
     "latency_ms",
 ];
 
-/// A Markdown table with one row per system.
+/// Columns added after MRR@5 when the queries carry graded judgements.
+pub const GRADED_COLUMNS: [&str; 2] = ["ndcg@10", "recall@100"];
+
+/// A Markdown table with one row per system (with nDCG@10 and Recall@100 when any system has
+/// them).
 pub fn table(systems: &[SystemResult]) -> String {
+    let graded = systems.iter().any(|s| s.metrics.contains_key("ndcg@10"));
+    let mut columns: Vec<&str> = Vec::new();
+    for c in TABLE_COLUMNS {
+        columns.push(c);
+        if c == "mrr@5" && graded {
+            columns.extend(GRADED_COLUMNS);
+        }
+    }
     let mut s = format!(
         "| system | {} |\n|---|{}\n",
-        TABLE_COLUMNS.join(" | "),
-        "---|".repeat(TABLE_COLUMNS.len())
+        columns.join(" | "),
+        "---|".repeat(columns.len())
     );
     for sys in systems {
-        let cells: Vec<String> = TABLE_COLUMNS
+        let cells: Vec<String> = columns
             .iter()
             .map(|c| match sys.metrics.get(*c) {
                 Some(v) if *c == "latency_ms" => format!("{v:.1}"),
@@ -333,6 +363,7 @@ mod tests {
             answers: vec!["x".into()],
             positive_ids: vec![pos.into()],
             answer_passage_ids: vec![],
+            relevance: Default::default(),
         };
         let queries = vec![q("a", "p1"), q("b", "p2"), q("c", "p3")];
         let r = |ranked: &[&str], ans: &str| QueryResult {
@@ -413,6 +444,7 @@ mod tests {
             answers: vec![],
             positive_ids: pos.iter().map(|s| s.to_string()).collect(),
             answer_passage_ids: vec![],
+            relevance: Default::default(),
         };
         let mut queries = vec![
             q("good", "what?", &["p1", "gone"]),

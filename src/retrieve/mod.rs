@@ -4,16 +4,18 @@
 //!
 //! Here the [`Retriever`] and its pipeline ([`Retriever::retrieve`]); its stages in [`beam`]
 //! (constrained beam search), [`assess`] (self-assessment and the answer), [`likelihood`] (the
-//! query likelihood), [`score`] (the ranking); [`options`] says how a query runs and [`trace`]
-//! what it did.
+//! query likelihood), [`score`] (the ranking), [`explain`] ("why not this passage?");
+//! [`options`] says how a query runs and [`trace`] what it did.
 
 pub mod assess;
 pub mod beam;
+pub mod explain;
 pub mod likelihood;
 pub mod options;
 pub mod score;
 pub mod trace;
 
+pub use explain::Explanation;
 pub use options::{
     RetrieveOptions, DEFAULT_PASSAGE_WEIGHT, DEFAULT_QUERY_WEIGHT, DEFAULT_TAU, DEFAULT_TITLES,
 };

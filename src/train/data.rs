@@ -48,7 +48,7 @@ pub struct Example {
 }
 
 /// A query with its gold passages, as in `../shared/data/*/train.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Query {
     #[serde(default)]
     pub id: String,
@@ -59,11 +59,30 @@ pub struct Query {
     pub positive_ids: Vec<String>,
     #[serde(default)]
     pub answer_passage_ids: Vec<String>,
+    /// Graded judgements (passage id -> grade, 0 = judged not relevant), from BEIR qrels;
+    /// empty for a query file, whose `positive_ids` are the relevant passages.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub relevance: std::collections::BTreeMap<String, u32>,
 }
 
-/// Reads a query file (JSON lines; a leading byte-order mark and CRLF line ends are fine);
-/// a malformed line is an error naming it, and a file without queries is refused.
+/// Reads a query file, or the `test` split of a BEIR folder (see [`load_queries_split`]).
 pub fn load_queries(path: &Path) -> Result<Vec<Query>> {
+    load_queries_split(path, "test")
+}
+
+/// Reads a query file (JSON lines; a leading byte-order mark and CRLF line ends are fine), or
+/// from a BEIR folder (`queries.jsonl` + `qrels/{split}.tsv`) the judged queries of `split`;
+/// a malformed line is an error naming it, and a file without queries is refused.
+pub fn load_queries_split(path: &Path, split: &str) -> Result<Vec<Query>> {
+    if super::beir::is_beir_folder(path) {
+        return super::beir::load_beir_queries(path, split);
+    }
+    if path.is_dir() {
+        return Err(Error::bad_file(
+            path,
+            "a folder of queries needs queries.jsonl and qrels/{split}.tsv (the BEIR layout)",
+        ));
+    }
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (i, bytes) in std::io::BufReader::new(f).split(b'\n').enumerate() {

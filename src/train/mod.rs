@@ -4,6 +4,7 @@
 //! job and stays in one file; the examples are built in [`data`], the optimiser is [`optim`],
 //! the questions the base model writes are [`pseudo`].
 
+pub mod beir;
 pub mod data;
 pub mod optim;
 pub mod pseudo;

@@ -206,6 +206,7 @@ pub fn generate_pseudo_queries(
                         answers: Vec::new(),
                         positive_ids: vec![p.id.clone()],
                         answer_passage_ids: Vec::new(),
+                        relevance: Default::default(),
                     },
                     rank,
                     keep,

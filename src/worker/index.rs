@@ -159,7 +159,8 @@ pub fn split_queries(
     let Some(path) = &spec.queries else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let mut all = load_queries(path)?;
+    // A BEIR folder trains on its `train` split.
+    let mut all = crate::train::data::load_queries_split(path, "train")?;
     for line in crate::eval::check_queries(&mut all, corpus).report() {
         report.push(format!("{}: {line}", path.display()));
     }

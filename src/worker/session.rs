@@ -154,6 +154,23 @@ impl QuerySession {
         self.retriever().retrieve(q, opts, progress)
     }
 
+    /// How the model scores the passage `passage_id` for the query of `trace` (run with
+    /// `opts`), placed among its candidates: "why not this passage?".
+    pub fn explain(
+        &self,
+        trace: &RetrievalTrace,
+        passage_id: &str,
+        opts: &RetrieveOptions,
+    ) -> Result<crate::retrieve::Explanation> {
+        let pidx = self.corpus.index_of(passage_id).ok_or_else(|| {
+            Error::invalid(format!("no passage with id {passage_id:?} in the corpus"))
+        })?;
+        if opts.likelihood && opts.likelihood_base {
+            self.base_model()?;
+        }
+        self.retriever().explain(trace, pidx, opts)
+    }
+
     /// Whether the model knows a language to read passages with: a tiny model built from the
     /// corpus does not (it only memorises the corpus), so its query likelihood would be noise
     /// weighted into the ranking. The entry points (CLI, app) leave it out for such a model.

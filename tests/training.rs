@@ -490,6 +490,8 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
     };
     let run_s = run.to_str().unwrap();
     let corpus_s = corpus.to_str().unwrap();
+    let train_queries = root().join("corpora/ir_history.queries.jsonl");
+    let queries_s = train_queries.to_str().unwrap();
     let (ok, err) = selfret(&[
         "index",
         "--corpus",
@@ -504,12 +506,49 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
         "512",
         "--pseudo-per-passage",
         "0",
+        "--queries",
+        queries_s,
     ]);
     assert!(ok, "{err}");
     assert!(
         err.contains("loaded 105 passages"),
         "the load report: {err}"
     );
+    // The run's exact training examples, exported: as many as the training started with.
+    let data = dir.path().join("data.jsonl");
+    let (ok, err) = selfret(&[
+        "export-data",
+        "--run",
+        run_s,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let history = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let started: serde_json::Value = serde_json::from_str(history.lines().next().unwrap()).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len() as u64,
+        started["Started"]["examples"].as_u64().unwrap()
+    );
+    for l in &lines {
+        assert!(["indexing", "retrieval", "assessment"].contains(&l["task"].as_str().unwrap()));
+        assert!(!l["completion"].as_str().unwrap().is_empty());
+        assert!(l["completion_tokens"].as_u64().unwrap() >= 1);
+    }
+    assert!(lines.iter().any(|l| l["task"] == "retrieval"));
+    let (ok, err) = selfret(&[
+        "export-data",
+        "--run",
+        run_s,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("exists"), "{err}");
     // "Why not this passage?" from the command line.
     let out = std::process::Command::new(bin)
         .args([

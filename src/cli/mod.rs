@@ -1,16 +1,18 @@
 //! The headless command line: the same jobs as the GUI, for scripts, CI and bigger machines.
 //! One file per command family: [`mod@index`], [`mod@query`], [`mod@eval`] (and `tune`),
-//! [`writing`] (pseudo-queries, titles), [`mod@docids`], [`mod@bench`]; here the parser and what they share.
+//! [`writing`] (pseudo-queries, titles), [`mod@docids`], [`export`] (training data out), [`mod@bench`]; here the parser and what they share.
 
 pub mod bench;
 pub mod docids;
 pub mod eval;
+pub mod export;
 pub mod index;
 pub mod query;
 pub mod writing;
 
 pub use docids::{docids, DocidsArgs};
 pub use eval::{eval, tune, EvalArgs, TuneArgs};
+pub use export::{export_data, ExportDataArgs};
 pub use index::{index, IndexArgs};
 pub use query::{query, QueryArgs, RankArgs};
 pub use writing::{pseudo_queries, titles, PseudoArgs, TitlesArgs};
@@ -54,6 +56,8 @@ pub enum Command {
     PseudoQueries(PseudoArgs),
     /// Let a model write titles for passages that have none; writes a new JSONL corpus.
     Titles(TitlesArgs),
+    /// Write a run's exact training examples as prompt/completion JSONL (TRL's SFT format).
+    ExportData(ExportDataArgs),
     /// Build the corpus's hierarchical semantic docids (the second retrieval mode) and print them.
     Docids(DocidsArgs),
 }

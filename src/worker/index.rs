@@ -148,6 +148,77 @@ pub fn build_examples(
     Ok(examples)
 }
 
+/// A run's examples: [`build_examples`] plus retrieval examples for the pseudo-queries kept
+/// beside a separate query file.
+fn build_run_examples(
+    spec: &IndexSpec,
+    corpus: &Corpus,
+    bundle: &ModelBundle,
+    queries: &[Query],
+    mined: &HashMap<String, Vec<String>>,
+    pseudo_queries: &[Query],
+) -> Result<Vec<Example>> {
+    let mut examples = build_examples(spec, corpus, bundle, queries, mined)?;
+    if !pseudo_queries.is_empty() {
+        let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+        let builder = DataBuilder {
+            tokenizer: &bundle.tokenizer,
+            codec: &codec,
+            corpus,
+            opts: spec.data.clone(),
+        };
+        examples.extend(builder.retrieval(pseudo_queries)?);
+    }
+    Ok(examples)
+}
+
+/// The exact training examples of a finished (or started) run, rebuilt from what it keeps:
+/// `run.ron`'s recipe, its pseudo-queries and mined negatives, and the tokenizer of `bundle`
+/// (the run's checkpoint). Returns them with the run's corpus.
+pub fn saved_run_examples(run: &Path, bundle: &ModelBundle) -> Result<(Vec<Example>, Corpus)> {
+    let path = run.join("run.ron");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let manifest: RunManifest = ron::from_str(&text)
+        .map_err(|e| Error::bad_file(&path, format!("invalid run manifest: {e}")))?;
+    let spec = manifest.spec;
+    let corpus = load_path(&spec.corpus, &spec.load)?;
+    if corpus.fingerprint() != manifest.corpus_fingerprint {
+        return Err(Error::bad_file(
+            &spec.corpus,
+            format!(
+                "the corpus changed since run {} was trained: its examples cannot be rebuilt",
+                run.display()
+            ),
+        ));
+    }
+    let pseudo_path = run.join("pseudo_queries.jsonl");
+    let pseudo_queries = if spec.pseudo.is_some()
+        && std::fs::metadata(&pseudo_path).is_ok_and(|m| m.len() > 0)
+        && spec.queries.as_deref() != Some(pseudo_path.as_path())
+    {
+        load_queries(&pseudo_path)?
+    } else {
+        Vec::new()
+    };
+    let (train_queries, _) = split_queries(&spec, &corpus, &mut Vec::new())?;
+    let mined_path = run.join("mined_negatives.json");
+    let mined: HashMap<String, Vec<String>> = if mined_path.is_file() {
+        let text = std::fs::read_to_string(&mined_path).map_err(|e| Error::io(&mined_path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&mined_path, e.to_string()))?
+    } else {
+        HashMap::new()
+    };
+    let examples = build_run_examples(
+        &spec,
+        &corpus,
+        bundle,
+        &train_queries,
+        &mined,
+        &pseudo_queries,
+    )?;
+    Ok((examples, corpus))
+}
+
 /// Splits the query file into training queries and the few held out for Hits@1 during
 /// training (the last `eval_queries`, only when evaluation is on and enough queries exist).
 /// Gold ids the corpus lacks are dropped first; what was dropped is reported in `report`.
@@ -380,17 +451,14 @@ pub fn run_index(
     } else {
         HashMap::new()
     };
-    let mut examples = build_examples(spec, &corpus, &bundle, &train_queries, &mined)?;
-    if !pseudo_queries.is_empty() {
-        let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
-        let builder = DataBuilder {
-            tokenizer: &bundle.tokenizer,
-            codec: &codec,
-            corpus: &corpus,
-            opts: spec.data.clone(),
-        };
-        examples.extend(builder.retrieval(&pseudo_queries)?);
-    }
+    let examples = build_run_examples(
+        spec,
+        &corpus,
+        &bundle,
+        &train_queries,
+        &mined,
+        &pseudo_queries,
+    )?;
     let mut spec = spec.clone();
     if let Some(e) = spec.train.epochs {
         let per_epoch = crate::train::batches_per_epoch(&examples, &spec.train).max(1);

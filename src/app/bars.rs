@@ -1,8 +1,9 @@
-//! The bars around the panels: the top bar (model, device, job progress, errors) and the left
-//! panel (the panel list and the project-file box).
+//! The bars around the panels: the top bar (model, device, job progress) and the left panel (the
+//! panel list, marking panels that hold an error, and the project-file box with its errors).
 
 use super::dialogs::{self, PathField};
-use super::{AppCommand, PanelKind, SelfretApp};
+use super::errors::error_banner;
+use super::{AppCommand, ErrorPlace, PanelKind, SelfretApp};
 use crate::train::TrainEvent;
 use crate::worker::Control;
 use std::path::PathBuf;
@@ -48,13 +49,19 @@ impl SelfretApp {
                         }
                         _ => 0.0,
                     };
-                    // A paused run says so (its progress and ETA stand still).
-                    let text = if self.panels.train.view.paused && self.panels.train.view.running {
-                        format!("{label}: paused")
+                    // A paused run says so, not "training": its progress and ETA stand still.
+                    let view = &self.panels.train.view;
+                    let text = if view.paused && view.running {
+                        match &view.last {
+                            Some(TrainEvent::Step { step, .. }) => {
+                                format!("paused at step {step} of {}", view.total_steps)
+                            }
+                            _ => format!("{label}: paused"),
+                        }
                     } else {
                         label.clone()
                     };
-                    ui.add(egui::ProgressBar::new(frac).desired_width(160.0).text(text));
+                    ui.add(egui::ProgressBar::new(frac).desired_width(200.0).text(text));
                     if ui.button("Cancel").clicked() {
                         cmds.push(AppCommand::Control(Control::Cancel));
                     }
@@ -64,29 +71,27 @@ impl SelfretApp {
                 }
             }
         });
-        if let Some(e) = &self.shared.error {
-            ui.horizontal(|ui| {
-                ui.colored_label(egui::Color32::from_rgb(200, 60, 60), format!("error: {e}"));
-                if ui.small_button("Dismiss").clicked() {
-                    cmds.push(AppCommand::DismissError);
-                }
-            });
-        }
         if let Some(n) = &self.dialogs.notice {
             ui.weak(n.as_str());
         }
     }
 
-    /// The panel list and the project-file box.
+    /// The panel list (a panel holding an error is marked) and the project-file box.
     pub(super) fn side_panel(&mut self, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
         ui.add_space(6.0);
         for p in PanelKind::ALL {
-            if ui
-                .selectable_label(self.shared.project.panel == p, p.label())
-                .clicked()
-            {
-                cmds.push(AppCommand::SwitchPanel(p));
-            }
+            ui.horizontal(|ui| {
+                if ui
+                    .selectable_label(self.shared.project.panel == p, p.label())
+                    .clicked()
+                {
+                    cmds.push(AppCommand::SwitchPanel(p));
+                }
+                if self.shared.errors.get(ErrorPlace::Panel(p)).is_some() {
+                    ui.colored_label(ui.visuals().error_fg_color, "(!)")
+                        .on_hover_text(format!("The {} panel shows an error", p.label()));
+                }
+            });
         }
         ui.separator();
         let l = ui.label("Project file");
@@ -109,5 +114,6 @@ impl SelfretApp {
                 cmds.push(AppCommand::Browse(field));
             }
         }
+        error_banner(ui, &self.shared.errors, ErrorPlace::Project, cmds);
     }
 }

@@ -3,7 +3,7 @@
 
 use super::dialogs::PathField;
 use super::panels::TrainView;
-use super::{AppCommand, SelfretApp};
+use super::{AppCommand, ErrorPlace, JobKind, SelfretApp};
 use crate::train::TrainEvent;
 use crate::worker::Event;
 use std::path::PathBuf;
@@ -18,7 +18,10 @@ impl SelfretApp {
             match ev {
                 Event::Started(label) => {
                     self.shared.busy = Some(label);
-                    self.shared.error = None;
+                    // A new attempt replaces the last one's error in the same place.
+                    if let Some(job) = self.running_job() {
+                        self.shared.errors.dismiss(job.place());
+                    }
                 }
                 Event::CorpusLoaded(c) => {
                     self.shared.untitled = c.untitled().len();
@@ -43,6 +46,8 @@ impl SelfretApp {
                 Event::EvalNotes(notes) => self.panels.evaluate.notes = notes,
                 Event::EvalDone(results) => {
                     self.panels.evaluate.results = results;
+                    self.panels.evaluate.results_query_file =
+                        self.panels.evaluate.running_query_file.take();
                     self.panels.evaluate.progress = None;
                 }
                 Event::Progress { label, done, total } => {
@@ -78,11 +83,25 @@ impl SelfretApp {
                 Event::Download { file, done, total } => {
                     self.shared.download = Some((file, done, total))
                 }
-                Event::Error(e) => self.shared.error = Some(e),
+                Event::Error(e) => {
+                    let place = self
+                        .running_job()
+                        .map(|job| job.place())
+                        .unwrap_or(ErrorPlace::Panel(self.shared.project.panel));
+                    self.shared.errors.set(place, e);
+                }
                 Event::Finished => {
+                    if self.jobs.pop_front() == Some(JobKind::Eval) {
+                        // A failed run leaves the previous results, and no progress bar.
+                        self.panels.evaluate.progress = None;
+                        self.panels.evaluate.running_query_file = None;
+                    }
                     self.shared.download = None;
                     self.shared.progress = None;
-                    self.shared.busy = None;
+                    // Queued jobs keep the app busy; their Started names them.
+                    if self.jobs.is_empty() {
+                        self.shared.busy = None;
+                    }
                     self.panels.train.view.running = false;
                     self.panels.train.view.paused = false;
                 }

@@ -196,7 +196,8 @@ pub struct Shared {
     /// Details of the loaded model (parameters, trie size).
     pub session: Option<crate::worker::SessionInfo>,
     pub busy: Option<String>,
-    pub error: Option<String>,
+    /// What failed, each shown in the panel (or side bar) whose action it was.
+    pub errors: super::Errors,
     /// Documents of the loaded corpus whose title only stands in (counted once per load).
     pub untitled: usize,
     /// Progress of other jobs: (label, done, total).

@@ -1,7 +1,7 @@
 //! Evaluate panel: Self-Retrieval against BM25 (and dense) on a query file, side by side.
 
 use crate::app::dialogs::{path_row, Dialogs, PathField};
-use crate::app::{AppCommand, Shared};
+use crate::app::{AppCommand, ErrorPlace, PanelKind, Shared};
 use egui_plot::{Bar, BarChart, Legend, Plot};
 
 const METRICS: [&str; 7] = [
@@ -33,6 +33,10 @@ pub struct EvaluatePanel {
     pub progress: Option<(String, usize, usize)>,
     /// What the last run found wrong in its query file (unknown gold ids, unscorable queries).
     pub notes: Vec<String>,
+    /// The query file of the evaluation in progress.
+    pub running_query_file: Option<std::path::PathBuf>,
+    /// The query file `results` were measured on.
+    pub results_query_file: Option<std::path::PathBuf>,
 }
 
 impl EvaluatePanel {
@@ -83,6 +87,26 @@ impl EvaluatePanel {
             return;
         }
         ui.separator();
+        let measured_on = self
+            .results_query_file
+            .as_ref()
+            .map(|p| format!("Results on {}", p.display()))
+            .unwrap_or_else(|| "Results".into());
+        let failed = shared
+            .errors
+            .get(ErrorPlace::Panel(PanelKind::Evaluate))
+            .is_some();
+        if self.progress.is_some() {
+            ui.weak(format!(
+                "{measured_on} (the previous run; replaced when this one finishes)"
+            ));
+        } else if failed {
+            ui.weak(format!(
+                "{measured_on} (from the previous run: the last one failed)"
+            ));
+        } else {
+            ui.weak(measured_on);
+        }
         ui.columns(2, |cols| {
             egui::Grid::new("metrics-table")
                 .striped(true)

@@ -15,7 +15,8 @@ pub use query::QueryPanel;
 pub use train::{PseudoView, TrainPanel, TrainView};
 
 use super::dialogs::Dialogs;
-use super::{AppCommand, PanelKind, Shared};
+use super::errors::error_banner;
+use super::{AppCommand, ErrorPlace, PanelKind, Shared};
 
 /// Every panel's own state, kept while another panel is shown.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +29,7 @@ pub struct Panels {
 }
 
 impl Panels {
-    /// Draws the panel `kind`.
+    /// Draws the panel `kind`, its error (if any) first.
     pub fn ui(
         &mut self,
         kind: PanelKind,
@@ -37,6 +38,7 @@ impl Panels {
         ui: &mut egui::Ui,
         cmds: &mut Vec<AppCommand>,
     ) {
+        error_banner(ui, &shared.errors, ErrorPlace::Panel(kind), cmds);
         match kind {
             PanelKind::Corpus => self.corpus.ui(shared, dialogs, ui, cmds),
             PanelKind::Model => self.model.ui(shared, dialogs, ui, cmds),

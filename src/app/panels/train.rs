@@ -296,11 +296,17 @@ impl TrainPanel {
                 task,
                 ..
             }) => {
+                // Paused, the last step's ETA would stand still as if time were not passing.
+                let when = if self.view.paused && running {
+                    "paused (Continue to go on)".to_string()
+                } else {
+                    format!("{tokens_per_s:.0} tokens/s  ETA {eta_s:.0} s")
+                };
                 ui.label(format!(
-                "step {step}/{}  {} loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tokens/s  ETA {eta_s:.0} s",
-                self.view.total_steps,
-                task.name()
-            ));
+                    "step {step}/{}  {} loss {loss:.4}  lr {lr:.2e}  {when}",
+                    self.view.total_steps,
+                    task.name()
+                ));
             }
             Some(TrainEvent::Preparing { stage, done, total }) => {
                 ui.label(format!("preparing: {stage} {done}/{total}"));

@@ -468,3 +468,34 @@ fn a_failed_evaluation_keeps_the_previous_table_and_its_error_can_be_dismissed()
     assert!(h.query_by_label("(!)").is_none());
     assert!(h.state().shared.errors.is_empty());
 }
+
+/// The ranking's symbols explain themselves: hovering tau or delta shows a plain tooltip that is
+/// not there before.
+#[test]
+fn tau_and_delta_have_plain_tooltips() {
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .with_max_steps(8)
+        .build_eframe(|cc| SelfretApp::new(cc));
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
+    h.get_by_role_and_label(Role::Button, "Query").click();
+    h.run_ok();
+    for (slider, words) in [
+        ("tau", "lower trusts the model's top title more"),
+        ("delta", "verdict (can this passage answer the question?)"),
+    ] {
+        assert!(
+            h.query_by_label_contains(words).is_none(),
+            "the {slider} tooltip shows before hovering"
+        );
+        h.get_by_role_and_label(Role::Slider, slider).hover();
+        // Past the tooltip delay (each step is a quarter second).
+        h.run_steps(4);
+        assert!(
+            h.query_by_label_contains(words).is_some(),
+            "hovering {slider} shows no tooltip"
+        );
+    }
+}

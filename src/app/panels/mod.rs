@@ -4,6 +4,7 @@
 
 mod corpus;
 mod evaluate;
+mod hints;
 mod model;
 mod query;
 mod train;

@@ -1,5 +1,6 @@
 //! Model panel: pick the base model and how to train it.
 
+use super::hints;
 use crate::app::dialogs::{path_row, Dialogs, PathField};
 use crate::app::{AppCommand, Shared};
 use crate::model::ModelSource;
@@ -53,11 +54,14 @@ impl ModelPanel {
         ui.checkbox(
             &mut shared.project.lora,
             "Train LoRA adapters (base frozen)",
-        );
+        )
+        .on_hover_text(hints::LORA);
         ui.add_enabled(
             shared.project.lora,
             egui::Slider::new(&mut shared.project.lora_rank, 1..=64).text("LoRA rank"),
-        );
+        )
+        .on_hover_text(hints::LORA_RANK)
+        .on_disabled_hover_text(hints::LORA_RANK);
         ui.separator();
         ui.horizontal(|ui| {
             if ui

@@ -1,5 +1,6 @@
 //! Train panel: hyperparameters, Start / Pause / Cancel / Save now, live loss curves per task.
 
+use super::hints;
 use crate::app::dialogs::{path_row, Dialogs, PathField};
 use crate::app::{AppCommand, Shared};
 use crate::train::{Task, TrainEvent};
@@ -153,27 +154,25 @@ impl TrainPanel {
             cmds,
         );
         ui.horizontal(|ui| {
-        ui.label("Preset").on_hover_text(
-            "Fills every training setting below with a measured recipe for the corpus size and the model; any field can still be changed.",
-        );
-        for preset in Preset::ALL {
-            let selected = shared.project.preset == Some(preset);
-            if ui
-                .selectable_label(selected, preset.name())
-                .on_hover_text(preset.describe())
-                .clicked()
-            {
-                shared.project.apply_preset(preset);
+            ui.label("Preset").on_hover_text(hints::PRESET);
+            for preset in Preset::ALL {
+                let selected = shared.project.preset == Some(preset);
+                if ui
+                    .selectable_label(selected, preset.name())
+                    .on_hover_text(preset.describe())
+                    .clicked()
+                {
+                    shared.project.apply_preset(preset);
+                }
             }
-        }
-        match shared.project.preset {
-            Some(p) => ui.weak(format!("{}: {}", p.name(), p.describe())),
-            None => ui.weak("custom settings"),
-        };
-    });
+            match shared.project.preset {
+                Some(p) => ui.weak(format!("{}: {}", p.name(), p.describe())),
+                None => ui.weak("custom settings"),
+            };
+        });
         ui.horizontal(|ui| {
             let mut by_epochs = shared.project.epochs > 0.0;
-            ui.label("Budget");
+            ui.label("Budget").on_hover_text(hints::BUDGET);
             if ui.radio(!by_epochs, "steps").clicked() {
                 by_epochs = false;
                 shared.project.epochs = 0.0;
@@ -192,46 +191,55 @@ impl TrainPanel {
             }
         });
         ui.horizontal(|ui| {
-        ui.add(
-            egui::Slider::new(&mut shared.project.sentences_per_passage, 0..=20)
-                .text("Indexing sentences per passage (0 = all)"),
-        )
-        .on_hover_text("Indexing teaches sentence -> title + passage; 0 uses every sentence of 6-49 words, every epoch.");
-        ui.add(
-            egui::Slider::new(&mut shared.project.pseudo_per_passage, 0..=10)
-                .text("Generated questions per passage"),
-        )
-        .on_hover_text("Before training, the base model writes this many questions for every passage; those BM25 finds the passage from train retrieval alongside the query file (0: off).");
-    });
+            ui.add(
+                egui::Slider::new(&mut shared.project.sentences_per_passage, 0..=20)
+                    .text("Indexing sentences per passage (0 = all)"),
+            )
+            .on_hover_text(hints::SENTENCES_PER_PASSAGE);
+            ui.add(
+                egui::Slider::new(&mut shared.project.pseudo_per_passage, 0..=10)
+                    .text("Generated questions per passage"),
+            )
+            .on_hover_text(hints::PSEUDO_PER_PASSAGE);
+        });
         ui.horizontal(|ui| {
-        ui.label("Task mix").on_hover_text("Relative weight of each training task: indexing (sentence -> passage), retrieval (question -> passage), self-assessment (question + passage -> can / cannot answer). With epochs, a weight of 2 sees that task's examples twice per epoch.");
-        let mix = &mut shared.project.mix;
-        ui.add(egui::Slider::new(&mut mix.indexing, 0.0..=4.0).text("Indexing"));
-        ui.add(egui::Slider::new(&mut mix.retrieval, 0.0..=4.0).text("Retrieval"));
-        ui.add(egui::Slider::new(&mut mix.assessment, 0.0..=4.0).text("Assessment"));
-    });
+            ui.label("Task mix").on_hover_text(hints::TASK_MIX);
+            let mix = &mut shared.project.mix;
+            ui.add(egui::Slider::new(&mut mix.indexing, 0.0..=4.0).text("Indexing"))
+                .on_hover_text(hints::MIX_INDEXING);
+            ui.add(egui::Slider::new(&mut mix.retrieval, 0.0..=4.0).text("Retrieval"))
+                .on_hover_text(hints::MIX_RETRIEVAL);
+            ui.add(egui::Slider::new(&mut mix.assessment, 0.0..=4.0).text("Assessment"))
+                .on_hover_text(hints::MIX_ASSESSMENT);
+        });
         ui.horizontal(|ui| {
-        ui.add(
-            egui::Slider::new(&mut shared.project.target_words, 0..=200)
-                .text("Indexing target words (0 = whole passage)"),
-        );
-        ui.add_enabled(
-            shared.project.lora,
-            egui::Slider::new(&mut shared.project.lora_rank, 1..=64).text("LoRA rank"),
-        )
-        .on_hover_text("Rank of the low-rank adapters trained on every projection while the base model stays frozen: higher learns more, costs more.");
-    });
+            ui.add(
+                egui::Slider::new(&mut shared.project.target_words, 0..=200)
+                    .text("Indexing target words (0 = whole passage)"),
+            )
+            .on_hover_text(hints::TARGET_WORDS);
+            ui.add_enabled(
+                shared.project.lora,
+                egui::Slider::new(&mut shared.project.lora_rank, 1..=64).text("LoRA rank"),
+            )
+            .on_hover_text(hints::LORA_RANK)
+            .on_disabled_hover_text(format!(
+                "{} Turn on LoRA in the Model panel to set it.",
+                hints::LORA_RANK
+            ));
+        });
         ui.add(
             egui::Slider::new(&mut shared.project.lr, 1e-5..=1e-2)
                 .logarithmic(true)
                 .text("Learning rate"),
-        );
+        )
+        .on_hover_text(hints::LEARNING_RATE);
         ui.add(
             egui::Slider::new(&mut shared.project.batch_tokens, 256..=8192)
                 .logarithmic(true)
                 .text("Batch tokens"),
         )
-        .on_hover_text("Token budget of one training batch (rows x longest row).");
+        .on_hover_text(hints::BATCH_TOKENS);
         let running = self.view.running;
         ui.horizontal(|ui| {
             if ui
@@ -438,7 +446,8 @@ fn pseudo_section(
             ui.horizontal(|ui| {
                 ui.add(egui::Slider::new(&mut o.per_passage, 1..=5).text("Questions per passage"));
                 ui.add(egui::Slider::new(&mut o.max_passages, 0..=500).text("Passages (0 = all)"));
-                ui.add(egui::Slider::new(&mut o.keep_top, 1..=10).text("Keep if found in top"));
+                ui.add(egui::Slider::new(&mut o.keep_top, 1..=10).text("Keep if found in top"))
+                    .on_hover_text(hints::KEEP_TOP);
             });
             ui.horizontal(|ui| {
                 if ui

@@ -104,7 +104,12 @@ impl SelfretApp {
             }
             AppCommand::OpenRun => {
                 match required_path("run directory", &self.shared.project.run_dir) {
-                    Ok(run) => self.submit(JobKind::OpenRun, "opening run", Job::OpenRun(run)),
+                    Ok(run) => {
+                        if let Some(spec) = run_settings(&run) {
+                            self.shared.project.take_run_settings(&spec);
+                        }
+                        self.submit(JobKind::OpenRun, "opening run", Job::OpenRun(run));
+                    }
                     Err(e) => self.shared.errors.set(JobKind::OpenRun.place(), e),
                 }
             }
@@ -319,4 +324,13 @@ impl SelfretApp {
             PathField::PseudoQueries => &mut self.panels.train.pseudo.path,
         }
     }
+}
+
+/// The settings a run was trained with (its `run.ron`); `None` when the folder has none readable
+/// (opening the run then reports what is wrong).
+fn run_settings(run: &std::path::Path) -> Option<IndexSpec> {
+    let text = std::fs::read_to_string(run.join("run.ron")).ok()?;
+    ron::from_str::<crate::worker::index::RunManifest>(&text)
+        .ok()
+        .map(|m| m.spec)
 }

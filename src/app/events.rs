@@ -45,9 +45,14 @@ impl SelfretApp {
                 } => self.panels.evaluate.progress = Some((system, done, total)),
                 Event::EvalNotes(notes) => self.panels.evaluate.notes = notes,
                 Event::EvalDone(results) => {
-                    self.panels.evaluate.results = results;
-                    self.panels.evaluate.results_query_file =
-                        self.panels.evaluate.running_query_file.take();
+                    let evaluate = &mut self.panels.evaluate;
+                    evaluate.results = results;
+                    evaluate.results_query_file = evaluate.running_query_file.take();
+                    evaluate.gold_answers = evaluate
+                        .results_query_file
+                        .as_deref()
+                        .map(super::panels::gold_answers)
+                        .unwrap_or_default();
                     self.panels.evaluate.progress = None;
                 }
                 Event::Progress { label, done, total } => {
@@ -149,9 +154,14 @@ impl TrainView {
                 self.speed.push([*step as f64, *tokens_per_s]);
                 self.eta.push([*step as f64, *eta_s]);
             }
-            TrainEvent::Checkpoint { step, path } => self
-                .checkpoints
-                .push(format!("step {step}: {}", path.display())),
+            TrainEvent::Checkpoint { step, path } => {
+                // The final checkpoint can land on the step a periodic one just saved.
+                let path = path.display().to_string();
+                match self.checkpoints.iter_mut().find(|(s, _)| s == step) {
+                    Some(entry) => entry.1 = path,
+                    None => self.checkpoints.push((*step, path)),
+                }
+            }
             TrainEvent::Eval {
                 step,
                 losses,
@@ -168,5 +178,24 @@ impl TrainView {
             TrainEvent::Preparing { .. } => self.running = true,
         }
         self.last = Some(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The final checkpoint, written on the step a periodic one already saved, is listed once.
+    #[test]
+    fn a_checkpoint_step_is_listed_once() {
+        let mut view = TrainView::default();
+        for step in [300, 600, 600] {
+            view.on_train_event(TrainEvent::Checkpoint {
+                step,
+                path: PathBuf::from("runs/demo/checkpoint"),
+            });
+        }
+        let steps: Vec<usize> = view.checkpoints.iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [300, 600]);
     }
 }

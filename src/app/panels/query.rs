@@ -9,6 +9,26 @@ use crate::retrieve::{RetrievalTrace, StepKind};
 const CHOSEN: egui::Color32 = egui::Color32::from_rgb(40, 110, 200);
 const FORCED: egui::Color32 = egui::Color32::from_rgb(130, 130, 130);
 const AUTO: egui::Color32 = egui::Color32::from_rgb(60, 150, 80);
+/// Widths of the ranking sliders' cells (slider, number box and name).
+const SLIDER_CELL: f32 = 210.0;
+const WEIGHT_CELL: f32 = 260.0;
+
+/// Puts a control in a cell of fixed width, so a neighbour's growing number box cannot push it.
+fn fixed_cell(
+    ui: &mut egui::Ui,
+    width: f32,
+    add: impl FnOnce(&mut egui::Ui) -> egui::Response,
+) -> egui::Response {
+    ui.allocate_ui_with_layout(
+        egui::vec2(width, ui.spacing().interact_size.y),
+        egui::Layout::left_to_right(egui::Align::Center),
+        |ui| {
+            ui.set_min_width(width);
+            add(ui)
+        },
+    )
+    .inner
+}
 
 /// The Query panel's own state: the question, its trace and the score table's view of it.
 #[derive(Debug, Clone)]
@@ -84,45 +104,58 @@ impl QueryPanel {
             )
             .on_hover_text(hints::PASSAGE_BEAMS);
         });
+        // Each slider in a cell of fixed width, with a fixed number of decimals: moving tau
+        // does not shift delta sideways as its number box widens.
         let mut changed = false;
+        let r = &mut shared.project.retrieve;
         ui.horizontal(|ui| {
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.tau, 0.01..=5.0)
-                    .logarithmic(true)
-                    .text("tau"),
-            )
-            .on_hover_text(hints::TAU)
+            changed |= fixed_cell(ui, SLIDER_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.tau, 0.01..=5.0)
+                        .logarithmic(true)
+                        .fixed_decimals(2)
+                        .text("tau"),
+                )
+                .on_hover_text(hints::TAU)
+            })
             .changed();
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.delta, 0.01..=5.0)
-                    .logarithmic(true)
-                    .text("delta"),
-            )
-            .on_hover_text(hints::DELTA)
+            changed |= fixed_cell(ui, SLIDER_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.delta, 0.01..=5.0)
+                        .logarithmic(true)
+                        .fixed_decimals(2)
+                        .text("delta"),
+                )
+                .on_hover_text(hints::DELTA)
+            })
             .changed();
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.passage_weight, 0.0..=3.0)
-                    .text("passage weight"),
-            )
-            .on_hover_text(hints::PASSAGE_WEIGHT)
+            changed |= fixed_cell(ui, WEIGHT_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.passage_weight, 0.0..=3.0)
+                        .fixed_decimals(2)
+                        .text("passage weight"),
+                )
+                .on_hover_text(hints::PASSAGE_WEIGHT)
+            })
             .changed();
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.query_weight, 0.0..=32.0)
-                    .text("query weight"),
-            )
-            .on_hover_text(hints::QUERY_WEIGHT)
+            changed |= fixed_cell(ui, WEIGHT_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.query_weight, 0.0..=32.0)
+                        .fixed_decimals(1)
+                        .text("query weight"),
+                )
+                .on_hover_text(hints::QUERY_WEIGHT)
+            })
             .changed();
-        ui.checkbox(&mut shared.project.retrieve.assess, "self-assessment")
-            .on_hover_text("Read the model's own verdict P(reject) for every candidate (the paper's reranking; applies to the next question). Off by default: on new questions it does not separate passages at this model size, the query likelihood does.");
-        ui.checkbox(&mut shared.project.retrieve.likelihood, "read query likelihood")
-            .on_hover_text("Read log P(question | passage) for every candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
-        ui.checkbox(&mut shared.project.retrieve.likelihood_base, "with the base model")
-            .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
-    });
+        });
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut r.assess, "self-assessment")
+                .on_hover_text("Read the model's own verdict P(reject) for every candidate (the paper's reranking; applies to the next question). Off by default: on new questions it does not separate passages at this model size, the query likelihood does.");
+            ui.checkbox(&mut r.likelihood, "read query likelihood")
+                .on_hover_text("Read how probable the question is after each candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
+            ui.checkbox(&mut r.likelihood_base, "with the base model")
+                .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
+        });
         let weights = shared.project.retrieve.weights();
         let Some(trace) = self.trace.as_mut() else {
             return;
@@ -316,9 +349,6 @@ fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
                 ui.colored_label(AUTO, " ...");
                 break;
             }
-            let text = egui::RichText::new(s.piece.replace('\n', "\\n"))
-                .color(color)
-                .monospace();
             let lp = s
                 .logprob
                 .map(|l| format!("{l:.3}"))
@@ -328,10 +358,21 @@ fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
                 StepKind::Forced => "forced by the trie",
                 StepKind::AutoComplete => "auto-completed (the prefix was unique)",
             };
-            ui.label(text).on_hover_text(format!(
+            let hover = format!(
                 "{:?} ({kind}) | log p {lp} | log p under the trie {:.3} | {} tokens allowed",
                 s.piece, s.trie_logprob, s.alternatives
-            ));
+            );
+            // A newline in the text breaks the line, as the text reads, instead of showing as
+            // a literal "\n".
+            for (n, part) in s.piece.split('\n').enumerate() {
+                if n > 0 {
+                    ui.end_row();
+                }
+                if !part.is_empty() {
+                    let text = egui::RichText::new(part).color(color).monospace();
+                    ui.label(text).on_hover_text(hover.as_str());
+                }
+            }
         }
     });
 }

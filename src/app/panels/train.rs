@@ -6,7 +6,7 @@ use crate::app::{AppCommand, Shared};
 use crate::train::{Task, TrainEvent};
 use crate::worker::preset::Preset;
 use crate::worker::Control;
-use egui_plot::{Legend, Line, Plot, Points};
+use egui_plot::{Line, MarkerShape, Plot, Points};
 
 /// The Train panel's own state: the run's curves and the pseudo-queries under review.
 #[derive(Debug, Clone, Default)]
@@ -76,7 +76,8 @@ pub struct TrainView {
     pub eval_metrics: Vec<(String, usize, f64)>,
     pub last: Option<TrainEvent>,
     pub total_steps: usize,
-    pub checkpoints: Vec<String>,
+    /// Checkpoints written: (step, folder), one per step.
+    pub checkpoints: Vec<(usize, String)>,
     pub running: bool,
     pub paused: bool,
 }
@@ -336,46 +337,7 @@ impl TrainPanel {
             ui.label(format!("loss points: {}", self.view.losses.len()));
             ui.checkbox(&mut self.view.log_scale, "Log scale");
         });
-        let log = self.view.log_scale;
-        let y = move |l: f64| if log { l.max(1e-6).log10() } else { l };
-        Plot::new("loss-plot")
-            .legend(Legend::default())
-            .height(260.0)
-            .x_axis_label("step")
-            .y_axis_label(if log { "loss (log10)" } else { "loss" })
-            .y_axis_formatter(move |m, _| {
-                if log {
-                    format!("{:.3}", 10f64.powf(m.value))
-                } else {
-                    format!("{:.2}", m.value)
-                }
-            })
-            .show(ui, |p| {
-                for task in Task::ALL {
-                    let pts: Vec<[f64; 2]> = self
-                        .view
-                        .losses
-                        .iter()
-                        .filter(|(t, _, _)| *t == task)
-                        .map(|(_, s, l)| [*s as f64, y(*l)])
-                        .collect();
-                    if !pts.is_empty() {
-                        p.line(Line::new(task.name(), pts));
-                    }
-                    let held: Vec<[f64; 2]> = self
-                        .view
-                        .eval_losses
-                        .iter()
-                        .filter(|(t, _, _)| t == task.name())
-                        .map(|(_, s, l)| [*s as f64, y(*l)])
-                        .collect();
-                    if !held.is_empty() {
-                        p.points(
-                            Points::new(format!("{} (held-out)", task.name()), held).radius(3.0),
-                        );
-                    }
-                }
-            });
+        self.loss_plot(ui);
         if !self.view.eval_metrics.is_empty() {
             let last: Vec<String> = ["hits@1", "hits@5"]
                 .iter()
@@ -391,8 +353,20 @@ impl TrainPanel {
             ui.label(format!("held-out retrieval: {}", last.join(", ")));
         }
         ui.columns(3, |cols| {
-            small_plot(&mut cols[0], "lr-plot", "learning rate", &self.view.lr);
-            small_plot(&mut cols[1], "speed-plot", "tokens/s", &self.view.speed);
+            small_plot(
+                &mut cols[0],
+                "lr-plot",
+                "learning rate",
+                &self.view.lr,
+                None,
+            );
+            small_plot(
+                &mut cols[1],
+                "speed-plot",
+                "tokens/s",
+                &self.view.speed,
+                None,
+            );
             let hits: Vec<[f64; 2]> = self
                 .view
                 .eval_metrics
@@ -401,29 +375,135 @@ impl TrainPanel {
                 .map(|(_, s, v)| [*s as f64, *v])
                 .collect();
             if hits.is_empty() {
-                small_plot(&mut cols[2], "eta-plot", "ETA (s)", &self.view.eta);
+                small_plot(&mut cols[2], "eta-plot", "ETA (s)", &self.view.eta, None);
             } else {
-                small_plot(&mut cols[2], "hits-plot", "held-out Hits@1", &hits);
+                // A share: drawn on 0..1 with every measurement marked, so one or two
+                // evaluations show as points, not as nothing.
+                small_plot(
+                    &mut cols[2],
+                    "hits-plot",
+                    "held-out Hits@1",
+                    &hits,
+                    Some((0.0, 1.0)),
+                );
             }
         });
-        for c in self.view.checkpoints.iter().rev().take(3) {
-            ui.weak(format!("checkpoint {c}"));
+        for (step, path) in self.view.checkpoints.iter().rev().take(3) {
+            ui.weak(format!("checkpoint at step {step}: {path}"));
         }
+    }
+
+    /// The loss per task against the step, each task in its own fixed colour, held-out losses
+    /// as dots in their task's colour; the legend is a row above the plot, off the lines.
+    fn loss_plot(&self, ui: &mut egui::Ui) {
+        if self.view.losses.is_empty() && self.view.eval_losses.is_empty() {
+            ui.add_sized(
+                [ui.available_width(), 80.0],
+                egui::Label::new(
+                    "No steps yet: the loss of each task is drawn here once training runs.",
+                ),
+            );
+            return;
+        }
+        let log = self.view.log_scale;
+        let y = move |l: f64| if log { l.max(1e-6).log10() } else { l };
+        let series: Vec<TaskSeries> = Task::ALL
+            .into_iter()
+            .map(|task| {
+                let trained = self
+                    .view
+                    .losses
+                    .iter()
+                    .filter(|(t, _, _)| *t == task)
+                    .map(|(_, s, l)| [*s as f64, y(*l)])
+                    .collect();
+                let held = self
+                    .view
+                    .eval_losses
+                    .iter()
+                    .filter(|(t, _, _)| t == task.name())
+                    .map(|(_, s, l)| [*s as f64, y(*l)])
+                    .collect();
+                (task, trained, held)
+            })
+            .collect();
+        ui.horizontal(|ui| {
+            for (task, trained, _) in &series {
+                if !trained.is_empty() {
+                    ui.colored_label(task_color(*task), format!("— {}", task.name()));
+                }
+            }
+            if series.iter().any(|(_, _, held)| !held.is_empty()) {
+                ui.weak("• held-out loss (dots in its task's colour)");
+            }
+        });
+        Plot::new("loss-plot")
+            .height(260.0)
+            .x_axis_label("step")
+            .y_axis_label(if log { "loss (log10)" } else { "loss" })
+            .y_axis_formatter(move |m, _| {
+                if log {
+                    format!("{:.3}", 10f64.powf(m.value))
+                } else {
+                    format!("{:.2}", m.value)
+                }
+            })
+            .show(ui, |p| {
+                for (task, trained, held) in series {
+                    if !trained.is_empty() {
+                        p.line(Line::new(task.name(), trained).color(task_color(task)));
+                    }
+                    if !held.is_empty() {
+                        p.points(
+                            Points::new(format!("{} (held-out)", task.name()), held)
+                                .shape(MarkerShape::Circle)
+                                .radius(4.0)
+                                .color(task_color(task)),
+                        );
+                    }
+                }
+            });
     }
 }
 
-/// A compact line plot of one series against the step.
-fn small_plot(ui: &mut egui::Ui, id: &str, name: &str, points: &[[f64; 2]]) {
+/// One task's training losses and held-out losses, as plot points.
+type TaskSeries = (Task, Vec<[f64; 2]>, Vec<[f64; 2]>);
+
+/// Each task's colour, the same in every frame and every run (egui_plot's automatic colours
+/// follow the order series appear in, which changes between refreshes).
+pub fn task_color(task: Task) -> egui::Color32 {
+    match task {
+        Task::Indexing => egui::Color32::from_rgb(66, 133, 244),
+        Task::Retrieval => egui::Color32::from_rgb(234, 134, 0),
+        Task::Assessment => egui::Color32::from_rgb(52, 168, 83),
+    }
+}
+
+/// A compact plot of one series against the step, every point marked; `y_range` fixes the
+/// axis (a share is drawn on 0..1). With no points, a line saying so instead of empty axes.
+fn small_plot(
+    ui: &mut egui::Ui,
+    id: &str,
+    name: &str,
+    points: &[[f64; 2]],
+    y_range: Option<(f64, f64)>,
+) {
     ui.label(name);
-    Plot::new(id)
+    if points.is_empty() {
+        ui.weak("no steps yet");
+        return;
+    }
+    let mut plot = Plot::new(id)
         .height(120.0)
         .x_axis_label("step")
-        .allow_scroll(false)
-        .show(ui, |p| {
-            if !points.is_empty() {
-                p.line(Line::new(name.to_string(), points.to_vec()));
-            }
-        });
+        .allow_scroll(false);
+    if let Some((lo, hi)) = y_range {
+        plot = plot.include_y(lo).include_y(hi);
+    }
+    plot.show(ui, |p| {
+        p.line(Line::new(name.to_string(), points.to_vec()));
+        p.points(Points::new(name.to_string(), points.to_vec()).radius(2.5));
+    });
 }
 
 /// Pseudo-queries: written by the loaded model, filtered by its own retrieval, reviewed and

@@ -92,6 +92,39 @@ fn corpus_train_cancel_query_and_rerank() {
     wait_until(&mut h, "loss points", 240, |a| {
         a.panels.train.view.losses.len() >= 3
     });
+
+    // Pause: the top bar and the Train panel say paused (no ETA), and no step is taken until
+    // Continue.
+    h.get_by_role_and_label(Role::Button, "Pause").click();
+    h.run_ok();
+    assert!(
+        h.query_by_label_contains("paused at step").is_some(),
+        "the top bar does not say paused"
+    );
+    assert!(h
+        .query_by_label_contains("paused (Continue to go on)")
+        .is_some());
+    assert!(h.query_by_label_contains("tokens/s  ETA").is_none());
+    // The step in flight when Pause arrived may still finish; after that, none.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        h.step();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let while_paused = h.state().panels.train.view.losses.len();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        h.step();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(
+        h.state().panels.train.view.losses.len(),
+        while_paused,
+        "training went on while paused"
+    );
+    h.get_by_role_and_label(Role::Button, "Continue").click();
+    h.run_ok();
+    assert!(h.query_by_label_contains("paused at step").is_none());
     h.get_by_role_and_label(Role::Button, "Stop training")
         .click();
     h.run_ok();
@@ -255,6 +288,8 @@ fn corpus_train_cancel_query_and_rerank() {
                 .as_ref()
                 .is_some_and(|t| t.query == first_q)
     });
+    // The export note was about the earlier question's trace.
+    assert!(h.query_by_label_contains("wrote ").is_none());
 }
 
 /// The window icon built into the binary decodes, is square and is not blank; the desktop entry
@@ -327,7 +362,7 @@ fn start_asks_before_training_over_a_checkpoint() {
     assert!(
         fresh.join("checkpoint/manifest.ron").is_file(),
         "{:?}",
-        h.state().shared.error
+        h.state().shared.errors
     );
     assert_eq!(
         std::fs::read_to_string(old.join("checkpoint/manifest.ron")).unwrap(),
@@ -376,4 +411,92 @@ fn evaluate_names_gold_ids_missing_from_the_corpus() {
         h.state().panels.evaluate.results[0].metrics["unscorable"],
         1.0
     );
+}
+
+/// A failed evaluation keeps the previous table; its error is shown in the Evaluate panel only
+/// (the side bar marks the panel), in the app's wording with the path, and Dismiss closes it.
+#[test]
+fn a_failed_evaluation_keeps_the_previous_table_and_its_error_can_be_dismissed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .with_max_steps(8)
+        .build_eframe(|cc| SelfretApp::new(cc));
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
+    h.get_by_role_and_label(Role::Button, "Evaluate").click();
+    h.run_ok();
+    {
+        let e = &mut h.state_mut().shared.project.eval;
+        e.self_retrieval = false;
+        e.bm25 = true;
+        e.dense = false;
+        e.reader = false;
+        e.limit = 5;
+    }
+    h.get_by_role_and_label(Role::Button, "Run evaluation")
+        .click();
+    h.run_ok();
+    wait_until(&mut h, "the BM25 results", 60, |a| {
+        !a.is_busy() && !a.panels.evaluate.results.is_empty()
+    });
+    let first = h.state().panels.evaluate.results.clone();
+
+    let missing = dir.path().join("missing.jsonl");
+    h.state_mut().shared.project.eval.queries_path = missing.display().to_string();
+    h.get_by_role_and_label(Role::Button, "Run evaluation")
+        .click();
+    h.run_ok();
+    wait_until(&mut h, "the failed run", 60, |a| !a.is_busy());
+    assert_eq!(h.state().panels.evaluate.results, first);
+    assert!(h.query_by_label("mrr@5").is_some(), "the table is gone");
+    let wording = format!("error: {}: no such file or folder", missing.display());
+    assert!(h.query_by_label(&wording).is_some(), "no `{wording}`");
+    assert!(h.query_by_label_contains("the last one failed").is_some());
+
+    // Another panel does not show it; the side bar marks the Evaluate panel.
+    h.get_by_role_and_label(Role::Button, "Corpus").click();
+    h.run_ok();
+    assert!(h.query_by_label(&wording).is_none());
+    assert!(h.query_by_label("(!)").is_some());
+
+    h.get_by_role_and_label(Role::Button, "Evaluate").click();
+    h.run_ok();
+    h.get_by_role_and_label(Role::Button, "Dismiss").click();
+    h.run_ok();
+    assert!(h.query_by_label(&wording).is_none());
+    assert!(h.query_by_label("(!)").is_none());
+    assert!(h.state().shared.errors.is_empty());
+}
+
+/// The ranking's symbols explain themselves: hovering tau or delta shows a plain tooltip that is
+/// not there before.
+#[test]
+fn tau_and_delta_have_plain_tooltips() {
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .with_max_steps(8)
+        .build_eframe(|cc| SelfretApp::new(cc));
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
+    h.get_by_role_and_label(Role::Button, "Query").click();
+    h.run_ok();
+    for (slider, words) in [
+        ("tau", "lower trusts the model's top title more"),
+        ("delta", "verdict (can this passage answer the question?)"),
+    ] {
+        assert!(
+            h.query_by_label_contains(words).is_none(),
+            "the {slider} tooltip shows before hovering"
+        );
+        h.get_by_role_and_label(Role::Slider, slider).hover();
+        // Past the tooltip delay (each step is a quarter second).
+        h.run_steps(4);
+        assert!(
+            h.query_by_label_contains(words).is_some(),
+            "hovering {slider} shows no tooltip"
+        );
+    }
 }

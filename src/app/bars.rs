@@ -1,8 +1,9 @@
-//! The bars around the panels: the top bar (model, device, job progress, errors) and the left
-//! panel (the panel list and the project-file box).
+//! The bars around the panels: the top bar (model, device, job progress) and the left panel (the
+//! panel list, marking panels that hold an error, and the project-file box with its errors).
 
-use super::dialogs::{self, PathField};
-use super::{AppCommand, PanelKind, SelfretApp};
+use super::dialogs::PathField;
+use super::errors::error_banner;
+use super::{AppCommand, ErrorPlace, PanelKind, SelfretApp};
 use crate::train::TrainEvent;
 use crate::worker::Control;
 use std::path::PathBuf;
@@ -48,13 +49,19 @@ impl SelfretApp {
                         }
                         _ => 0.0,
                     };
-                    // A paused run says so (its progress and ETA stand still).
-                    let text = if self.panels.train.view.paused && self.panels.train.view.running {
-                        format!("{label}: paused")
+                    // A paused run says so, not "training": its progress and ETA stand still.
+                    let view = &self.panels.train.view;
+                    let text = if view.paused && view.running {
+                        match &view.last {
+                            Some(TrainEvent::Step { step, .. }) => {
+                                format!("paused at step {step} of {}", view.total_steps)
+                            }
+                            _ => format!("{label}: paused"),
+                        }
                     } else {
                         label.clone()
                     };
-                    ui.add(egui::ProgressBar::new(frac).desired_width(160.0).text(text));
+                    ui.add(egui::ProgressBar::new(frac).desired_width(200.0).text(text));
                     if ui.button("Cancel").clicked() {
                         cmds.push(AppCommand::Control(Control::Cancel));
                     }
@@ -64,29 +71,27 @@ impl SelfretApp {
                 }
             }
         });
-        if let Some(e) = &self.shared.error {
-            ui.horizontal(|ui| {
-                ui.colored_label(egui::Color32::from_rgb(200, 60, 60), format!("error: {e}"));
-                if ui.small_button("Dismiss").clicked() {
-                    cmds.push(AppCommand::DismissError);
-                }
-            });
-        }
         if let Some(n) = &self.dialogs.notice {
             ui.weak(n.as_str());
         }
     }
 
-    /// The panel list and the project-file box.
+    /// The panel list (a panel holding an error is marked) and the project-file box.
     pub(super) fn side_panel(&mut self, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
         ui.add_space(6.0);
         for p in PanelKind::ALL {
-            if ui
-                .selectable_label(self.shared.project.panel == p, p.label())
-                .clicked()
-            {
-                cmds.push(AppCommand::SwitchPanel(p));
-            }
+            ui.horizontal(|ui| {
+                if ui
+                    .selectable_label(self.shared.project.panel == p, p.label())
+                    .clicked()
+                {
+                    cmds.push(AppCommand::SwitchPanel(p));
+                }
+                if self.shared.errors.get(ErrorPlace::Panel(p)).is_some() {
+                    ui.colored_label(ui.visuals().error_fg_color, "(!)")
+                        .on_hover_text(format!("The {} panel shows an error", p.label()));
+                }
+            });
         }
         ui.separator();
         let l = ui.label("Project file");
@@ -96,18 +101,66 @@ impl SelfretApp {
                 .desired_width(110.0),
         )
         .labelled_by(l.id);
-        ui.horizontal(|ui| {
-            if ui.button("Save").clicked() && !self.project_file.is_empty() {
-                cmds.push(AppCommand::SaveProject(PathBuf::from(&self.project_file)));
+        // One pair: each acts on the typed path, or with none typed asks for one in a dialog.
+        ui.vertical(|ui| {
+            let idle = self.dialogs.open.is_none();
+            if ui
+                .add_enabled(idle, egui::Button::new("Open project"))
+                .on_hover_text("Opens the project file typed above; with none typed, asks for one")
+                .clicked()
+            {
+                cmds.push(project_file_command(
+                    &self.project_file,
+                    PathField::OpenProject,
+                ));
             }
-            if ui.button("Open").clicked() && !self.project_file.is_empty() {
-                cmds.push(AppCommand::OpenProject(PathBuf::from(&self.project_file)));
+            if ui
+                .add_enabled(idle, egui::Button::new("Save project"))
+                .on_hover_text("Saves to the project file typed above; with none typed, asks where")
+                .clicked()
+            {
+                cmds.push(project_file_command(
+                    &self.project_file,
+                    PathField::SaveProject,
+                ));
             }
         });
+        error_banner(ui, &self.shared.errors, ErrorPlace::Project, cmds);
+    }
+}
+
+/// What Open project or Save project does with the project-file box: act on the typed path, or
+/// with none typed, open the file dialog (its answer then opens or saves at once; a dialog that
+/// cannot open says to type the path).
+fn project_file_command(typed: &str, field: PathField) -> AppCommand {
+    let typed = typed.trim();
+    match (typed.is_empty(), field) {
+        (true, _) => AppCommand::Browse(field),
+        (false, PathField::SaveProject) => AppCommand::SaveProject(PathBuf::from(typed)),
+        (false, _) => AppCommand::OpenProject(PathBuf::from(typed)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A typed path is acted on; an empty box asks for a path instead of doing nothing.
+    #[test]
+    fn open_and_save_act_on_the_typed_path_or_ask_for_one() {
+        assert!(matches!(
+            project_file_command(" my.ron ", PathField::OpenProject),
+            AppCommand::OpenProject(p) if p == std::path::Path::new("my.ron")
+        ));
+        assert!(matches!(
+            project_file_command("my.ron", PathField::SaveProject),
+            AppCommand::SaveProject(p) if p == std::path::Path::new("my.ron")
+        ));
         for field in [PathField::OpenProject, PathField::SaveProject] {
-            if dialogs::browse_button(ui, field, &self.dialogs) {
-                cmds.push(AppCommand::Browse(field));
-            }
+            assert!(matches!(
+                project_file_command("  ", field),
+                AppCommand::Browse(f) if f == field
+            ));
         }
     }
 }

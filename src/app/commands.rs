@@ -2,6 +2,7 @@
 //! [`SelfretApp::apply`], the only place that starts worker jobs.
 
 use super::dialogs::{self, PathField};
+use super::errors::{io_message, required_path, ErrorPlace};
 use super::panels::TrainView;
 use super::{PanelKind, Project, SelfretApp};
 use crate::model::ModelSource;
@@ -34,8 +35,34 @@ pub enum AppCommand {
     /// Save the kept pseudo-queries and train with them.
     SavePseudoQueries,
     GenerateTitles,
-    /// Close the error message.
-    DismissError,
+    /// Close the error shown at that place.
+    DismissError(ErrorPlace),
+}
+
+/// What a job handed to the worker was for: where its errors are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    LoadCorpus,
+    Train,
+    OpenRun,
+    OpenUntrained,
+    Query,
+    Eval,
+    PseudoQueries,
+    Titles,
+}
+
+impl JobKind {
+    /// The panel that started the job and shows its errors.
+    pub fn place(self) -> ErrorPlace {
+        ErrorPlace::Panel(match self {
+            JobKind::LoadCorpus | JobKind::Titles => PanelKind::Corpus,
+            JobKind::Train | JobKind::OpenRun | JobKind::PseudoQueries => PanelKind::Train,
+            JobKind::OpenUntrained => PanelKind::Model,
+            JobKind::Query => PanelKind::Query,
+            JobKind::Eval => PanelKind::Evaluate,
+        })
+    }
 }
 
 impl SelfretApp {
@@ -43,10 +70,14 @@ impl SelfretApp {
     pub fn apply(&mut self, cmd: AppCommand) {
         match cmd {
             AppCommand::LoadCorpus => {
-                let path = PathBuf::from(self.shared.project.corpus_path.trim());
-                self.worker
-                    .submit(Job::LoadCorpus(path, Default::default()));
-                self.shared.busy = Some("loading corpus".into());
+                match required_path("corpus path", &self.shared.project.corpus_path) {
+                    Ok(path) => self.submit(
+                        JobKind::LoadCorpus,
+                        "loading corpus",
+                        Job::LoadCorpus(path, Default::default()),
+                    ),
+                    Err(e) => self.shared.errors.set(JobKind::LoadCorpus.place(), e),
+                }
             }
             AppCommand::StartTraining { resume } => match self.spec() {
                 Ok(spec) => {
@@ -54,14 +85,14 @@ impl SelfretApp {
                         self.panels.train.view = TrainView::default();
                     }
                     self.panels.train.view.running = true;
-                    self.shared.busy = Some("training".into());
-                    self.worker.submit(Job::Index {
+                    let job = Job::Index {
                         spec: Box::new(spec),
                         run: PathBuf::from(self.shared.project.run_dir.trim()),
                         resume,
-                    });
+                    };
+                    self.submit(JobKind::Train, "training", job);
                 }
-                Err(e) => self.shared.error = Some(e),
+                Err(e) => self.shared.errors.set(JobKind::Train.place(), e),
             },
             AppCommand::Control(c) => {
                 match c {
@@ -72,21 +103,26 @@ impl SelfretApp {
                 self.worker.control(c);
             }
             AppCommand::OpenRun => {
-                self.shared.busy = Some("opening run".into());
-                self.worker.submit(Job::OpenRun(PathBuf::from(
-                    self.shared.project.run_dir.trim(),
-                )));
+                match required_path("run directory", &self.shared.project.run_dir) {
+                    Ok(run) => {
+                        if let Some(spec) = run_settings(&run) {
+                            self.shared.project.take_run_settings(&spec);
+                        }
+                        self.submit(JobKind::OpenRun, "opening run", Job::OpenRun(run));
+                    }
+                    Err(e) => self.shared.errors.set(JobKind::OpenRun.place(), e),
+                }
             }
             AppCommand::OpenUntrained => {
                 match self.shared.project.model_source.parse::<ModelSource>() {
                     Ok(source) => {
-                        self.shared.busy = Some("loading model".into());
-                        self.worker.submit(Job::OpenUntrained {
+                        let job = Job::OpenUntrained {
                             source,
                             corpus: PathBuf::from(self.shared.project.corpus_path.trim()),
-                        });
+                        };
+                        self.submit(JobKind::OpenUntrained, "loading model", job);
                     }
-                    Err(e) => self.shared.error = Some(e),
+                    Err(e) => self.shared.errors.set(JobKind::OpenUntrained.place(), e),
                 }
             }
             AppCommand::Query(q) => {
@@ -98,11 +134,13 @@ impl SelfretApp {
                 self.shared.project.query_history.insert(0, q.clone());
                 self.shared.project.query_history.truncate(20);
                 self.panels.query.trace = None;
-                self.shared.busy = Some("query".into());
-                self.worker.submit(Job::Query {
+                // "wrote trace.json" was about the previous question's trace.
+                self.panels.query.export_status = None;
+                let job = Job::Query {
                     text: q,
                     opts: self.shared.project.retrieve.clone(),
-                });
+                };
+                self.submit(JobKind::Query, "query", job);
             }
             AppCommand::ShowPassage(id) => {
                 self.panels.corpus.selected_passage = Some(id.clone());
@@ -113,6 +151,13 @@ impl SelfretApp {
             AppCommand::SwitchPanel(p) => self.shared.project.panel = p,
             AppCommand::RunEval => {
                 let e = &self.shared.project.eval;
+                let queries = match required_path("query file", &e.queries_path) {
+                    Ok(q) => q,
+                    Err(message) => {
+                        self.shared.errors.set(JobKind::Eval.place(), message);
+                        return;
+                    }
+                };
                 let mut baselines = Vec::new();
                 if e.bm25 {
                     baselines.push("bm25".to_string());
@@ -128,16 +173,18 @@ impl SelfretApp {
                     retrieve: self.shared.project.retrieve.clone(),
                     dense_model: crate::eval::dense::default_dir(),
                 };
-                self.panels.evaluate.results.clear();
+                // The previous results stay on show until this run's replace them: a run that
+                // fails leaves them. The notes are about the query file now being read.
                 self.panels.evaluate.notes.clear();
-                self.shared.busy = Some("evaluating".into());
-                self.worker.submit(Job::Eval {
-                    queries: PathBuf::from(e.queries_path.trim()),
+                self.panels.evaluate.running_query_file = Some(queries.clone());
+                let job = Job::Eval {
+                    queries,
                     corpus: PathBuf::from(self.shared.project.corpus_path.trim()),
                     limit: (e.limit > 0).then_some(e.limit),
                     plan,
                     self_retrieval: e.self_retrieval,
-                });
+                };
+                self.submit(JobKind::Eval, "evaluating", job);
             }
             AppCommand::AskQuestion(q) => {
                 self.panels.query.query_text = q.clone();
@@ -147,12 +194,13 @@ impl SelfretApp {
             AppCommand::SaveProject(path) => {
                 let text = ron::ser::to_string_pretty(&self.shared.project, Default::default())
                     .unwrap_or_default();
-                if let Err(e) = crate::model::checkpoint::write_atomic(&path, text.as_bytes()) {
-                    self.shared.error = Some(e.to_string());
+                match crate::model::checkpoint::write_atomic(&path, text.as_bytes()) {
+                    Ok(()) => self.shared.errors.dismiss(ErrorPlace::Project),
+                    Err(e) => self.shared.errors.set(ErrorPlace::Project, e.to_string()),
                 }
             }
             AppCommand::OpenProject(path) => match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
+                .map_err(|e| io_message(&path, &e))
                 .and_then(|t| {
                     ron::from_str::<Project>(&t).map_err(|e| format!("{}: {e}", path.display()))
                 })
@@ -165,17 +213,17 @@ impl SelfretApp {
                         .map_err(|e| format!("{}: {e}", path.display()))
                 }) {
                 Ok(p) => {
+                    self.shared.errors.dismiss(ErrorPlace::Project);
                     self.shared.project = p;
                     self.apply(AppCommand::LoadCorpus);
                 }
-                Err(e) => self.shared.error = Some(e),
+                Err(e) => self.shared.errors.set(ErrorPlace::Project, e),
             },
             AppCommand::GeneratePseudoQueries => {
-                self.shared.busy = Some("writing pseudo-queries".into());
                 self.panels.train.pseudo.items.clear();
                 self.panels.train.pseudo.status = None;
-                self.worker
-                    .submit(Job::PseudoQueries(self.panels.train.pseudo.opts.clone()));
+                let job = Job::PseudoQueries(self.panels.train.pseudo.opts.clone());
+                self.submit(JobKind::PseudoQueries, "writing pseudo-queries", job);
             }
             AppCommand::SavePseudoQueries => {
                 let path = PathBuf::from(self.panels.train.pseudo.path.trim());
@@ -190,7 +238,10 @@ impl SelfretApp {
                             path.display()
                         ));
                     }
-                    Err(e) => self.shared.error = Some(e.to_string()),
+                    Err(e) => self
+                        .shared
+                        .errors
+                        .set(JobKind::PseudoQueries.place(), e.to_string()),
                 }
             }
             AppCommand::GenerateTitles => {
@@ -203,15 +254,26 @@ impl SelfretApp {
                     .parent()
                     .unwrap_or(std::path::Path::new("."))
                     .join(format!("{stem}.titled.jsonl"));
-                self.shared.busy = Some("writing titles".into());
-                self.worker.submit(Job::GenerateTitles(out));
+                self.submit(JobKind::Titles, "writing titles", Job::GenerateTitles(out));
             }
             AppCommand::Browse(field) => {
                 let start = dialogs::start_dir(self.field_mut(field));
                 self.dialogs.request(field, start, &self.ctx);
             }
-            AppCommand::DismissError => self.shared.error = None,
+            AppCommand::DismissError(place) => self.shared.errors.dismiss(place),
         }
+    }
+
+    /// Hands a job to the worker, remembering what it is for (where its errors go).
+    fn submit(&mut self, kind: JobKind, busy: &str, job: Job) {
+        self.jobs.push_back(kind);
+        self.shared.busy = Some(busy.into());
+        self.worker.submit(job);
+    }
+
+    /// The job the worker is running now (the oldest not finished).
+    pub(super) fn running_job(&self) -> Option<JobKind> {
+        self.jobs.front().copied()
     }
 
     /// The training job the project's settings describe.
@@ -262,4 +324,13 @@ impl SelfretApp {
             PathField::PseudoQueries => &mut self.panels.train.pseudo.path,
         }
     }
+}
+
+/// The settings a run was trained with (its `run.ron`); `None` when the folder has none readable
+/// (opening the run then reports what is wrong).
+fn run_settings(run: &std::path::Path) -> Option<IndexSpec> {
+    let text = std::fs::read_to_string(run.join("run.ron")).ok()?;
+    ron::from_str::<crate::worker::index::RunManifest>(&text)
+        .ok()
+        .map(|m| m.spec)
 }

@@ -3,7 +3,7 @@
 
 use super::dialogs::PathField;
 use super::panels::TrainView;
-use super::{AppCommand, SelfretApp};
+use super::{AppCommand, ErrorPlace, JobKind, SelfretApp};
 use crate::train::TrainEvent;
 use crate::worker::Event;
 use std::path::PathBuf;
@@ -18,7 +18,10 @@ impl SelfretApp {
             match ev {
                 Event::Started(label) => {
                     self.shared.busy = Some(label);
-                    self.shared.error = None;
+                    // A new attempt replaces the last one's error in the same place.
+                    if let Some(job) = self.running_job() {
+                        self.shared.errors.dismiss(job.place());
+                    }
                 }
                 Event::CorpusLoaded(c) => {
                     self.shared.untitled = c.untitled().len();
@@ -42,7 +45,14 @@ impl SelfretApp {
                 } => self.panels.evaluate.progress = Some((system, done, total)),
                 Event::EvalNotes(notes) => self.panels.evaluate.notes = notes,
                 Event::EvalDone(results) => {
-                    self.panels.evaluate.results = results;
+                    let evaluate = &mut self.panels.evaluate;
+                    evaluate.results = results;
+                    evaluate.results_query_file = evaluate.running_query_file.take();
+                    evaluate.gold_answers = evaluate
+                        .results_query_file
+                        .as_deref()
+                        .map(super::panels::gold_answers)
+                        .unwrap_or_default();
                     self.panels.evaluate.progress = None;
                 }
                 Event::Progress { label, done, total } => {
@@ -78,11 +88,25 @@ impl SelfretApp {
                 Event::Download { file, done, total } => {
                     self.shared.download = Some((file, done, total))
                 }
-                Event::Error(e) => self.shared.error = Some(e),
+                Event::Error(e) => {
+                    let place = self
+                        .running_job()
+                        .map(|job| job.place())
+                        .unwrap_or(ErrorPlace::Panel(self.shared.project.panel));
+                    self.shared.errors.set(place, e);
+                }
                 Event::Finished => {
+                    if self.jobs.pop_front() == Some(JobKind::Eval) {
+                        // A failed run leaves the previous results, and no progress bar.
+                        self.panels.evaluate.progress = None;
+                        self.panels.evaluate.running_query_file = None;
+                    }
                     self.shared.download = None;
                     self.shared.progress = None;
-                    self.shared.busy = None;
+                    // Queued jobs keep the app busy; their Started names them.
+                    if self.jobs.is_empty() {
+                        self.shared.busy = None;
+                    }
                     self.panels.train.view.running = false;
                     self.panels.train.view.paused = false;
                 }
@@ -130,9 +154,14 @@ impl TrainView {
                 self.speed.push([*step as f64, *tokens_per_s]);
                 self.eta.push([*step as f64, *eta_s]);
             }
-            TrainEvent::Checkpoint { step, path } => self
-                .checkpoints
-                .push(format!("step {step}: {}", path.display())),
+            TrainEvent::Checkpoint { step, path } => {
+                // The final checkpoint can land on the step a periodic one just saved.
+                let path = path.display().to_string();
+                match self.checkpoints.iter_mut().find(|(s, _)| s == step) {
+                    Some(entry) => entry.1 = path,
+                    None => self.checkpoints.push((*step, path)),
+                }
+            }
             TrainEvent::Eval {
                 step,
                 losses,
@@ -149,5 +178,24 @@ impl TrainView {
             TrainEvent::Preparing { .. } => self.running = true,
         }
         self.last = Some(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The final checkpoint, written on the step a periodic one already saved, is listed once.
+    #[test]
+    fn a_checkpoint_step_is_listed_once() {
+        let mut view = TrainView::default();
+        for step in [300, 600, 600] {
+            view.on_train_event(TrainEvent::Checkpoint {
+                step,
+                path: PathBuf::from("runs/demo/checkpoint"),
+            });
+        }
+        let steps: Vec<usize> = view.checkpoints.iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [300, 600]);
     }
 }

@@ -10,12 +10,14 @@
 mod bars;
 mod commands;
 pub mod dialogs;
+mod errors;
 mod events;
 mod panels;
 mod startup;
 mod state;
 
-pub use commands::AppCommand;
+pub use commands::{AppCommand, JobKind};
+pub use errors::{ErrorPlace, Errors};
 pub use panels::{
     CorpusPanel, EvaluatePanel, ModelPanel, Panels, PseudoView, QueryPanel, TrainPanel, TrainView,
 };
@@ -33,6 +35,9 @@ pub struct SelfretApp {
     /// The left panel's project-file box.
     pub project_file: String,
     pub dialogs: Dialogs,
+    /// The jobs submitted to the worker and not finished yet, oldest (the running one) first:
+    /// an error the worker reports belongs to the front one.
+    jobs: std::collections::VecDeque<JobKind>,
     worker: Worker,
     ctx: egui::Context,
 }

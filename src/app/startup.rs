@@ -41,7 +41,7 @@ impl SelfretApp {
                 session_info: None,
                 session: None,
                 busy: None,
-                error: None,
+                errors: Default::default(),
                 untitled: 0,
                 progress: None,
                 download: None,
@@ -49,6 +49,7 @@ impl SelfretApp {
             panels: Panels::default(),
             project_file: String::new(),
             dialogs: Dialogs::default(),
+            jobs: Default::default(),
             worker,
             ctx: cc.egui_ctx.clone(),
         };

@@ -100,6 +100,20 @@ impl Project {
         let source = self.model_source.parse().unwrap_or(ModelSource::Tiny);
         let mut spec = IndexSpec::new(PathBuf::from(&self.corpus_path), source);
         preset.apply(&mut spec);
+        self.fill_training_settings(&spec);
+        self.preset = Some(preset);
+    }
+
+    /// Shows an opened run's own settings (from its `run.ron`): the form then says how that run
+    /// was trained, its step count included, instead of what the form held before.
+    pub fn take_run_settings(&mut self, spec: &IndexSpec) {
+        self.fill_training_settings(spec);
+        self.steps = spec.train.steps;
+        self.preset = None;
+    }
+
+    /// The training fields a spec determines (all but the step count, which a preset leaves).
+    fn fill_training_settings(&mut self, spec: &IndexSpec) {
         self.lora = spec.lora.is_some();
         if let Some(l) = &spec.lora {
             self.lora_rank = l.rank;
@@ -113,8 +127,7 @@ impl Project {
             crate::train::data::TargetLength::FirstWords(n) => n,
         };
         self.sentences_per_passage = spec.data.sentences_per_passage;
-        self.pseudo_per_passage = spec.pseudo.map(|p| p.per_passage).unwrap_or(0);
-        self.preset = Some(preset);
+        self.pseudo_per_passage = spec.pseudo.as_ref().map(|p| p.per_passage).unwrap_or(0);
     }
 }
 
@@ -196,7 +209,8 @@ pub struct Shared {
     /// Details of the loaded model (parameters, trie size).
     pub session: Option<crate::worker::SessionInfo>,
     pub busy: Option<String>,
-    pub error: Option<String>,
+    /// What failed, each shown in the panel (or side bar) whose action it was.
+    pub errors: super::Errors,
     /// Documents of the loaded corpus whose title only stands in (counted once per load).
     pub untitled: usize,
     /// Progress of other jobs: (label, done, total).
@@ -279,5 +293,26 @@ mod tests {
         assert_eq!(old.eval, EvalSettings::default());
         assert_eq!(old.preset, None);
         assert_eq!(old.name, p.name);
+    }
+
+    /// An opened run's settings replace the form's: the Steps field shows the run's 600, not
+    /// the 300 the form held.
+    #[test]
+    fn an_opened_run_shows_its_own_settings() {
+        let mut project = Project {
+            steps: 300,
+            ..Project::default()
+        };
+        let mut spec = IndexSpec::new(PathBuf::from("c.jsonl"), ModelSource::Tiny);
+        spec.train.steps = 600;
+        spec.train.epochs = None;
+        spec.train.lr = 4e-4;
+        spec.lora = None;
+        project.take_run_settings(&spec);
+        assert_eq!(project.steps, 600);
+        assert_eq!(project.epochs, 0.0);
+        assert_eq!(project.lr, 4e-4);
+        assert!(!project.lora);
+        assert_eq!(project.preset, None);
     }
 }

@@ -1,9 +1,12 @@
 //! Corpus panel: choose and load a collection, see what was skipped, browse passages.
 
+use super::human_bytes;
 use crate::app::dialogs::{path_row, Dialogs, PathField};
 use crate::app::{AppCommand, Shared};
 
 const PAGE: usize = 25;
+/// Height of the selected passage's text below the table (it scrolls beyond).
+const SELECTED_TEXT_HEIGHT: f32 = 150.0;
 
 /// The Corpus panel's own state: the passage table's filter, page and selection.
 #[derive(Debug, Clone, Default)]
@@ -84,12 +87,12 @@ impl CorpusPanel {
         if let Some(info) = &shared.session {
             let t = &info.trie;
             ui.label(format!(
-                "trie: {} titles, {} passages, {} tokens, {} nodes, {:.1} MB ({:.2} bytes/token)",
+                "trie: {} titles, {} passages, {} tokens, {} nodes, {} ({:.2} bytes/token)",
                 t.titles,
                 t.passages,
                 t.corpus_tokens,
                 t.nodes,
-                t.bytes as f64 / 1e6,
+                human_bytes(t.bytes),
                 t.bytes_per_token()
             ));
         }
@@ -173,36 +176,53 @@ impl CorpusPanel {
                     .collect()
             })
             .unwrap_or_default();
-        egui::ScrollArea::vertical()
-            .id_salt("passages")
-            .max_height(300.0)
-            .show(ui, |ui| {
-                egui::Grid::new("passage-table")
-                    .striped(true)
-                    .num_columns(3)
-                    .show(ui, |ui| {
-                        ui.strong("id");
-                        ui.strong("title");
-                        ui.strong("words");
-                        ui.end_row();
-                        for &i in &page {
-                            let p = &corpus.passages[i];
-                            let selected = self.selected_passage.as_deref() == Some(p.id.as_str());
-                            if ui.selectable_label(selected, &p.id).clicked() {
-                                self.selected_passage = Some(p.id.clone());
-                            }
-                            ui.label(&p.title);
-                            ui.label(p.words().to_string());
+        // The table takes the height left (minus room for the selected passage's text) and its
+        // scroll bar always shows, so a page with more rows than fit says so.
+        let reserve = if self.selected_passage.is_some() {
+            SELECTED_TEXT_HEIGHT + 40.0
+        } else {
+            0.0
+        };
+        ui.scope(|ui| {
+            // A solid bar beside the rows, not one floating over them only while hovered.
+            ui.spacing_mut().scroll = egui::style::ScrollStyle::solid();
+            egui::ScrollArea::vertical()
+                .id_salt("passages")
+                .max_height((ui.available_height() - reserve).max(200.0))
+                .auto_shrink([false, true])
+                .scroll_bar_visibility(egui::scroll_area::ScrollBarVisibility::AlwaysVisible)
+                .show(ui, |ui| {
+                    egui::Grid::new("passage-table")
+                        .striped(true)
+                        .num_columns(3)
+                        .show(ui, |ui| {
+                            ui.strong("id");
+                            ui.strong("title");
+                            ui.strong("words");
                             ui.end_row();
-                        }
-                    });
-            });
+                            for &i in &page {
+                                let p = &corpus.passages[i];
+                                let selected =
+                                    self.selected_passage.as_deref() == Some(p.id.as_str());
+                                if ui.selectable_label(selected, &p.id).clicked() {
+                                    self.selected_passage = Some(p.id.clone());
+                                }
+                                ui.label(&p.title);
+                                ui.label(p.words().to_string());
+                                ui.end_row();
+                            }
+                        });
+                });
+        });
         if let Some(id) = &self.selected_passage {
             if let Some(i) = corpus.index_of(id) {
                 let p = &corpus.passages[i];
                 ui.separator();
                 ui.strong(format!("{} - {}", p.id, p.title));
-                ui.label(&p.text);
+                egui::ScrollArea::vertical()
+                    .id_salt("passage-text")
+                    .max_height(SELECTED_TEXT_HEIGHT)
+                    .show(ui, |ui| ui.label(&p.text));
             }
         }
     }

@@ -1,8 +1,11 @@
 //! Evaluate panel: Self-Retrieval against BM25 (and dense) on a query file, side by side.
 
 use crate::app::dialogs::{path_row, Dialogs, PathField};
-use crate::app::{AppCommand, Shared};
+use crate::app::{AppCommand, ErrorPlace, PanelKind, Shared};
 use egui_plot::{Bar, BarChart, Legend, Plot};
+
+const RIGHT: egui::Color32 = egui::Color32::from_rgb(60, 150, 80);
+const WRONG: egui::Color32 = egui::Color32::from_rgb(200, 60, 60);
 
 const METRICS: [&str; 7] = [
     "hits@1",
@@ -33,6 +36,42 @@ pub struct EvaluatePanel {
     pub progress: Option<(String, usize, usize)>,
     /// What the last run found wrong in its query file (unknown gold ids, unscorable queries).
     pub notes: Vec<String>,
+    /// The query file of the evaluation in progress.
+    pub running_query_file: Option<std::path::PathBuf>,
+    /// The query file `results` were measured on.
+    pub results_query_file: Option<std::path::PathBuf>,
+    /// That file's gold answers by question, to mark each generated answer right or wrong.
+    pub gold_answers: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// How a generated answer compares with the gold answers (SQuAD exact match, as answer_em).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerMark {
+    Right,
+    Wrong,
+    /// No answer, or no gold answer to compare with.
+    Unjudged,
+}
+
+/// Marks `answer` against `gold` with the same exact match the answer_em column counts.
+pub fn answer_mark(answer: Option<&str>, gold: Option<&[String]>) -> AnswerMark {
+    match (answer, gold) {
+        (Some(a), Some(g)) if !g.is_empty() => {
+            if crate::eval::exact_match(a, g) {
+                AnswerMark::Right
+            } else {
+                AnswerMark::Wrong
+            }
+        }
+        _ => AnswerMark::Unjudged,
+    }
+}
+
+/// The gold answers of a query file by question; empty when it cannot be read any more.
+pub fn gold_answers(path: &std::path::Path) -> std::collections::HashMap<String, Vec<String>> {
+    crate::train::data::load_queries(path)
+        .map(|qs| qs.into_iter().map(|q| (q.question, q.answers)).collect())
+        .unwrap_or_default()
 }
 
 impl EvaluatePanel {
@@ -83,6 +122,26 @@ impl EvaluatePanel {
             return;
         }
         ui.separator();
+        let measured_on = self
+            .results_query_file
+            .as_ref()
+            .map(|p| format!("Results on {}", p.display()))
+            .unwrap_or_else(|| "Results".into());
+        let failed = shared
+            .errors
+            .get(ErrorPlace::Panel(PanelKind::Evaluate))
+            .is_some();
+        if self.progress.is_some() {
+            ui.weak(format!(
+                "{measured_on} (the previous run; replaced when this one finishes)"
+            ));
+        } else if failed {
+            ui.weak(format!(
+                "{measured_on} (from the previous run: the last one failed)"
+            ));
+        } else {
+            ui.weak(measured_on);
+        }
         ui.columns(2, |cols| {
             egui::Grid::new("metrics-table")
                 .striped(true)
@@ -159,9 +218,12 @@ impl EvaluatePanel {
                 egui::Grid::new("per-query-grid")
                     .striped(true)
                     .show(ui, |ui| {
-                        ui.strong("gold passage");
+                        ui.strong("gold passage")
+                            .on_hover_text("Where the gold passage was ranked (hit@1: first)");
                         ui.strong("question");
-                        ui.strong("answer");
+                        ui.strong("answer").on_hover_text(
+                            "The generated answer: √ equals a gold answer, × does not",
+                        );
                         ui.end_row();
                         for q in &sr.queries {
                             let (mark, color) = match q.gold_rank {
@@ -177,10 +239,46 @@ impl EvaluatePanel {
                             if ui.link(&q.question).clicked() {
                                 cmds.push(AppCommand::AskQuestion(q.question.clone()));
                             }
-                            ui.label(q.answer.clone().unwrap_or_default());
+                            let gold = self.gold_answers.get(&q.question).map(|g| g.as_slice());
+                            let answer = q.answer.as_deref();
+                            let text = answer.unwrap_or("-");
+                            match answer_mark(answer, gold) {
+                                AnswerMark::Right => ui
+                                    .colored_label(RIGHT, format!("√ {text}"))
+                                    .on_hover_text("equals a gold answer"),
+                                AnswerMark::Wrong => {
+                                    ui.colored_label(WRONG, format!("× {text}")).on_hover_text(
+                                        format!("gold: {}", gold.unwrap_or_default().join(" | ")),
+                                    )
+                                }
+                                AnswerMark::Unjudged => ui.label(text),
+                            };
                             ui.end_row();
                         }
                     });
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer is marked by exact match (after SQuAD normalisation), and not at all without
+    /// an answer or a gold answer.
+    #[test]
+    fn answers_are_marked_right_or_wrong() {
+        let gold = vec!["Karen Spärck Jones".to_string()];
+        assert_eq!(
+            answer_mark(Some("karen spärck jones."), Some(&gold)),
+            AnswerMark::Right
+        );
+        assert_eq!(
+            answer_mark(Some("Gerard Salton"), Some(&gold)),
+            AnswerMark::Wrong
+        );
+        assert_eq!(answer_mark(None, Some(&gold)), AnswerMark::Unjudged);
+        assert_eq!(answer_mark(Some("x"), Some(&[])), AnswerMark::Unjudged);
+        assert_eq!(answer_mark(Some("x"), None), AnswerMark::Unjudged);
     }
 }

@@ -1,12 +1,51 @@
 //! Model panel: pick the base model and how to train it.
 
+use super::{hints, human_bytes};
 use crate::app::dialogs::{path_row, Dialogs, PathField};
 use crate::app::{AppCommand, Shared};
 use crate::model::ModelSource;
 
-/// The Model panel: everything it shows lives in the project or the loaded session.
+/// The Model panel: its settings live in the project; it keeps the size of the selected model,
+/// read once per source text (a GGUF header or a config.json), so the figures it shows are the
+/// selected model's, not another's.
 #[derive(Debug, Clone, Default)]
-pub struct ModelPanel;
+pub struct ModelPanel {
+    /// (source text, its parameter count when it can be known without loading the weights).
+    selected_size: Option<(String, Option<usize>)>,
+}
+
+/// Parameters of the model a source names, read without loading its weights: `None` when it
+/// cannot be known yet (a Hub model not downloaded, a missing or unreadable file).
+pub fn parameters_of(source: &ModelSource) -> Option<usize> {
+    match source {
+        ModelSource::Tiny => {
+            let vocab = crate::model::source::tiny::TinyOptions::default().vocab_size;
+            Some(crate::model::Config::tiny(vocab).parameter_count())
+        }
+        ModelSource::Gguf(path) => {
+            let (content, _) = crate::model::source::gguf::read_gguf_header(path).ok()?;
+            Some(
+                content
+                    .tensor_infos
+                    .values()
+                    .map(|t| t.shape.elem_count())
+                    .sum(),
+            )
+        }
+        ModelSource::HfFolder(dir) => crate::model::Config::from_file(&dir.join("config.json"))
+            .ok()
+            .map(|c| c.parameter_count()),
+        ModelSource::Hub { .. } => None,
+    }
+}
+
+/// Estimated memory of training a model of `parameters`: (full fine-tune, LoRA), in bytes. The
+/// f32 weights times 8 (weights, gradients, two optimiser moments, the base copy and
+/// activations) and times 6 (LoRA: frozen weights, the base copy and activations).
+pub fn training_memory(parameters: usize) -> (usize, usize) {
+    let weights = parameters * 4;
+    (weights * 8, weights * 6)
+}
 
 impl ModelPanel {
     /// Draws the panel.
@@ -53,11 +92,14 @@ impl ModelPanel {
         ui.checkbox(
             &mut shared.project.lora,
             "Train LoRA adapters (base frozen)",
-        );
+        )
+        .on_hover_text(hints::LORA);
         ui.add_enabled(
             shared.project.lora,
             egui::Slider::new(&mut shared.project.lora_rank, 1..=64).text("LoRA rank"),
-        );
+        )
+        .on_hover_text(hints::LORA_RANK)
+        .on_disabled_hover_text(hints::LORA_RANK);
         ui.separator();
         ui.horizontal(|ui| {
             if ui
@@ -93,16 +135,12 @@ impl ModelPanel {
                     ("context", format!("{} tokens", info.context)),
                     (
                         "weights in memory",
-                        format!("{:.0} MB (f32)", info.weight_bytes as f64 / 1e6),
+                        format!("{} (f32)", human_bytes(info.weight_bytes)),
                     ),
-                    (
-                        "training memory (estimate)",
-                        format!(
-                            "~{:.1} GB full, ~{:.1} GB LoRA",
-                            info.weight_bytes as f64 * 8.0 / 1e9,
-                            info.weight_bytes as f64 * 6.0 / 1e9
-                        ),
-                    ),
+                    ("training memory (estimate)", {
+                        let (full, lora) = training_memory(info.parameters);
+                        format!("~{} full, ~{} LoRA", human_bytes(full), human_bytes(lora))
+                    }),
                 ] {
                     ui.label(k);
                     ui.label(v);
@@ -110,19 +148,72 @@ impl ModelPanel {
                 }
             });
         }
-        if matches!(shared.project.model_source.parse(), Ok(ModelSource::Tiny)) {
-            let est_tiny = crate::model::Config::tiny(4096).parameter_count();
-            ui.weak(format!(
-            "Tiny model: ~{:.1}M parameters (~{} MB while training), built and trained from nothing on this corpus{}. \
-             It memorises the corpus and finds passages from their own sentences, but it knows no language beyond the corpus: \
-             it does not understand new questions. For questions in your own words, use a pretrained model (SmolLM2).",
-            est_tiny as f64 / 1e6,
-            est_tiny * 16 / 1_000_000,
-            shared.corpus
-                .as_ref()
-                .map(|c| format!(" ({} passages)", c.len()))
-                .unwrap_or_default()
-        ));
+        self.selected_model_note(shared, ui);
+    }
+}
+
+impl ModelPanel {
+    /// What the selected source is: its size (when known without loading it) and, for the tiny
+    /// model, what it can and cannot do.
+    fn selected_model_note(&mut self, shared: &Shared, ui: &mut egui::Ui) {
+        let Ok(source) = shared.project.model_source.parse::<ModelSource>() else {
+            return;
+        };
+        let text = shared.project.model_source.trim().to_string();
+        if self.selected_size.as_ref().is_none_or(|(t, _)| *t != text) {
+            self.selected_size = Some((text.clone(), parameters_of(&source)));
         }
+        let size = self.selected_size.as_ref().and_then(|(_, p)| *p).map(|p| {
+            let (full, lora) = training_memory(p);
+            let training = if shared.project.lora {
+                format!("~{} while training with LoRA", human_bytes(lora))
+            } else {
+                format!("~{} while training in full", human_bytes(full))
+            };
+            format!("~{:.1}M parameters ({training})", p as f64 / 1e6)
+        });
+        if source == ModelSource::Tiny {
+            ui.weak(format!(
+                "Tiny model: {}, built and trained from nothing on this corpus{}. \
+                 It memorises the corpus and finds passages from their own sentences, but it knows no language beyond the corpus: \
+                 it does not understand new questions. For questions in your own words, use a pretrained model (SmolLM2).",
+                size.unwrap_or_else(|| "size unknown".into()),
+                shared
+                    .corpus
+                    .as_ref()
+                    .map(|c| format!(" ({} passages)", c.len()))
+                    .unwrap_or_default()
+            ));
+        } else {
+            ui.weak(match size {
+                Some(size) => format!("Selected model: {size}."),
+                None => "Selected model: its size is known once it is loaded (a Hub model \
+                         downloads first; a missing file cannot be read)."
+                    .to_string(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures follow the selected source: the tiny model's are its own, a source that
+    /// cannot be read has none (rather than the tiny model's).
+    #[test]
+    fn figures_are_the_selected_models() {
+        let vocab = crate::model::source::tiny::TinyOptions::default().vocab_size;
+        assert_eq!(
+            parameters_of(&ModelSource::Tiny),
+            Some(crate::model::Config::tiny(vocab).parameter_count())
+        );
+        let missing = ModelSource::Gguf("/no/such/selfret-model.gguf".into());
+        assert_eq!(parameters_of(&missing), None);
+        let hub = ModelSource::Hub {
+            repo: "owner/name".into(),
+            revision: "main".into(),
+        };
+        assert_eq!(parameters_of(&hub), None);
     }
 }

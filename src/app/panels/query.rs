@@ -1,6 +1,7 @@
 //! Query panel: the retrieval inspector. Title beams with probabilities, each passage expansion
 //! token by token (chosen / forced / auto-completed), the score table, live tau and delta, answer.
 
+use super::hints;
 use crate::app::dialogs::{browse_button, Dialogs, PathField};
 use crate::app::{AppCommand, Shared};
 use crate::retrieve::{RetrievalTrace, StepKind};
@@ -8,6 +9,26 @@ use crate::retrieve::{RetrievalTrace, StepKind};
 const CHOSEN: egui::Color32 = egui::Color32::from_rgb(40, 110, 200);
 const FORCED: egui::Color32 = egui::Color32::from_rgb(130, 130, 130);
 const AUTO: egui::Color32 = egui::Color32::from_rgb(60, 150, 80);
+/// Widths of the ranking sliders' cells (slider, number box and name).
+const SLIDER_CELL: f32 = 210.0;
+const WEIGHT_CELL: f32 = 260.0;
+
+/// Puts a control in a cell of fixed width, so a neighbour's growing number box cannot push it.
+fn fixed_cell(
+    ui: &mut egui::Ui,
+    width: f32,
+    add: impl FnOnce(&mut egui::Ui) -> egui::Response,
+) -> egui::Response {
+    ui.allocate_ui_with_layout(
+        egui::vec2(width, ui.spacing().interact_size.y),
+        egui::Layout::left_to_right(egui::Align::Center),
+        |ui| {
+            ui.set_min_width(width);
+            add(ui)
+        },
+    )
+    .inner
+}
 
 /// The Query panel's own state: the question, its trace and the score table's view of it.
 #[derive(Debug, Clone)]
@@ -75,51 +96,66 @@ impl QueryPanel {
         ui.horizontal(|ui| {
             ui.add(
                 egui::Slider::new(&mut shared.project.retrieve.titles, 1..=20).text("Title beams"),
-            );
+            )
+            .on_hover_text(hints::TITLE_BEAMS);
             ui.add(
                 egui::Slider::new(&mut shared.project.retrieve.passages, 1..=20)
                     .text("Passage beams"),
-            );
+            )
+            .on_hover_text(hints::PASSAGE_BEAMS);
         });
+        // Each slider in a cell of fixed width, with a fixed number of decimals: moving tau
+        // does not shift delta sideways as its number box widens.
         let mut changed = false;
+        let r = &mut shared.project.retrieve;
         ui.horizontal(|ui| {
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.tau, 0.01..=5.0)
-                    .logarithmic(true)
-                    .text("tau"),
-            )
-            .on_hover_text("Title temperature: S_T = softmax over the title beams of (length-normalised title probability) / tau. Small tau: the likeliest title dominates.")
+            changed |= fixed_cell(ui, SLIDER_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.tau, 0.01..=5.0)
+                        .logarithmic(true)
+                        .fixed_decimals(2)
+                        .text("tau"),
+                )
+                .on_hover_text(hints::TAU)
+            })
             .changed();
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.delta, 0.01..=5.0)
-                    .logarithmic(true)
-                    .text("delta"),
-            )
-            .on_hover_text("Self-assessment temperature: S_P = softmax within a title of (1 - P(reject)) / delta.")
+            changed |= fixed_cell(ui, SLIDER_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.delta, 0.01..=5.0)
+                        .logarithmic(true)
+                        .fixed_decimals(2)
+                        .text("delta"),
+                )
+                .on_hover_text(hints::DELTA)
+            })
             .changed();
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.passage_weight, 0.0..=3.0)
-                    .text("passage weight"),
-            )
-            .on_hover_text("Weight w of the passage's own likelihood: within a title, candidates are ranked by softmax((1 - P(reject)) / delta + w x log P_trie(passage)). 0 is the paper's formula.")
+            changed |= fixed_cell(ui, WEIGHT_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.passage_weight, 0.0..=3.0)
+                        .fixed_decimals(2)
+                        .text("passage weight"),
+                )
+                .on_hover_text(hints::PASSAGE_WEIGHT)
+            })
             .changed();
-        changed |= ui
-            .add(
-                egui::Slider::new(&mut shared.project.retrieve.query_weight, 0.0..=32.0)
-                    .text("query weight"),
-            )
-            .on_hover_text("Weight q of the query likelihood: how likely the model finds the question after reading each candidate. S = softmax over all candidates of ln(S_T x within-title score) + q x log P(question | passage). 0 leaves it out.")
+            changed |= fixed_cell(ui, WEIGHT_CELL, |ui| {
+                ui.add(
+                    egui::Slider::new(&mut r.query_weight, 0.0..=32.0)
+                        .fixed_decimals(1)
+                        .text("query weight"),
+                )
+                .on_hover_text(hints::QUERY_WEIGHT)
+            })
             .changed();
-        ui.checkbox(&mut shared.project.retrieve.assess, "self-assessment")
-            .on_hover_text("Read the model's own verdict P(reject) for every candidate (the paper's reranking; applies to the next question). Off by default: on new questions it does not separate passages at this model size, the query likelihood does.");
-        ui.checkbox(&mut shared.project.retrieve.likelihood, "read query likelihood")
-            .on_hover_text("Read log P(question | passage) for every candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
-        ui.checkbox(&mut shared.project.retrieve.likelihood_base, "with the base model")
-            .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
-    });
+        });
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut r.assess, "self-assessment")
+                .on_hover_text("Read the model's own verdict P(reject) for every candidate (the paper's reranking; applies to the next question). Off by default: on new questions it does not separate passages at this model size, the query likelihood does.");
+            ui.checkbox(&mut r.likelihood, "read query likelihood")
+                .on_hover_text("Read how probable the question is after each candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
+            ui.checkbox(&mut r.likelihood_base, "with the base model")
+                .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
+        });
         let weights = shared.project.retrieve.weights();
         let Some(trace) = self.trace.as_mut() else {
             return;
@@ -153,162 +189,149 @@ impl QueryPanel {
             ui.colored_label(AUTO, "auto-completed");
         });
         egui::ScrollArea::vertical()
-        .id_salt("trace")
-        .show(ui, |ui| {
-            ui.horizontal(|ui| {
-                ui.strong("Ranking");
-                ui.weak("(click a column to sort)");
-                let l = ui.label("Export to");
-                ui.add(egui::TextEdit::singleline(&mut self.export_path).desired_width(200.0))
-                    .labelled_by(l.id);
-                let field = PathField::ExportTrace;
-                if browse_button(ui, field, dialogs) {
-                    cmds.push(AppCommand::Browse(field));
-                }
-                if ui.button("Export trace JSON").clicked() {
-                    let result = serde_json::to_string_pretty(&*trace)
-                        .map_err(|e| e.to_string())
-                        .and_then(|json| {
-                            crate::model::checkpoint::write_atomic(
-                                std::path::Path::new(self.export_path.trim()),
-                                json.as_bytes(),
-                            )
+            .id_salt("trace")
+            .show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.strong("Ranking");
+                    ui.weak("(click a column to sort)");
+                    let l = ui.label("Export to");
+                    ui.add(egui::TextEdit::singleline(&mut self.export_path).desired_width(200.0))
+                        .labelled_by(l.id);
+                    let field = PathField::ExportTrace;
+                    if browse_button(ui, field, dialogs) {
+                        cmds.push(AppCommand::Browse(field));
+                    }
+                    if ui.button("Export trace JSON").clicked() {
+                        let result = serde_json::to_string_pretty(&*trace)
                             .map_err(|e| e.to_string())
+                            .and_then(|json| {
+                                crate::model::checkpoint::write_atomic(
+                                    std::path::Path::new(self.export_path.trim()),
+                                    json.as_bytes(),
+                                )
+                                .map_err(|e| e.to_string())
+                            });
+                        self.export_status = Some(match result {
+                            Ok(()) => format!("wrote {}", self.export_path.trim()),
+                            Err(e) => format!("export failed: {e}"),
                         });
-                    self.export_status = Some(match result {
-                        Ok(()) => format!("wrote {}", self.export_path.trim()),
-                        Err(e) => format!("export failed: {e}"),
+                    }
+                    if let Some(st) = &self.export_status {
+                        ui.weak(st);
+                    }
+                });
+                const COLUMNS: [&str; 12] = [
+                    "rank",
+                    "passage",
+                    "title",
+                    "log P(title)",
+                    "log P(passage)",
+                    "P(reject)",
+                    "log P(question)",
+                    "S_T",
+                    "S_gen",
+                    "S_P",
+                    "S_Q",
+                    "S",
+                ];
+
+                let mut rows: Vec<&crate::retrieve::PassageCandidate> =
+                    trace.candidates.iter().collect();
+                let key = |c: &crate::retrieve::PassageCandidate, col: usize| -> f64 {
+                    match col {
+                        3 => trace.titles[c.title_rank].logprob,
+                        4 => c.passage_logprob,
+                        5 => c.p_reject,
+                        6 => c.query_logprob,
+                        7 => trace.titles[c.title_rank].s_t,
+                        8 => c.s_gen,
+                        9 => c.s_p,
+                        10 => c.s_q,
+                        11 => c.s,
+                        _ => c.rank as f64,
+                    }
+                };
+                let (col, desc) = self.score_sort;
+                rows.sort_by(|a, b| {
+                    let o = match col {
+                        1 => a.passage_id.cmp(&b.passage_id),
+                        2 => a.title.cmp(&b.title),
+                        _ => key(a, col).total_cmp(&key(b, col)),
+                    };
+                    if desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                });
+                egui::Grid::new("score-table")
+                    .striped(true)
+                    .num_columns(COLUMNS.len())
+                    .show(ui, |ui| {
+                        for (k, h) in COLUMNS.iter().enumerate() {
+                            let arrow = if self.score_sort.0 == k {
+                                if self.score_sort.1 {
+                                    " v"
+                                } else {
+                                    " ^"
+                                }
+                            } else {
+                                ""
+                            };
+                            if ui
+                                .selectable_label(self.score_sort.0 == k, format!("{h}{arrow}"))
+                                .on_hover_text(hints::SCORE_COLUMNS[k])
+                                .clicked()
+                            {
+                                self.score_sort = if self.score_sort.0 == k {
+                                    (k, !self.score_sort.1)
+                                } else {
+                                    (k, k >= 3)
+                                };
+                            }
+                        }
+                        ui.end_row();
+                        for c in rows {
+                            ui.label(c.rank.to_string());
+                            if ui.link(&c.passage_id).clicked() {
+                                cmds.push(AppCommand::ShowPassage(c.passage_id.clone()));
+                            }
+                            ui.label(&c.title);
+                            ui.label(format!("{:.3}", trace.titles[c.title_rank].logprob));
+                            ui.label(format!("{:.3}", c.passage_logprob));
+                            ui.label(format!("{:.3}", c.p_reject));
+                            ui.label(format!("{:.3}", c.query_logprob));
+                            ui.label(format!("{:.3}", trace.titles[c.title_rank].s_t));
+                            ui.label(format!("{:.3}", c.s_gen));
+                            ui.label(format!("{:.3}", c.s_p));
+                            ui.label(format!("{:.3}", c.s_q));
+                            ui.label(format!("{:.4}", c.s));
+                            ui.end_row();
+                        }
+                    });
+                ui.separator();
+                ui.strong("Title beams and passage expansions");
+                for (tr, title) in trace.titles.iter().enumerate() {
+                    egui::CollapsingHeader::new(format!(
+                        "{}  (log P {:.2}, S_T {:.3})",
+                        title.title, title.logprob, title.s_t
+                    ))
+                    .id_salt(("title", tr))
+                    .default_open(tr == 0)
+                    .show(ui, |ui| {
+                        token_line(ui, &title.steps);
+                        for c in trace.candidates.iter().filter(|c| c.title_rank == tr) {
+                            ui.horizontal(|ui| {
+                                ui.weak(format!(
+                                    "#{} {} log P(passage) {:.2}, P(reject) {:.2}:",
+                                    c.rank, c.passage_id, c.passage_logprob, c.p_reject
+                                ));
+                            });
+                            token_line(ui, &c.steps);
+                        }
                     });
                 }
-                if let Some(st) = &self.export_status {
-                    ui.weak(st);
-                }
             });
-            const COLUMNS: [&str; 12] = [
-                "rank",
-                "passage",
-                "title",
-                "log P(title)",
-                "log P(passage)",
-                "P(reject)",
-                "log P(question)",
-                "S_T",
-                "S_gen",
-                "S_P",
-                "S_Q",
-                "S",
-            ];
-            const HINTS: [&str; 12] = [
-                "Final rank, by S",
-                "Passage id (click to open it)",
-                "The passage's title",
-                "log-probability of the title tokens given the question",
-                "log-probability of the passage among its title's passages (the model's distribution renormalised over what the trie allowed)",
-                "The model's own verdict: probability that the passage cannot answer the question",
-                "Query likelihood: mean log-probability of the question's tokens after the model reads the passage",
-                "Title score: softmax over title beams of the length-normalised title probability / tau",
-                "Passage term: softmax within the title of w x log P(passage)",
-                "Self-assessment term: softmax within the title of (1 - P(reject)) / delta",
-                "Query-likelihood term: softmax over all candidates of q x log P(question)",
-                "Final score: softmax over candidates of ln(S_T x softmax within the title of ((1 - P(reject)) / delta + w x log P(passage))) + q x log P(question)",
-            ];
-            let mut rows: Vec<&crate::retrieve::PassageCandidate> =
-                trace.candidates.iter().collect();
-            let key = |c: &crate::retrieve::PassageCandidate, col: usize| -> f64 {
-                match col {
-                    3 => trace.titles[c.title_rank].logprob,
-                    4 => c.passage_logprob,
-                    5 => c.p_reject,
-                    6 => c.query_logprob,
-                    7 => trace.titles[c.title_rank].s_t,
-                    8 => c.s_gen,
-                    9 => c.s_p,
-                    10 => c.s_q,
-                    11 => c.s,
-                    _ => c.rank as f64,
-                }
-            };
-            let (col, desc) = self.score_sort;
-            rows.sort_by(|a, b| {
-                let o = match col {
-                    1 => a.passage_id.cmp(&b.passage_id),
-                    2 => a.title.cmp(&b.title),
-                    _ => key(a, col).total_cmp(&key(b, col)),
-                };
-                if desc {
-                    o.reverse()
-                } else {
-                    o
-                }
-            });
-            egui::Grid::new("score-table")
-                .striped(true)
-                .num_columns(COLUMNS.len())
-                .show(ui, |ui| {
-                    for (k, h) in COLUMNS.iter().enumerate() {
-                        let arrow = if self.score_sort.0 == k {
-                            if self.score_sort.1 {
-                                " v"
-                            } else {
-                                " ^"
-                            }
-                        } else {
-                            ""
-                        };
-                        if ui
-                            .selectable_label(self.score_sort.0 == k, format!("{h}{arrow}"))
-                            .on_hover_text(HINTS[k])
-                            .clicked()
-                        {
-                            self.score_sort = if self.score_sort.0 == k {
-                                (k, !self.score_sort.1)
-                            } else {
-                                (k, k >= 3)
-                            };
-                        }
-                    }
-                    ui.end_row();
-                    for c in rows {
-                        ui.label(c.rank.to_string());
-                        if ui.link(&c.passage_id).clicked() {
-                            cmds.push(AppCommand::ShowPassage(c.passage_id.clone()));
-                        }
-                        ui.label(&c.title);
-                        ui.label(format!("{:.3}", trace.titles[c.title_rank].logprob));
-                        ui.label(format!("{:.3}", c.passage_logprob));
-                        ui.label(format!("{:.3}", c.p_reject));
-                        ui.label(format!("{:.3}", c.query_logprob));
-                        ui.label(format!("{:.3}", trace.titles[c.title_rank].s_t));
-                        ui.label(format!("{:.3}", c.s_gen));
-                        ui.label(format!("{:.3}", c.s_p));
-                        ui.label(format!("{:.3}", c.s_q));
-                        ui.label(format!("{:.4}", c.s));
-                        ui.end_row();
-                    }
-                });
-            ui.separator();
-            ui.strong("Title beams and passage expansions");
-            for (tr, title) in trace.titles.iter().enumerate() {
-                egui::CollapsingHeader::new(format!(
-                    "{}  (log P {:.2}, S_T {:.3})",
-                    title.title, title.logprob, title.s_t
-                ))
-                .id_salt(("title", tr))
-                .default_open(tr == 0)
-                .show(ui, |ui| {
-                    token_line(ui, &title.steps);
-                    for c in trace.candidates.iter().filter(|c| c.title_rank == tr) {
-                        ui.horizontal(|ui| {
-                            ui.weak(format!(
-                                "#{} {} log P(passage) {:.2}, P(reject) {:.2}:",
-                                c.rank, c.passage_id, c.passage_logprob, c.p_reject
-                            ));
-                        });
-                        token_line(ui, &c.steps);
-                    }
-                });
-            }
-        });
     }
 }
 
@@ -326,9 +349,6 @@ fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
                 ui.colored_label(AUTO, " ...");
                 break;
             }
-            let text = egui::RichText::new(s.piece.replace('\n', "\\n"))
-                .color(color)
-                .monospace();
             let lp = s
                 .logprob
                 .map(|l| format!("{l:.3}"))
@@ -338,10 +358,21 @@ fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
                 StepKind::Forced => "forced by the trie",
                 StepKind::AutoComplete => "auto-completed (the prefix was unique)",
             };
-            ui.label(text).on_hover_text(format!(
+            let hover = format!(
                 "{:?} ({kind}) | log p {lp} | log p under the trie {:.3} | {} tokens allowed",
                 s.piece, s.trie_logprob, s.alternatives
-            ));
+            );
+            // A newline in the text breaks the line, as the text reads, instead of showing as
+            // a literal "\n".
+            for (n, part) in s.piece.split('\n').enumerate() {
+                if n > 0 {
+                    ui.end_row();
+                }
+                if !part.is_empty() {
+                    let text = egui::RichText::new(part).color(color).monospace();
+                    ui.label(text).on_hover_text(hover.as_str());
+                }
+            }
         }
     });
 }

@@ -1,11 +1,12 @@
 //! Train panel: hyperparameters, Start / Pause / Cancel / Save now, live loss curves per task.
 
+use super::hints;
 use crate::app::dialogs::{path_row, Dialogs, PathField};
 use crate::app::{AppCommand, Shared};
 use crate::train::{Task, TrainEvent};
 use crate::worker::preset::Preset;
 use crate::worker::Control;
-use egui_plot::{Legend, Line, Plot, Points};
+use egui_plot::{Line, MarkerShape, Plot, Points};
 
 /// The Train panel's own state: the run's curves and the pseudo-queries under review.
 #[derive(Debug, Clone, Default)]
@@ -75,7 +76,8 @@ pub struct TrainView {
     pub eval_metrics: Vec<(String, usize, f64)>,
     pub last: Option<TrainEvent>,
     pub total_steps: usize,
-    pub checkpoints: Vec<String>,
+    /// Checkpoints written: (step, folder), one per step.
+    pub checkpoints: Vec<(usize, String)>,
     pub running: bool,
     pub paused: bool,
 }
@@ -153,27 +155,25 @@ impl TrainPanel {
             cmds,
         );
         ui.horizontal(|ui| {
-        ui.label("Preset").on_hover_text(
-            "Fills every training setting below with a measured recipe for the corpus size and the model; any field can still be changed.",
-        );
-        for preset in Preset::ALL {
-            let selected = shared.project.preset == Some(preset);
-            if ui
-                .selectable_label(selected, preset.name())
-                .on_hover_text(preset.describe())
-                .clicked()
-            {
-                shared.project.apply_preset(preset);
+            ui.label("Preset").on_hover_text(hints::PRESET);
+            for preset in Preset::ALL {
+                let selected = shared.project.preset == Some(preset);
+                if ui
+                    .selectable_label(selected, preset.name())
+                    .on_hover_text(preset.describe())
+                    .clicked()
+                {
+                    shared.project.apply_preset(preset);
+                }
             }
-        }
-        match shared.project.preset {
-            Some(p) => ui.weak(format!("{}: {}", p.name(), p.describe())),
-            None => ui.weak("custom settings"),
-        };
-    });
+            match shared.project.preset {
+                Some(p) => ui.weak(format!("{}: {}", p.name(), p.describe())),
+                None => ui.weak("custom settings"),
+            };
+        });
         ui.horizontal(|ui| {
             let mut by_epochs = shared.project.epochs > 0.0;
-            ui.label("Budget");
+            ui.label("Budget").on_hover_text(hints::BUDGET);
             if ui.radio(!by_epochs, "steps").clicked() {
                 by_epochs = false;
                 shared.project.epochs = 0.0;
@@ -192,46 +192,55 @@ impl TrainPanel {
             }
         });
         ui.horizontal(|ui| {
-        ui.add(
-            egui::Slider::new(&mut shared.project.sentences_per_passage, 0..=20)
-                .text("Indexing sentences per passage (0 = all)"),
-        )
-        .on_hover_text("Indexing teaches sentence -> title + passage; 0 uses every sentence of 6-49 words, every epoch.");
-        ui.add(
-            egui::Slider::new(&mut shared.project.pseudo_per_passage, 0..=10)
-                .text("Generated questions per passage"),
-        )
-        .on_hover_text("Before training, the base model writes this many questions for every passage; those BM25 finds the passage from train retrieval alongside the query file (0: off).");
-    });
+            ui.add(
+                egui::Slider::new(&mut shared.project.sentences_per_passage, 0..=20)
+                    .text("Indexing sentences per passage (0 = all)"),
+            )
+            .on_hover_text(hints::SENTENCES_PER_PASSAGE);
+            ui.add(
+                egui::Slider::new(&mut shared.project.pseudo_per_passage, 0..=10)
+                    .text("Generated questions per passage"),
+            )
+            .on_hover_text(hints::PSEUDO_PER_PASSAGE);
+        });
         ui.horizontal(|ui| {
-        ui.label("Task mix").on_hover_text("Relative weight of each training task: indexing (sentence -> passage), retrieval (question -> passage), self-assessment (question + passage -> can / cannot answer). With epochs, a weight of 2 sees that task's examples twice per epoch.");
-        let mix = &mut shared.project.mix;
-        ui.add(egui::Slider::new(&mut mix.indexing, 0.0..=4.0).text("Indexing"));
-        ui.add(egui::Slider::new(&mut mix.retrieval, 0.0..=4.0).text("Retrieval"));
-        ui.add(egui::Slider::new(&mut mix.assessment, 0.0..=4.0).text("Assessment"));
-    });
+            ui.label("Task mix").on_hover_text(hints::TASK_MIX);
+            let mix = &mut shared.project.mix;
+            ui.add(egui::Slider::new(&mut mix.indexing, 0.0..=4.0).text("Indexing"))
+                .on_hover_text(hints::MIX_INDEXING);
+            ui.add(egui::Slider::new(&mut mix.retrieval, 0.0..=4.0).text("Retrieval"))
+                .on_hover_text(hints::MIX_RETRIEVAL);
+            ui.add(egui::Slider::new(&mut mix.assessment, 0.0..=4.0).text("Assessment"))
+                .on_hover_text(hints::MIX_ASSESSMENT);
+        });
         ui.horizontal(|ui| {
-        ui.add(
-            egui::Slider::new(&mut shared.project.target_words, 0..=200)
-                .text("Indexing target words (0 = whole passage)"),
-        );
-        ui.add_enabled(
-            shared.project.lora,
-            egui::Slider::new(&mut shared.project.lora_rank, 1..=64).text("LoRA rank"),
-        )
-        .on_hover_text("Rank of the low-rank adapters trained on every projection while the base model stays frozen: higher learns more, costs more.");
-    });
+            ui.add(
+                egui::Slider::new(&mut shared.project.target_words, 0..=200)
+                    .text("Indexing target words (0 = whole passage)"),
+            )
+            .on_hover_text(hints::TARGET_WORDS);
+            ui.add_enabled(
+                shared.project.lora,
+                egui::Slider::new(&mut shared.project.lora_rank, 1..=64).text("LoRA rank"),
+            )
+            .on_hover_text(hints::LORA_RANK)
+            .on_disabled_hover_text(format!(
+                "{} Turn on LoRA in the Model panel to set it.",
+                hints::LORA_RANK
+            ));
+        });
         ui.add(
             egui::Slider::new(&mut shared.project.lr, 1e-5..=1e-2)
                 .logarithmic(true)
                 .text("Learning rate"),
-        );
+        )
+        .on_hover_text(hints::LEARNING_RATE);
         ui.add(
             egui::Slider::new(&mut shared.project.batch_tokens, 256..=8192)
                 .logarithmic(true)
                 .text("Batch tokens"),
         )
-        .on_hover_text("Token budget of one training batch (rows x longest row).");
+        .on_hover_text(hints::BATCH_TOKENS);
         let running = self.view.running;
         ui.horizontal(|ui| {
             if ui
@@ -296,11 +305,17 @@ impl TrainPanel {
                 task,
                 ..
             }) => {
+                // Paused, the last step's ETA would stand still as if time were not passing.
+                let when = if self.view.paused && running {
+                    "paused (Continue to go on)".to_string()
+                } else {
+                    format!("{tokens_per_s:.0} tokens/s  ETA {eta_s:.0} s")
+                };
                 ui.label(format!(
-                "step {step}/{}  {} loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tokens/s  ETA {eta_s:.0} s",
-                self.view.total_steps,
-                task.name()
-            ));
+                    "step {step}/{}  {} loss {loss:.4}  lr {lr:.2e}  {when}",
+                    self.view.total_steps,
+                    task.name()
+                ));
             }
             Some(TrainEvent::Preparing { stage, done, total }) => {
                 ui.label(format!("preparing: {stage} {done}/{total}"));
@@ -322,46 +337,7 @@ impl TrainPanel {
             ui.label(format!("loss points: {}", self.view.losses.len()));
             ui.checkbox(&mut self.view.log_scale, "Log scale");
         });
-        let log = self.view.log_scale;
-        let y = move |l: f64| if log { l.max(1e-6).log10() } else { l };
-        Plot::new("loss-plot")
-            .legend(Legend::default())
-            .height(260.0)
-            .x_axis_label("step")
-            .y_axis_label(if log { "loss (log10)" } else { "loss" })
-            .y_axis_formatter(move |m, _| {
-                if log {
-                    format!("{:.3}", 10f64.powf(m.value))
-                } else {
-                    format!("{:.2}", m.value)
-                }
-            })
-            .show(ui, |p| {
-                for task in Task::ALL {
-                    let pts: Vec<[f64; 2]> = self
-                        .view
-                        .losses
-                        .iter()
-                        .filter(|(t, _, _)| *t == task)
-                        .map(|(_, s, l)| [*s as f64, y(*l)])
-                        .collect();
-                    if !pts.is_empty() {
-                        p.line(Line::new(task.name(), pts));
-                    }
-                    let held: Vec<[f64; 2]> = self
-                        .view
-                        .eval_losses
-                        .iter()
-                        .filter(|(t, _, _)| t == task.name())
-                        .map(|(_, s, l)| [*s as f64, y(*l)])
-                        .collect();
-                    if !held.is_empty() {
-                        p.points(
-                            Points::new(format!("{} (held-out)", task.name()), held).radius(3.0),
-                        );
-                    }
-                }
-            });
+        self.loss_plot(ui);
         if !self.view.eval_metrics.is_empty() {
             let last: Vec<String> = ["hits@1", "hits@5"]
                 .iter()
@@ -377,8 +353,20 @@ impl TrainPanel {
             ui.label(format!("held-out retrieval: {}", last.join(", ")));
         }
         ui.columns(3, |cols| {
-            small_plot(&mut cols[0], "lr-plot", "learning rate", &self.view.lr);
-            small_plot(&mut cols[1], "speed-plot", "tokens/s", &self.view.speed);
+            small_plot(
+                &mut cols[0],
+                "lr-plot",
+                "learning rate",
+                &self.view.lr,
+                None,
+            );
+            small_plot(
+                &mut cols[1],
+                "speed-plot",
+                "tokens/s",
+                &self.view.speed,
+                None,
+            );
             let hits: Vec<[f64; 2]> = self
                 .view
                 .eval_metrics
@@ -387,29 +375,135 @@ impl TrainPanel {
                 .map(|(_, s, v)| [*s as f64, *v])
                 .collect();
             if hits.is_empty() {
-                small_plot(&mut cols[2], "eta-plot", "ETA (s)", &self.view.eta);
+                small_plot(&mut cols[2], "eta-plot", "ETA (s)", &self.view.eta, None);
             } else {
-                small_plot(&mut cols[2], "hits-plot", "held-out Hits@1", &hits);
+                // A share: drawn on 0..1 with every measurement marked, so one or two
+                // evaluations show as points, not as nothing.
+                small_plot(
+                    &mut cols[2],
+                    "hits-plot",
+                    "held-out Hits@1",
+                    &hits,
+                    Some((0.0, 1.0)),
+                );
             }
         });
-        for c in self.view.checkpoints.iter().rev().take(3) {
-            ui.weak(format!("checkpoint {c}"));
+        for (step, path) in self.view.checkpoints.iter().rev().take(3) {
+            ui.weak(format!("checkpoint at step {step}: {path}"));
         }
+    }
+
+    /// The loss per task against the step, each task in its own fixed colour, held-out losses
+    /// as dots in their task's colour; the legend is a row above the plot, off the lines.
+    fn loss_plot(&self, ui: &mut egui::Ui) {
+        if self.view.losses.is_empty() && self.view.eval_losses.is_empty() {
+            ui.add_sized(
+                [ui.available_width(), 80.0],
+                egui::Label::new(
+                    "No steps yet: the loss of each task is drawn here once training runs.",
+                ),
+            );
+            return;
+        }
+        let log = self.view.log_scale;
+        let y = move |l: f64| if log { l.max(1e-6).log10() } else { l };
+        let series: Vec<TaskSeries> = Task::ALL
+            .into_iter()
+            .map(|task| {
+                let trained = self
+                    .view
+                    .losses
+                    .iter()
+                    .filter(|(t, _, _)| *t == task)
+                    .map(|(_, s, l)| [*s as f64, y(*l)])
+                    .collect();
+                let held = self
+                    .view
+                    .eval_losses
+                    .iter()
+                    .filter(|(t, _, _)| t == task.name())
+                    .map(|(_, s, l)| [*s as f64, y(*l)])
+                    .collect();
+                (task, trained, held)
+            })
+            .collect();
+        ui.horizontal(|ui| {
+            for (task, trained, _) in &series {
+                if !trained.is_empty() {
+                    ui.colored_label(task_color(*task), format!("— {}", task.name()));
+                }
+            }
+            if series.iter().any(|(_, _, held)| !held.is_empty()) {
+                ui.weak("• held-out loss (dots in its task's colour)");
+            }
+        });
+        Plot::new("loss-plot")
+            .height(260.0)
+            .x_axis_label("step")
+            .y_axis_label(if log { "loss (log10)" } else { "loss" })
+            .y_axis_formatter(move |m, _| {
+                if log {
+                    format!("{:.3}", 10f64.powf(m.value))
+                } else {
+                    format!("{:.2}", m.value)
+                }
+            })
+            .show(ui, |p| {
+                for (task, trained, held) in series {
+                    if !trained.is_empty() {
+                        p.line(Line::new(task.name(), trained).color(task_color(task)));
+                    }
+                    if !held.is_empty() {
+                        p.points(
+                            Points::new(format!("{} (held-out)", task.name()), held)
+                                .shape(MarkerShape::Circle)
+                                .radius(4.0)
+                                .color(task_color(task)),
+                        );
+                    }
+                }
+            });
     }
 }
 
-/// A compact line plot of one series against the step.
-fn small_plot(ui: &mut egui::Ui, id: &str, name: &str, points: &[[f64; 2]]) {
+/// One task's training losses and held-out losses, as plot points.
+type TaskSeries = (Task, Vec<[f64; 2]>, Vec<[f64; 2]>);
+
+/// Each task's colour, the same in every frame and every run (egui_plot's automatic colours
+/// follow the order series appear in, which changes between refreshes).
+pub fn task_color(task: Task) -> egui::Color32 {
+    match task {
+        Task::Indexing => egui::Color32::from_rgb(66, 133, 244),
+        Task::Retrieval => egui::Color32::from_rgb(234, 134, 0),
+        Task::Assessment => egui::Color32::from_rgb(52, 168, 83),
+    }
+}
+
+/// A compact plot of one series against the step, every point marked; `y_range` fixes the
+/// axis (a share is drawn on 0..1). With no points, a line saying so instead of empty axes.
+fn small_plot(
+    ui: &mut egui::Ui,
+    id: &str,
+    name: &str,
+    points: &[[f64; 2]],
+    y_range: Option<(f64, f64)>,
+) {
     ui.label(name);
-    Plot::new(id)
+    if points.is_empty() {
+        ui.weak("no steps yet");
+        return;
+    }
+    let mut plot = Plot::new(id)
         .height(120.0)
         .x_axis_label("step")
-        .allow_scroll(false)
-        .show(ui, |p| {
-            if !points.is_empty() {
-                p.line(Line::new(name.to_string(), points.to_vec()));
-            }
-        });
+        .allow_scroll(false);
+    if let Some((lo, hi)) = y_range {
+        plot = plot.include_y(lo).include_y(hi);
+    }
+    plot.show(ui, |p| {
+        p.line(Line::new(name.to_string(), points.to_vec()));
+        p.points(Points::new(name.to_string(), points.to_vec()).radius(2.5));
+    });
 }
 
 /// Pseudo-queries: written by the loaded model, filtered by its own retrieval, reviewed and
@@ -432,7 +526,8 @@ fn pseudo_section(
             ui.horizontal(|ui| {
                 ui.add(egui::Slider::new(&mut o.per_passage, 1..=5).text("Questions per passage"));
                 ui.add(egui::Slider::new(&mut o.max_passages, 0..=500).text("Passages (0 = all)"));
-                ui.add(egui::Slider::new(&mut o.keep_top, 1..=10).text("Keep if found in top"));
+                ui.add(egui::Slider::new(&mut o.keep_top, 1..=10).text("Keep if found in top"))
+                    .on_hover_text(hints::KEEP_TOP);
             });
             ui.horizontal(|ui| {
                 if ui

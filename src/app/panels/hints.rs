@@ -1,0 +1,65 @@
+//! Plain explanations shown on hover for every control named by a symbol or a term of the
+//! trade (tau, S_T, LoRA rank, ...): a new user reads what a setting does without the paper.
+//! One place, so a control shown in two panels explains itself the same way in both.
+
+/// Query panel: the ranking's settings.
+pub const TAU: &str = "Temperature of the title softmax: lower trusts the model's top title \
+    more, higher spreads the score over more of the generated titles.";
+pub const DELTA: &str = "Temperature of the self-assessment score: lower lets the model's own \
+    verdict (can this passage answer the question?) decide more. Matters only with \
+    self-assessment on.";
+pub const PASSAGE_WEIGHT: &str = "How much it counts how readily the model wrote a passage, when \
+    ranking the passages under one title. 0 is the paper's formula.";
+pub const QUERY_WEIGHT: &str = "How much it counts how probable the model finds the question \
+    after reading each passage (the query likelihood). 0 leaves it out.";
+pub const TITLE_BEAMS: &str = "How many titles the model writes for a question. More titles find \
+    more candidate passages, and take longer.";
+pub const PASSAGE_BEAMS: &str = "How many passages the model writes under each title. More find \
+    more candidates, and take longer.";
+
+/// Query panel: the score table's columns.
+pub const SCORE_COLUMNS: [&str; 12] = [
+    "Final rank, by the score S",
+    "Passage id (click to open it in the Corpus panel)",
+    "The passage's title",
+    "How likely the model finds this title for the question (a log-probability: closer to 0 is likelier)",
+    "How likely the model finds this passage under its title (a log-probability, over the passages the trie allowed)",
+    "The model's own verdict: the probability that this passage cannot answer the question",
+    "Query likelihood: how probable the question is after the model reads the passage (mean log-probability per token)",
+    "Title score: the share of the model's belief that goes to this passage's title among the generated titles (tau sets how sharp)",
+    "Passage term: how readily the model wrote this passage compared with the others under its title (passage weight sets how much it counts)",
+    "Self-assessment term: how sure the model is that this passage answers, compared with the others under its title (delta sets how sharp)",
+    "Query-likelihood term: how well this passage explains the question compared with all candidates (query weight sets how much it counts)",
+    "Final score that orders the ranking: the title score, the passage terms and the query likelihood combined",
+];
+
+/// Train panel.
+pub const PRESET: &str = "A measured recipe: fills every training setting below for the corpus \
+    size and the model. Any field can still be changed afterwards.";
+pub const BUDGET: &str = "How long to train: a number of steps (weight updates), or of epochs \
+    (passes over all training examples; the steps follow from it).";
+pub const TASK_MIX: &str = "How often each training task is practised, relative to the others. \
+    With epochs, a weight of 2 sees that task's examples twice per epoch.";
+pub const MIX_INDEXING: &str = "Indexing: the model learns to write a passage's title and text \
+    from one of its sentences (it memorises the corpus).";
+pub const MIX_RETRIEVAL: &str = "Retrieval: the model learns to write the right passage for a \
+    question.";
+pub const MIX_ASSESSMENT: &str = "Self-assessment: the model learns to say whether a passage can \
+    answer a question.";
+pub const SENTENCES_PER_PASSAGE: &str = "From how many of each passage's sentences the model \
+    practises recalling the passage (0: every sentence of 6 to 49 words, every epoch).";
+pub const PSEUDO_PER_PASSAGE: &str = "Before training, the base model writes this many questions \
+    for every passage; those from which BM25 finds the passage train retrieval beside the query \
+    file (0: none).";
+pub const TARGET_WORDS: &str = "How many words of the passage the model learns to write after the \
+    title when indexing (0: all of it). Short targets train faster; the trie completes the rest.";
+pub const LORA: &str = "Train small adapter matrices instead of every weight: less memory and \
+    faster, and the base model stays as it was.";
+pub const LORA_RANK: &str = "Size of the small adapter matrices trained while the base model \
+    stays frozen: higher can learn more, and trains slower with more memory.";
+pub const LEARNING_RATE: &str = "How far each step moves the weights: too high and training \
+    diverges, too low and it learns slowly.";
+pub const BATCH_TOKENS: &str = "How much text one training step reads, in tokens (rows times the \
+    longest row). Larger steps are smoother, and slower with more memory.";
+pub const KEEP_TOP: &str = "A written question is kept when retrieval ranks its passage within \
+    this many results.";

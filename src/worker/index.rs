@@ -148,6 +148,20 @@ pub fn build_examples(
     Ok(examples)
 }
 
+/// Where a run keeps the negatives mined by its starting model.
+const MINED_FILE: &str = "mined_negatives.json";
+
+/// The mined negatives a run kept (question -> wrongly retrieved passage ids), if it has them.
+fn read_mined(path: &Path) -> Result<Option<HashMap<String, Vec<String>>>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::bad_file(path, e.to_string()))
+}
+
 /// A run's examples: [`build_examples`] plus retrieval examples for the pseudo-queries kept
 /// beside a separate query file.
 fn build_run_examples(
@@ -201,13 +215,7 @@ pub fn saved_run_examples(run: &Path, bundle: &ModelBundle) -> Result<(Vec<Examp
         Vec::new()
     };
     let (train_queries, _) = split_queries(&spec, &corpus, &mut Vec::new())?;
-    let mined_path = run.join("mined_negatives.json");
-    let mined: HashMap<String, Vec<String>> = if mined_path.is_file() {
-        let text = std::fs::read_to_string(&mined_path).map_err(|e| Error::io(&mined_path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::bad_file(&mined_path, e.to_string()))?
-    } else {
-        HashMap::new()
-    };
+    let mined = read_mined(&run.join(MINED_FILE))?.unwrap_or_default();
     let examples = build_run_examples(
         &spec,
         &corpus,
@@ -436,10 +444,9 @@ pub fn run_index(
     write_atomic(&run.join("load_report.txt"), report.join("\n").as_bytes())?;
     // Negatives are mined once, by the model the run starts from, and kept in the run so a
     // resumed run sees exactly the same examples.
-    let mined_path = run.join("mined_negatives.json");
-    let mined: HashMap<String, Vec<String>> = if mined_path.is_file() {
-        let text = std::fs::read_to_string(&mined_path).map_err(|e| Error::io(&mined_path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::bad_file(&mined_path, e.to_string()))?
+    let mined_path = run.join(MINED_FILE);
+    let mined: HashMap<String, Vec<String>> = if let Some(m) = read_mined(&mined_path)? {
+        m
     } else if spec.data.mine_queries > 0
         && !train_queries.is_empty()
         && spec.train.mix.assessment > 0.0

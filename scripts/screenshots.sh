@@ -26,6 +26,6 @@ shoot() { # panel seconds extra-args...
 shoot corpus 4
 shoot model 4
 shoot train 4 --run runs/demo
-shoot query 20 --run runs/demo --ask "Who introduced inverse document frequency?"
+shoot query 30 --run runs/demo --ask "Who introduced inverse document frequency?" --explain tf-idf-1 --bm25
 shoot evaluate 75 --run runs/demo --evaluate corpora/ir_history.queries.jsonl
 echo "screenshots written to docs/screenshots/"

@@ -38,6 +38,14 @@ fn corpus_train_cancel_query_and_rerank() {
     wait_until(&mut h, "the demo corpus", 60, |a| a.shared.corpus.is_some());
     assert!(h.state().shared.corpus.as_ref().unwrap().len() >= 60);
     h.get_by_label_contains("passages,").hover();
+    // The guide shows the order of work: the corpus step is ticked, querying is not yet.
+    let tick = |n: usize, name: &str| format!("{} {n} {name}", selfret::app::TICK);
+    assert!(h.query_by_label(&tick(1, "Corpus")).is_some());
+    assert!(h.query_by_label("4 Query").is_some());
+    assert!(h.query_by_label(&tick(3, "Train")).is_none());
+    assert!(h
+        .query_by_label("Train the demo (SmolLM2, quick preset)")
+        .is_some());
 
     // Every path field has a file-dialog button beside it.
     assert!(h.query_by_label("Browse corpus file").is_some());
@@ -217,6 +225,67 @@ fn corpus_train_cancel_query_and_rerank() {
         "score table header missing"
     );
     assert!(h.query_by_label(&trace.ranking[0].passage_id).is_some());
+    // The guide ticks training (a run was trained here) and querying.
+    assert!(h.query_by_label(&tick(3, "Train")).is_some());
+    assert!(h.query_by_label(&tick(4, "Query")).is_some());
+    assert!(h.query_by_label(&tick(5, "Evaluate")).is_none());
+
+    // Why not this passage? One the beams did not find is scored and placed in the ranking.
+    let corpus = h.state().shared.corpus.clone().unwrap();
+    let outsider = corpus
+        .passages
+        .iter()
+        .find(|p| trace.candidates.iter().all(|c| c.passage_id != p.id))
+        .map(|p| p.id.clone())
+        .expect("a passage that is not a candidate");
+    h.get_by_label("Passage id").click();
+    h.run_ok();
+    h.get_by_label("Passage id").type_text(&outsider);
+    h.run_ok();
+    h.get_by_role_and_label(Role::Button, "Why not this passage?")
+        .click();
+    h.run_ok();
+    wait_until(&mut h, "the explanation", 120, |a| {
+        !a.is_busy() && a.panels.query.explanation.is_some()
+    });
+    let e = h.state().panels.query.explanation.clone().unwrap();
+    assert_eq!(e.passage_id, outsider);
+    assert!(!e.was_candidate);
+    let placed = e.placed.candidates.len();
+    assert_eq!(placed, trace.candidates.len() + 1);
+    assert!((1..=placed).contains(&e.rank));
+    assert_eq!(e.placed.ranking[e.rank - 1].passage_id, outsider);
+    assert!(h
+        .query_by_label_contains(&format!("rank {} of {placed}", e.rank))
+        .is_some());
+
+    // Side by side with BM25: its top ten beside the model's, the overlap counted.
+    h.get_by_label("Side by side with BM25").click();
+    h.run_ok();
+    wait_until(&mut h, "BM25's ranking", 60, |a| {
+        !a.is_busy() && a.panels.query.bm25.is_some()
+    });
+    let (q, hits) = h.state().panels.query.bm25.clone().unwrap();
+    assert_eq!(q, "Who founded Google?");
+    assert_eq!(hits.len(), 10);
+    assert!(h
+        .query_by_label_contains("Side by side with BM25: ")
+        .is_some());
+
+    // A cited passage opens with the answer marked and a way back to the question.
+    let ans = trace.answer.clone().expect("an answer");
+    assert_eq!(ans.cited.len(), 1, "the answer cites its passage");
+    h.get_by_label(&format!("[{}]", ans.cited[0])).click();
+    h.run_ok();
+    assert_eq!(h.state().shared.project.panel, PanelKind::Corpus);
+    assert_eq!(
+        h.state().panels.corpus.highlight.as_deref(),
+        Some(ans.text.as_str())
+    );
+    h.get_by_label("Back to the query").click();
+    h.run_ok();
+    assert_eq!(h.state().shared.project.panel, PanelKind::Query);
+    assert!(h.state().panels.query.trace.is_some());
 
     // Sort the score table by P(reject), then export the trace as JSON.
     h.get_by_label("P(reject)").click();

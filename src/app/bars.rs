@@ -93,6 +93,9 @@ impl SelfretApp {
                 }
             });
         }
+        if self.shared.project.guide_hidden && ui.small_button("Show guide").clicked() {
+            self.shared.project.guide_hidden = false;
+        }
         ui.separator();
         let l = ui.label("Project file");
         ui.add(

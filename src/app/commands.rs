@@ -23,6 +23,18 @@ pub enum AppCommand {
     OpenUntrained,
     Query(String),
     ShowPassage(String),
+    /// Open a passage the answer cites, with the answer's words marked in it and a link back
+    /// to the query.
+    ShowCited {
+        id: String,
+        answer: String,
+    },
+    /// Score a passage for the current question ("why not this passage?").
+    Explain(String),
+    /// BM25's ranking of the current question beside the model's.
+    CompareBm25,
+    /// The demo's one click: demo corpus, SmolLM2 with the quick preset, Start.
+    TrainDemo,
     SwitchPanel(PanelKind),
     RunEval,
     /// Put a question in the Query panel and run it.
@@ -50,6 +62,8 @@ pub enum JobKind {
     Eval,
     PseudoQueries,
     Titles,
+    Explain,
+    Bm25,
 }
 
 impl JobKind {
@@ -59,7 +73,7 @@ impl JobKind {
             JobKind::LoadCorpus | JobKind::Titles => PanelKind::Corpus,
             JobKind::Train | JobKind::OpenRun | JobKind::PseudoQueries => PanelKind::Train,
             JobKind::OpenUntrained => PanelKind::Model,
-            JobKind::Query => PanelKind::Query,
+            JobKind::Query | JobKind::Explain | JobKind::Bm25 => PanelKind::Query,
             JobKind::Eval => PanelKind::Evaluate,
         })
     }
@@ -134,19 +148,89 @@ impl SelfretApp {
                 self.shared.project.query_history.insert(0, q.clone());
                 self.shared.project.query_history.truncate(20);
                 self.panels.query.trace = None;
-                // "wrote trace.json" was about the previous question's trace.
+                // "wrote trace.json", the explanation and BM25's list were about the previous
+                // question.
                 self.panels.query.export_status = None;
+                self.panels.query.explanation = None;
+                self.panels.query.bm25 = None;
                 let job = Job::Query {
-                    text: q,
+                    text: q.clone(),
                     opts: self.shared.project.retrieve.clone(),
                 };
                 self.submit(JobKind::Query, "query", job);
+                if self.panels.query.show_bm25 {
+                    self.submit(JobKind::Bm25, "BM25", Job::Bm25 { query: q, k: 10 });
+                }
             }
-            AppCommand::ShowPassage(id) => {
-                self.panels.corpus.selected_passage = Some(id.clone());
-                self.panels.corpus.filter = id;
-                self.panels.corpus.page = 0;
-                self.shared.project.panel = PanelKind::Corpus;
+            AppCommand::ShowPassage(id) => self.show_passage(id, None),
+            AppCommand::ShowCited { id, answer } => self.show_passage(id, Some(answer)),
+            AppCommand::Explain(id) => {
+                let id = id.trim().to_string();
+                let place = JobKind::Explain.place();
+                let Some(trace) = self
+                    .panels
+                    .query
+                    .trace
+                    .clone()
+                    .filter(|_| self.panels.query.trace_done)
+                else {
+                    self.shared.errors.set(
+                        place,
+                        "ask a question first: a passage is scored for the current question",
+                    );
+                    return;
+                };
+                if self
+                    .shared
+                    .corpus
+                    .as_ref()
+                    .is_some_and(|c| c.index_of(&id).is_none())
+                {
+                    self.shared
+                        .errors
+                        .set(place, format!("no passage with id {id:?} in the corpus"));
+                    return;
+                }
+                self.panels.query.explain_id = id.clone();
+                self.panels.query.explanation = None;
+                self.shared.project.panel = PanelKind::Query;
+                let job = Job::Explain {
+                    trace: Box::new(trace),
+                    passage_id: id.clone(),
+                    opts: self.shared.project.retrieve.clone(),
+                };
+                self.submit(JobKind::Explain, &format!("scoring {id}"), job);
+            }
+            AppCommand::CompareBm25 => {
+                if let Some(t) = &self.panels.query.trace {
+                    let job = Job::Bm25 {
+                        query: t.query.clone(),
+                        k: 10,
+                    };
+                    self.submit(JobKind::Bm25, "BM25", job);
+                }
+            }
+            AppCommand::TrainDemo => {
+                let demo = Project::default();
+                let p = &mut self.shared.project;
+                let reload = p.corpus_path != demo.corpus_path || self.shared.corpus.is_none();
+                p.corpus_path = demo.corpus_path;
+                p.model_source = demo.model_source;
+                p.queries_path = demo.queries_path;
+                p.eval.queries_path = demo.eval.queries_path;
+                p.run_dir = demo.run_dir;
+                p.apply_preset(crate::worker::preset::Preset::Quick);
+                p.panel = PanelKind::Train;
+                if reload {
+                    self.apply(AppCommand::LoadCorpus);
+                }
+                let run = PathBuf::from(self.shared.project.run_dir.trim());
+                if super::panels::holds_checkpoint(&run) {
+                    // The same question Start asks: a trained model is never replaced silently.
+                    self.panels.train.confirm_overwrite = Some(run);
+                } else {
+                    self.apply(AppCommand::StartTraining { resume: false });
+                }
             }
             AppCommand::SwitchPanel(p) => self.shared.project.panel = p,
             AppCommand::RunEval => {
@@ -262,6 +346,18 @@ impl SelfretApp {
             }
             AppCommand::DismissError(place) => self.shared.errors.dismiss(place),
         }
+    }
+
+    /// Shows passage `id` in the Corpus panel; `answer` (from a citation) is marked in its text.
+    /// Coming from the Query panel, the passage view links back to it.
+    fn show_passage(&mut self, id: String, answer: Option<String>) {
+        let corpus = &mut self.panels.corpus;
+        corpus.from_query = self.shared.project.panel == PanelKind::Query;
+        corpus.highlight = answer;
+        corpus.selected_passage = Some(id.clone());
+        corpus.filter = id;
+        corpus.page = 0;
+        self.shared.project.panel = PanelKind::Corpus;
     }
 
     /// Hands a job to the worker, remembering what it is for (where its errors go).

@@ -31,12 +31,20 @@ impl SelfretApp {
                 }
                 Event::Train(e) => self.panels.train.view.on_train_event(e),
                 Event::SessionReady(info) => {
+                    self.shared.trained =
+                        matches!(self.running_job(), Some(JobKind::Train | JobKind::OpenRun));
                     self.shared.session_info = Some(info.description.clone());
                     self.shared.session = Some(info);
                 }
                 Event::Trace { trace, done } => {
+                    if done {
+                        self.panels.corpus.question = Some(trace.query.clone());
+                    }
                     self.panels.query.trace = Some(trace);
                     self.panels.query.trace_done = done;
+                    if let Some(id) = self.panels.query.pending_explain.take_if(|_| done) {
+                        self.apply(AppCommand::Explain(id));
+                    }
                 }
                 Event::EvalProgress {
                     system,
@@ -85,6 +93,8 @@ impl SelfretApp {
                     }
                     view.running = false;
                 }
+                Event::Explanation(e) => self.panels.query.explanation = Some(e),
+                Event::Bm25 { query, hits } => self.panels.query.bm25 = Some((query, hits)),
                 Event::Download { file, done, total } => {
                     self.shared.download = Some((file, done, total))
                 }

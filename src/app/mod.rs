@@ -12,12 +12,14 @@ mod commands;
 pub mod dialogs;
 mod errors;
 mod events;
+mod guide;
 mod panels;
 mod startup;
 mod state;
 
 pub use commands::{AppCommand, JobKind};
 pub use errors::{ErrorPlace, Errors};
+pub use guide::{GuideStep, TICK};
 pub use panels::{
     CorpusPanel, EvaluatePanel, ModelPanel, Panels, PseudoView, QueryPanel, TrainPanel, TrainView,
 };
@@ -66,6 +68,7 @@ impl eframe::App for SelfretApp {
             .default_size(120.0)
             .show(ui, |ui| self.side_panel(ui, &mut cmds));
         egui::CentralPanel::default().show(ui, |ui| {
+            self.guide(ui, &mut cmds);
             let kind = self.shared.project.panel;
             self.panels
                 .ui(kind, &mut self.shared, &self.dialogs, ui, &mut cmds)

@@ -16,6 +16,10 @@ pub struct Startup {
     pub corpus: Option<PathBuf>,
     pub run: Option<PathBuf>,
     pub ask: Option<String>,
+    /// With `ask`: score this passage for the question once it is answered.
+    pub explain: Option<String>,
+    /// With `ask`: show BM25's ranking beside the model's.
+    pub compare_bm25: bool,
     pub evaluate: Option<PathBuf>,
     pub panel: Option<PanelKind>,
 }
@@ -45,6 +49,7 @@ impl SelfretApp {
                 untitled: 0,
                 progress: None,
                 download: None,
+                trained: false,
             },
             panels: Panels::default(),
             project_file: String::new(),
@@ -67,6 +72,8 @@ impl SelfretApp {
             app.apply(AppCommand::OpenRun);
         }
         if let Some(q) = &startup.ask {
+            app.panels.query.show_bm25 = startup.compare_bm25;
+            app.panels.query.pending_explain = startup.explain.clone();
             app.panels.query.query_text = q.clone();
             app.apply(AppCommand::Query(q.clone()));
         }

@@ -79,6 +79,9 @@ pub struct Project {
     /// The preset the training settings were last filled from (None: set by hand).
     #[serde(default)]
     pub preset: Option<Preset>,
+    /// The getting-started strip was hidden (the side bar shows it again).
+    #[serde(default)]
+    pub guide_hidden: bool,
 }
 
 fn three() -> usize {
@@ -184,6 +187,7 @@ impl Default for Project {
             sentences_per_passage: 3,
             pseudo_per_passage: 0,
             preset: None,
+            guide_hidden: false,
         };
         // The demo: SmolLM2 with the quick preset, trained on the demo's queries and evaluated
         // on its dev questions (never trained on).
@@ -217,6 +221,8 @@ pub struct Shared {
     pub progress: Option<(String, usize, usize)>,
     /// Hub download progress: (file, bytes so far, total bytes).
     pub download: Option<(String, u64, u64)>,
+    /// The loaded model is a trained run (trained here or opened), not a base model.
+    pub trained: bool,
 }
 
 impl Shared {
@@ -261,6 +267,7 @@ mod tests {
             "sentences_per_passage",
             "pseudo_per_passage",
             "preset",
+            "guide_hidden",
         ];
         names.sort_unstable();
         expected.sort_unstable();
@@ -285,6 +292,7 @@ mod tests {
             "sentences_per_passage",
             "pseudo_per_passage",
             "preset",
+            "guide_hidden",
         ] {
             map.remove(later);
         }

@@ -123,6 +123,12 @@ pub struct GuiArgs {
     /// Ask this question once the model is loaded.
     #[arg(long)]
     pub ask: Option<String>,
+    /// With --ask: score this passage for the question ("why not this passage?").
+    #[arg(long, requires = "ask")]
+    pub explain: Option<String>,
+    /// With --ask: show BM25's top ten beside the model's.
+    #[arg(long, requires = "ask")]
+    pub bm25: bool,
     /// Evaluate on this query file once the model is loaded.
     #[arg(long)]
     pub evaluate: Option<PathBuf>,
@@ -139,6 +145,8 @@ impl GuiArgs {
             corpus: self.corpus,
             run: self.run,
             ask: self.ask,
+            explain: self.explain,
+            compare_bm25: self.bm25,
             evaluate: self.evaluate,
             panel: self.panel,
         }

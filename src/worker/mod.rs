@@ -50,6 +50,24 @@ pub enum Job {
     PseudoQueries(crate::train::pseudo::PseudoOptions),
     /// Give title-less passages model-written titles; write the corpus to the path.
     GenerateTitles(PathBuf),
+    /// Score one passage for the question of a trace ("why not this passage?").
+    Explain {
+        trace: Box<RetrievalTrace>,
+        passage_id: String,
+        opts: RetrieveOptions,
+    },
+    /// BM25's top passages for a question, to set beside the model's ranking.
+    Bm25 {
+        query: String,
+        k: usize,
+    },
+}
+
+/// One passage of BM25's ranking, as the Query panel lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bm25Hit {
+    pub passage_id: String,
+    pub title: String,
 }
 
 /// Control of the running job.
@@ -102,6 +120,13 @@ pub enum Event {
         file: String,
         done: u64,
         total: u64,
+    },
+    /// How the model scores a chosen passage for the current question.
+    Explanation(Box<crate::retrieve::Explanation>),
+    /// BM25's ranking for `query`, best first.
+    Bm25 {
+        query: String,
+        hits: Vec<Bm25Hit>,
     },
     Error(String),
     /// The job ended (successfully, cancelled or failed).
@@ -258,6 +283,13 @@ fn download_reporter<'a>(send: &'a dyn Fn(Event)) -> impl FnMut(&str, u64, u64) 
     }
 }
 
+/// The loaded model, or the error that says how to get one.
+fn loaded(session: &Option<QuerySession>) -> crate::Result<&QuerySession> {
+    session
+        .as_ref()
+        .ok_or_else(|| crate::Error::invalid("no model loaded: train or open a run first"))
+}
+
 fn run_job(
     job: Job,
     session: &mut Option<QuerySession>,
@@ -337,9 +369,7 @@ fn run_job(
         }
         Job::Query { text, opts } => {
             send(Event::Started(format!("query: {text}")));
-            let s = session.as_ref().ok_or_else(|| {
-                crate::Error::invalid("no model loaded: train or open a run first")
-            })?;
+            let s = loaded(session)?;
             let opts = s.options_for_model(&opts);
             let trace = s.query(&text, &opts, &mut |t| {
                 send(Event::Trace {
@@ -348,6 +378,34 @@ fn run_job(
                 })
             })?;
             send(Event::Trace { trace, done: true });
+            Ok(())
+        }
+        Job::Explain {
+            trace,
+            passage_id,
+            opts,
+        } => {
+            send(Event::Started(format!("scoring {passage_id}")));
+            let s = loaded(session)?;
+            let opts = s.options_for_model(&opts);
+            let e = s.explain(&trace, &passage_id, &opts)?;
+            send(Event::Explanation(Box::new(e)));
+            Ok(())
+        }
+        Job::Bm25 { query, k } => {
+            let s = loaded(session)?;
+            let hits = s
+                .bm25_top(&query, k)
+                .into_iter()
+                .map(|i| {
+                    let p = &s.corpus.passages[i];
+                    Bm25Hit {
+                        passage_id: p.id.clone(),
+                        title: p.title.clone(),
+                    }
+                })
+                .collect();
+            send(Event::Bm25 { query, hits });
             Ok(())
         }
         Job::Eval {

@@ -24,6 +24,8 @@ pub struct QuerySession {
     /// The base model without adapters (LoRA runs only), made the first time a query asks for
     /// it (about as much memory again as the model).
     base: std::sync::OnceLock<Option<crate::model::Llama>>,
+    /// BM25 over the same corpus, built the first time a query is compared with it.
+    bm25: std::sync::OnceLock<crate::eval::bm25::Bm25Index>,
 }
 
 impl QuerySession {
@@ -61,6 +63,7 @@ impl QuerySession {
             codec,
             trie,
             base: Default::default(),
+            bm25: Default::default(),
         })
     }
 
@@ -169,6 +172,14 @@ impl QuerySession {
             self.base_model()?;
         }
         self.retriever().explain(trace, pidx, opts)
+    }
+
+    /// BM25's top `k` passages for `query` over the session's corpus (the lexical baseline the
+    /// Query panel shows beside the model's ranking), best first.
+    pub fn bm25_top(&self, query: &str, k: usize) -> Vec<usize> {
+        self.bm25
+            .get_or_init(|| crate::eval::bm25::Bm25Index::new(&self.corpus, 0.9, 0.4))
+            .search(query, k)
     }
 
     /// Whether the model knows a language to read passages with: a tiny model built from the

@@ -18,6 +18,42 @@ pub struct CorpusPanel {
     pub selected_passage: Option<String>,
     /// What the last title generation did.
     pub titles_status: Option<String>,
+    /// Words to mark in the selected passage (the answer that cited it).
+    pub highlight: Option<String>,
+    /// The selected passage was opened from the Query panel (a link leads back).
+    pub from_query: bool,
+    /// The last question the Query panel ran: a selected passage can be scored for it.
+    pub question: Option<String>,
+}
+
+/// Byte range of the first case-insensitive occurrence of `needle` in `text` (ASCII case
+/// folding keeps byte offsets, so the range is valid in `text`).
+pub fn find_span(text: &str, needle: &str) -> Option<std::ops::Range<usize>> {
+    let needle = needle.trim();
+    if needle.is_empty() {
+        return None;
+    }
+    let start = text
+        .to_ascii_lowercase()
+        .find(&needle.to_ascii_lowercase())?;
+    Some(start..start + needle.len())
+}
+
+/// `text` with `span` drawn on a highlight (the answer inside its passage).
+fn marked_text(ui: &egui::Ui, text: &str, span: std::ops::Range<usize>) -> egui::text::LayoutJob {
+    let font = egui::TextStyle::Body.resolve(ui.style());
+    let plain = egui::TextFormat::simple(font.clone(), ui.visuals().text_color());
+    let marked = egui::TextFormat {
+        background: egui::Color32::from_rgb(250, 215, 90),
+        color: egui::Color32::BLACK,
+        ..egui::TextFormat::simple(font, ui.visuals().text_color())
+    };
+    let mut job = egui::text::LayoutJob::default();
+    job.append(&text[..span.start], 0.0, plain.clone());
+    job.append(&text[span.clone()], 0.0, marked);
+    job.append(&text[span.end..], 0.0, plain);
+    job.wrap.max_width = ui.available_width();
+    job
 }
 
 impl CorpusPanel {
@@ -206,6 +242,7 @@ impl CorpusPanel {
                                     self.selected_passage.as_deref() == Some(p.id.as_str());
                                 if ui.selectable_label(selected, &p.id).clicked() {
                                     self.selected_passage = Some(p.id.clone());
+                                    self.highlight = None;
                                 }
                                 ui.label(&p.title);
                                 ui.label(p.words().to_string());
@@ -218,12 +255,60 @@ impl CorpusPanel {
             if let Some(i) = corpus.index_of(id) {
                 let p = &corpus.passages[i];
                 ui.separator();
-                ui.strong(format!("{} - {}", p.id, p.title));
+                ui.horizontal(|ui| {
+                    ui.strong(format!("{} - {}", p.id, p.title));
+                    if self.from_query && ui.link("Back to the query").clicked() {
+                        cmds.push(AppCommand::SwitchPanel(crate::app::PanelKind::Query));
+                    }
+                    let can_explain = shared.session.is_some() && self.question.is_some();
+                    let why = ui
+                        .add_enabled(
+                            can_explain && !shared.is_busy(),
+                            egui::Button::new("Why not this passage?"),
+                        )
+                        .on_hover_text(
+                            "Scores this passage for the Query panel's question: its title's and \
+                             its own log-probabilities, P(reject), and where it would rank",
+                        )
+                        .on_disabled_hover_text("ask a question in the Query panel first");
+                    if why.clicked() {
+                        cmds.push(AppCommand::Explain(p.id.clone()));
+                    }
+                });
+                let span = self
+                    .highlight
+                    .as_deref()
+                    .and_then(|a| find_span(&p.text, a));
+                if let (Some(answer), None) = (&self.highlight, &span) {
+                    ui.weak(format!(
+                        "(the answer \"{answer}\" is not in the passage's words)"
+                    ));
+                }
                 egui::ScrollArea::vertical()
                     .id_salt("passage-text")
                     .max_height(SELECTED_TEXT_HEIGHT)
-                    .show(ui, |ui| ui.label(&p.text));
+                    .show(ui, |ui| match span {
+                        Some(span) => ui.label(marked_text(ui, &p.text, span)),
+                        None => ui.label(&p.text),
+                    });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_span;
+
+    #[test]
+    fn the_answer_is_found_in_its_passage_whatever_its_case() {
+        let text = "Karen Spärck Jones proposed IDF in 1972.";
+        assert_eq!(find_span(text, "in 1972"), Some(33..40));
+        assert_eq!(
+            &text[find_span(text, "PROPOSED idf").unwrap()],
+            "proposed IDF"
+        );
+        assert_eq!(find_span(text, "  "), None);
+        assert_eq!(find_span(text, "1973"), None);
     }
 }

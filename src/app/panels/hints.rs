@@ -17,6 +17,12 @@ pub const TITLE_BEAMS: &str = "How many titles the model writes for a question. 
 pub const PASSAGE_BEAMS: &str = "How many passages the model writes under each title. More find \
     more candidates, and take longer.";
 
+pub const WHY_NOT: &str = "Scores the passage typed beside it for the current question, as if \
+    the model had found it: its title's log-probability and place among the title beams, its \
+    tokens forced through the trie, P(reject), and the rank it would get.";
+pub const SIDE_BY_SIDE: &str = "Shows the lexical baseline BM25's top ten for the same question \
+    next to the model's top ten, marking the passages both found.";
+
 /// Query panel: the score table's columns.
 pub const SCORE_COLUMNS: [&str; 12] = [
     "Final rank, by the score S",

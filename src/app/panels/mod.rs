@@ -5,6 +5,7 @@
 mod corpus;
 mod evaluate;
 mod hints;
+mod inspect;
 mod model;
 mod query;
 mod train;
@@ -13,7 +14,7 @@ pub use corpus::CorpusPanel;
 pub use evaluate::{gold_answers, EvaluatePanel};
 pub use model::ModelPanel;
 pub use query::QueryPanel;
-pub use train::{PseudoView, TrainPanel, TrainView};
+pub use train::{holds_checkpoint, PseudoView, TrainPanel, TrainView};
 
 use super::dialogs::Dialogs;
 use super::errors::error_banner;

@@ -41,6 +41,16 @@ pub struct QueryPanel {
     pub score_sort: (usize, bool),
     pub export_path: String,
     pub export_status: Option<String>,
+    /// The passage typed for "why not this passage?".
+    pub explain_id: String,
+    /// A passage to score as soon as the running question is answered (`gui --explain`).
+    pub pending_explain: Option<String>,
+    /// How the model scores that passage for the current question.
+    pub explanation: Option<Box<crate::retrieve::Explanation>>,
+    /// Show BM25's ranking beside the model's.
+    pub show_bm25: bool,
+    /// BM25's top passages for a question: (question, hits).
+    pub bm25: Option<(String, Vec<crate::worker::Bm25Hit>)>,
 }
 
 impl Default for QueryPanel {
@@ -52,6 +62,11 @@ impl Default for QueryPanel {
             score_sort: (0, false),
             export_path: "trace.json".into(),
             export_status: None,
+            explain_id: String::new(),
+            explanation: None,
+            pending_explain: None,
+            show_bm25: false,
+            bm25: None,
         }
     }
 }
@@ -172,8 +187,15 @@ impl QueryPanel {
                 ui.strong("Answer:");
                 ui.label(&ans.text);
                 for id in &ans.cited {
-                    if ui.link(format!("[{id}]")).clicked() {
-                        cmds.push(AppCommand::ShowPassage(id.clone()));
+                    if ui
+                        .link(format!("[{id}]"))
+                        .on_hover_text("Open the cited passage with the answer marked")
+                        .clicked()
+                    {
+                        cmds.push(AppCommand::ShowCited {
+                            id: id.clone(),
+                            answer: ans.text.clone(),
+                        });
                     }
                 }
             });
@@ -184,6 +206,32 @@ impl QueryPanel {
         t.titles_ms, t.passages_ms, t.assess_ms, t.likelihood_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
     ));
         ui.horizontal(|ui| {
+            let l = ui.label("Passage id");
+            let r = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.explain_id)
+                        .hint_text("the gold passage, say")
+                        .desired_width(200.0),
+                )
+                .labelled_by(l.id);
+            let enter = r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let ready = self.trace_done && !shared.is_busy() && !self.explain_id.trim().is_empty();
+            let why = ui
+                .add_enabled(ready, egui::Button::new("Why not this passage?"))
+                .on_hover_text(hints::WHY_NOT);
+            if why.clicked() || (enter && ready) {
+                cmds.push(AppCommand::Explain(self.explain_id.clone()));
+            }
+            ui.separator();
+            let toggle = ui
+                .checkbox(&mut self.show_bm25, "Side by side with BM25")
+                .on_hover_text(hints::SIDE_BY_SIDE);
+            let have = self.bm25.as_ref().is_some_and(|(q, _)| *q == trace.query);
+            if toggle.changed() && self.show_bm25 && !have && self.trace_done {
+                cmds.push(AppCommand::CompareBm25);
+            }
+        });
+        ui.horizontal(|ui| {
             ui.colored_label(CHOSEN, "chosen by the model");
             ui.colored_label(FORCED, "forced by the trie");
             ui.colored_label(AUTO, "auto-completed");
@@ -191,6 +239,22 @@ impl QueryPanel {
         egui::ScrollArea::vertical()
             .id_salt("trace")
             .show(ui, |ui| {
+                if let Some(e) = self
+                    .explanation
+                    .as_deref()
+                    .filter(|e| e.placed.query == trace.query)
+                {
+                    super::inspect::explanation_view(ui, e, cmds);
+                    ui.separator();
+                }
+                if let Some((_, hits)) = self
+                    .bm25
+                    .as_ref()
+                    .filter(|(q, _)| self.show_bm25 && *q == trace.query)
+                {
+                    super::inspect::bm25_view(ui, trace, hits, cmds);
+                    ui.separator();
+                }
                 ui.horizontal(|ui| {
                     ui.strong("Ranking");
                     ui.weak("(click a column to sort)");
@@ -335,7 +399,8 @@ impl QueryPanel {
     }
 }
 
-fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
+/// One line of tokens, coloured by how each was produced, with its log-probabilities on hover.
+pub(super) fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]) {
     ui.horizontal_wrapped(|ui| {
         ui.spacing_mut().item_spacing.x = 0.0;
         for (k, s) in steps.iter().enumerate() {

@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::PseudoQueries(a)) => cli::pseudo_queries(a),
         Some(Command::Titles(a)) => cli::titles(a),
         Some(Command::Docids(a)) => cli::docids(a),
+        Some(Command::Export(a)) => cli::export(a),
         Some(Command::ExportData(a)) => cli::export_data(a),
     }
 }

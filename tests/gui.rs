@@ -201,6 +201,17 @@ fn corpus_train_cancel_query_and_rerank() {
     h.get_by_role_and_label(Role::Button, "Model").click();
     h.run_ok();
     assert!(h.query_by_label("parameters").is_some());
+    // The trained run's model leaves as a Hugging Face folder.
+    let hf = run_dir.path().join("hf");
+    h.state_mut().panels.model.export_path = hf.display().to_string();
+    h.get_by_role_and_label(Role::Button, "Export as Hugging Face folder")
+        .click();
+    h.run_ok();
+    wait_until(&mut h, "the export", 120, |a| {
+        !a.is_busy() && a.panels.model.export_status.is_some()
+    });
+    assert!(hf.join("model.safetensors").is_file() && hf.join("README.md").is_file());
+    assert!(h.query_by_label_contains("wrote ").is_some());
     h.get_by_role_and_label(Role::Button, "Corpus").click();
     h.run_ok();
     assert!(h.query_by_label_contains("trie: 35 titles").is_some());

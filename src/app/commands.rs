@@ -33,6 +33,8 @@ pub enum AppCommand {
     Explain(String),
     /// BM25's ranking of the current question beside the model's.
     CompareBm25,
+    /// Write the loaded run's model as a Hugging Face folder.
+    ExportModel(PathBuf),
     /// The demo's one click: demo corpus, SmolLM2 with the quick preset, Start.
     TrainDemo,
     SwitchPanel(PanelKind),
@@ -64,6 +66,7 @@ pub enum JobKind {
     Titles,
     Explain,
     Bm25,
+    Export,
 }
 
 impl JobKind {
@@ -72,7 +75,7 @@ impl JobKind {
         ErrorPlace::Panel(match self {
             JobKind::LoadCorpus | JobKind::Titles => PanelKind::Corpus,
             JobKind::Train | JobKind::OpenRun | JobKind::PseudoQueries => PanelKind::Train,
-            JobKind::OpenUntrained => PanelKind::Model,
+            JobKind::OpenUntrained | JobKind::Export => PanelKind::Model,
             JobKind::Query | JobKind::Explain | JobKind::Bm25 => PanelKind::Query,
             JobKind::Eval => PanelKind::Evaluate,
         })
@@ -209,6 +212,11 @@ impl SelfretApp {
                     };
                     self.submit(JobKind::Bm25, "BM25", job);
                 }
+            }
+            AppCommand::ExportModel(out) => {
+                self.panels.model.export_status = None;
+                let run = PathBuf::from(self.shared.project.run_dir.trim());
+                self.submit(JobKind::Export, "exporting", Job::Export { run, out });
             }
             AppCommand::TrainDemo => {
                 let demo = Project::default();

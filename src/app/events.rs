@@ -93,6 +93,14 @@ impl SelfretApp {
                     }
                     view.running = false;
                 }
+                Event::Exported(s) => {
+                    self.panels.model.export_status = Some(format!(
+                        "wrote {} (step {}{})",
+                        s.folder.display(),
+                        s.step,
+                        if s.merged_lora { ", LoRA merged" } else { "" }
+                    ))
+                }
                 Event::Explanation(e) => self.panels.query.explanation = Some(e),
                 Event::Bm25 { query, hits } => self.panels.query.bm25 = Some((query, hits)),
                 Event::Download { file, done, total } => {

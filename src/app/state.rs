@@ -84,6 +84,16 @@ pub struct Project {
     pub guide_hidden: bool,
 }
 
+/// Where a new run goes: `wanted` if nothing is there yet, else the first free `wanted-2`,
+/// `wanted-3`, ...: a new project never points Start at a run someone already made.
+pub fn new_run_dir(wanted: &std::path::Path) -> PathBuf {
+    if wanted.exists() {
+        super::panels::fresh_run_dir(wanted)
+    } else {
+        wanted.to_path_buf()
+    }
+}
+
 fn three() -> usize {
     3
 }
@@ -170,7 +180,7 @@ impl Default for Project {
             name: "demo".into(),
             corpus_path: root.join("corpora/ir_history.jsonl").display().to_string(),
             model_source: smollm2_path(),
-            run_dir: root.join("runs/demo").display().to_string(),
+            run_dir: new_run_dir(&root.join("runs/demo")).display().to_string(),
             lora: false,
             lora_rank: 8,
             steps: 300,
@@ -301,6 +311,19 @@ mod tests {
         assert_eq!(old.eval, EvalSettings::default());
         assert_eq!(old.preset, None);
         assert_eq!(old.name, p.name);
+    }
+
+    /// A new project's run folder is one that does not exist yet.
+    #[test]
+    fn a_new_project_trains_into_a_new_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = dir.path().join("demo");
+        assert_eq!(new_run_dir(&wanted), wanted);
+        std::fs::create_dir(&wanted).unwrap();
+        assert_eq!(new_run_dir(&wanted), dir.path().join("demo-2"));
+        assert!(!std::path::Path::new(&Project::default().run_dir)
+            .join("checkpoint")
+            .exists());
     }
 
     /// An opened run's settings replace the form's: the Steps field shows the run's 600, not

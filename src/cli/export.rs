@@ -8,6 +8,41 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
+/// Arguments of `export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Run directory made by `index`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The run's checkpoint folder to export (e.g. a learning-curve snapshot `checkpoint-30min`).
+    #[arg(long, default_value = "checkpoint")]
+    pub checkpoint: String,
+    /// Folder to write; an existing folder is kept unless --force.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Runs `export`: the run's model as a Hugging Face folder.
+pub fn export(a: ExportArgs) -> Result<()> {
+    let s = crate::worker::export::export_run(&a.run, &a.checkpoint, &a.out, a.force)?;
+    let merged = if s.merged_lora {
+        ", LoRA merged into the weights"
+    } else {
+        ""
+    };
+    println!(
+        "wrote {} ({} parameters, step {}{merged}): {}",
+        s.folder.display(),
+        s.parameters,
+        s.step,
+        crate::model::export::EXPORTED_FILES.join(", ")
+    );
+    Ok(())
+}
+
 /// Arguments of `export-data`.
 #[derive(Debug, clap::Args)]
 pub struct ExportDataArgs {

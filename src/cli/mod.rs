@@ -12,7 +12,7 @@ pub mod writing;
 
 pub use docids::{docids, DocidsArgs};
 pub use eval::{eval, tune, EvalArgs, TuneArgs};
-pub use export::{export_data, ExportDataArgs};
+pub use export::{export, export_data, ExportArgs, ExportDataArgs};
 pub use index::{index, IndexArgs};
 pub use query::{query, QueryArgs, RankArgs};
 pub use writing::{pseudo_queries, titles, PseudoArgs, TitlesArgs};
@@ -56,6 +56,8 @@ pub enum Command {
     PseudoQueries(PseudoArgs),
     /// Let a model write titles for passages that have none; writes a new JSONL corpus.
     Titles(TitlesArgs),
+    /// Write a run's model as a Hugging Face folder (LoRA merged, with a model card).
+    Export(ExportArgs),
     /// Write a run's exact training examples as prompt/completion JSONL (TRL's SFT format).
     ExportData(ExportDataArgs),
     /// Build the corpus's hierarchical semantic docids (the second retrieval mode) and print them.

@@ -12,6 +12,7 @@ pub mod backward;
 pub mod bundle;
 pub mod checkpoint;
 pub mod config;
+pub mod export;
 pub mod kv_cache;
 pub mod llama;
 pub mod lora;

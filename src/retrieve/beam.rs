@@ -55,6 +55,9 @@ impl Retriever<'_> {
         for b in beams {
             for st in &mut b.steps {
                 st.piece = self.piece(st.token);
+                for r in &mut st.rivals {
+                    r.piece = self.piece(r.token);
+                }
             }
         }
     }
@@ -70,6 +73,7 @@ impl Retriever<'_> {
                 logprob: None,
                 alternatives: 1,
                 trie_logprob: 0.0,
+                rivals: Vec::new(),
             });
         }
         beam
@@ -158,6 +162,11 @@ impl Retriever<'_> {
                     logprob: Some(lp),
                     alternatives: alts,
                     trie_logprob: if alts > 1 { lp - mass } else { 0.0 },
+                    rivals: super::trace::rivals(
+                        trie.allowed(parent.cursor),
+                        &logprobs[parent.row],
+                        tok,
+                    ),
                 });
                 if trie.unique_item(cursor).is_some() || trie.allowed(cursor).is_empty() {
                     finished.push(self.auto_complete(trie, beam));

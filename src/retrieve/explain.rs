@@ -88,6 +88,16 @@ fn forced_steps(
             logprob,
             alternatives,
             trie_logprob: trie_lp,
+            rivals: match kind {
+                StepKind::Chosen => {
+                    let mut r = super::trace::rivals(trie.allowed(cursor), lp, token);
+                    for x in &mut r {
+                        x.piece = piece(x.token);
+                    }
+                    r
+                }
+                _ => Vec::new(),
+            },
         });
         cursor = trie
             .advance(cursor, token)

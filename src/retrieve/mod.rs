@@ -20,7 +20,7 @@ pub use options::{
     RetrieveOptions, DEFAULT_PASSAGE_WEIGHT, DEFAULT_QUERY_WEIGHT, DEFAULT_TAU, DEFAULT_TITLES,
 };
 pub use trace::{
-    Answer, ForwardPass, PassageCandidate, RankedPassage, RetrievalTrace, StepKind, Timings,
+    Answer, ForwardPass, PassageCandidate, RankedPassage, RetrievalTrace, Rival, StepKind, Timings,
     TitleCandidate, TokenStep,
 };
 

@@ -30,6 +30,46 @@ pub struct TokenStep {
     /// the tokens the trie allowed (0 when only one was allowed).
     #[serde(default)]
     pub trie_logprob: f32,
+    /// The likeliest other tokens the trie allowed here (at most [`RIVALS`]), best first: what
+    /// the model would have written instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rivals: Vec<Rival>,
+}
+
+/// How many rivals a step keeps.
+pub const RIVALS: usize = 3;
+
+/// A token the trie allowed at a step besides the one taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rival {
+    pub token: u32,
+    pub piece: String,
+    pub logprob: f32,
+}
+
+/// The [`RIVALS`] likeliest tokens of `allowed` other than `taken`, under `logprobs`, best
+/// first (pieces are filled in later).
+pub fn rivals(allowed: &[u32], logprobs: &[f32], taken: u32) -> Vec<Rival> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(RIVALS + 1);
+    for &t in allowed.iter().filter(|&&t| t != taken) {
+        let lp = logprobs
+            .get(t as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        if best.len() == RIVALS && best.last().is_some_and(|&(_, worst)| lp <= worst) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, l)| l >= lp);
+        best.insert(at, (t, lp));
+        best.truncate(RIVALS);
+    }
+    best.into_iter()
+        .map(|(token, logprob)| Rival {
+            token,
+            piece: String::new(),
+            logprob,
+        })
+        .collect()
 }
 
 /// A title from the beam search.
@@ -227,5 +267,22 @@ impl RetrievalTrace {
     /// Passage ids, best first.
     pub fn ranked_ids(&self) -> Vec<&str> {
         self.ranking.iter().map(|r| r.passage_id.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod rival_tests {
+    use super::rivals;
+
+    /// The likeliest allowed tokens other than the one taken, best first, at most three.
+    #[test]
+    fn rivals_are_the_likeliest_other_allowed_tokens() {
+        let lp = [-0.5, -3.0, -1.0, -2.0, -0.1, -4.0];
+        let r = rivals(&[0, 1, 2, 3, 5], &lp, 0);
+        let tokens: Vec<u32> = r.iter().map(|r| r.token).collect();
+        // Token 4 is likeliest but not allowed; token 0 was taken.
+        assert_eq!(tokens, [2, 3, 1]);
+        assert_eq!(r[0].logprob, -1.0);
+        assert!(rivals(&[3], &lp, 3).is_empty());
     }
 }

@@ -4,6 +4,7 @@
 //! The jobs themselves: [`index`] (the training pipeline into a run directory), [`session`]
 //! (a model opened for querying), [`preset`] (the training recipes).
 
+pub mod export;
 pub mod index;
 pub mod preset;
 pub mod session;
@@ -55,6 +56,11 @@ pub enum Job {
         trace: Box<RetrievalTrace>,
         passage_id: String,
         opts: RetrieveOptions,
+    },
+    /// Write a run's model as a Hugging Face folder (an existing folder is refused).
+    Export {
+        run: PathBuf,
+        out: PathBuf,
     },
     /// BM25's top passages for a question, to set beside the model's ranking.
     Bm25 {
@@ -123,6 +129,8 @@ pub enum Event {
     },
     /// How the model scores a chosen passage for the current question.
     Explanation(Box<crate::retrieve::Explanation>),
+    /// A model was exported.
+    Exported(export::ExportSummary),
     /// BM25's ranking for `query`, best first.
     Bm25 {
         query: String,
@@ -390,6 +398,12 @@ fn run_job(
             let opts = s.options_for_model(&opts);
             let e = s.explain(&trace, &passage_id, &opts)?;
             send(Event::Explanation(Box::new(e)));
+            Ok(())
+        }
+        Job::Export { run, out } => {
+            send(Event::Started(format!("exporting to {}", out.display())));
+            let s = export::export_run(&run, "checkpoint", &out, false)?;
+            send(Event::Exported(s));
             Ok(())
         }
         Job::Bm25 { query, k } => {

@@ -24,6 +24,11 @@ pub struct QuerySession {
     /// The base model without adapters (LoRA runs only), made the first time a query asks for
     /// it (about as much memory again as the model).
     base: std::sync::OnceLock<Option<crate::model::Llama>>,
+    /// The model reads language (a tiny model built from the corpus does not).
+    reads_language: bool,
+    /// Where the base model for the query likelihood comes from when the bundle has no
+    /// adapters to take off: an exported folder's base file (the folder, its reference).
+    likelihood_base: Option<(std::path::PathBuf, crate::model::checkpoint::BaseRef)>,
     /// BM25 over the same corpus, built the first time a query is compared with it.
     bm25: std::sync::OnceLock<crate::eval::bm25::Bm25Index>,
 }
@@ -56,6 +61,7 @@ impl QuerySession {
         let trie = CorpusTrie::build(&corpus, &bundle.tokenizer, &codec)?;
         let model = bundle.inference()?;
         model.prepare_products()?;
+        let bundle_reads_language = bundle.source != ModelSource::Tiny;
         Ok(QuerySession {
             bundle,
             model,
@@ -64,6 +70,8 @@ impl QuerySession {
             trie,
             base: Default::default(),
             bm25: Default::default(),
+            reads_language: bundle_reads_language,
+            likelihood_base: None,
         })
     }
 
@@ -78,7 +86,15 @@ impl QuerySession {
         let device = crate::model::default_device();
         let mut bundle = load_base(&spec, &corpus, &device, progress)?;
         bundle.mode = TrainMode::Frozen;
-        Self::new(bundle, corpus)
+        let mut session = Self::new(bundle, corpus)?;
+        // A folder selfret exported says how its run retrieved.
+        if let ModelSource::HfFolder(dir) = source {
+            if let Some(note) = super::export::ExportManifest::read(dir)? {
+                session.reads_language = note.reads_language;
+                session.likelihood_base = note.likelihood_base.map(|b| (dir.clone(), b));
+            }
+        }
+        Ok(session)
     }
 
     /// A retriever over this session's model, corpus and trie.
@@ -186,7 +202,7 @@ impl QuerySession {
     /// corpus does not (it only memorises the corpus), so its query likelihood would be noise
     /// weighted into the ranking. The entry points (CLI, app) leave it out for such a model.
     pub fn reads_language(&self) -> bool {
-        self.bundle.source != ModelSource::Tiny
+        self.reads_language
     }
 
     /// The options a query runs with on this model: the query likelihood off for a model that
@@ -202,7 +218,16 @@ impl QuerySession {
     /// fine-tuned weights are all there is).
     pub fn base_model(&self) -> Result<Option<&crate::model::Llama>> {
         if self.base.get().is_none() {
-            let base = if self.bundle.model.lora_weights().is_empty() {
+            let base = if let Some((folder, base)) = &self.likelihood_base {
+                base.verify(folder)?;
+                let device = crate::model::default_device();
+                let source = ModelSource::Gguf(base.path.clone());
+                let w = crate::model::source::load_weights(&source, &device, None)?;
+                let b = ModelBundle::from_weights(w, source, TrainMode::Frozen, &device)?
+                    .inference()?;
+                b.prepare_products()?;
+                Some(b)
+            } else if self.bundle.model.lora_weights().is_empty() {
                 None
             } else {
                 let b = self.bundle.model.without_lora().for_inference()?;

@@ -14,7 +14,7 @@ pub use corpus::CorpusPanel;
 pub use evaluate::{gold_answers, EvaluatePanel};
 pub use model::ModelPanel;
 pub use query::QueryPanel;
-pub use train::{holds_checkpoint, PseudoView, TrainPanel, TrainView};
+pub use train::{fresh_run_dir, holds_checkpoint, PseudoView, TrainPanel, TrainView};
 
 use super::dialogs::Dialogs;
 use super::errors::error_banner;

@@ -12,6 +12,10 @@ use crate::model::ModelSource;
 pub struct ModelPanel {
     /// (source text, its parameter count when it can be known without loading the weights).
     selected_size: Option<(String, Option<usize>)>,
+    /// Where "Export as Hugging Face folder" writes (empty: beside the run, `RUN-hf`).
+    pub export_path: String,
+    /// What the last export wrote.
+    pub export_status: Option<String>,
 }
 
 /// Parameters of the model a source names, read without loading its weights: `None` when it
@@ -148,7 +152,43 @@ impl ModelPanel {
                 }
             });
         }
+        if shared.trained {
+            self.export_section(shared, ui, cmds);
+        }
         self.selected_model_note(shared, ui);
+    }
+
+    /// The loaded run's model as a Hugging Face folder, for transformers and other tools.
+    fn export_section(&mut self, shared: &Shared, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
+        ui.separator();
+        if self.export_path.trim().is_empty() {
+            self.export_path =
+                format!("{}-hf", shared.project.run_dir.trim().trim_end_matches('/'));
+        }
+        ui.horizontal(|ui| {
+            let l = ui.label("Export folder");
+            ui.add(egui::TextEdit::singleline(&mut self.export_path).desired_width(360.0))
+                .labelled_by(l.id);
+            if ui
+                .add_enabled(
+                    !shared.is_busy(),
+                    egui::Button::new("Export as Hugging Face folder"),
+                )
+                .on_hover_text(
+                    "Writes the trained model (LoRA merged) as config.json, model.safetensors, \
+                     tokenizer files and a model card, for transformers and other tools; an \
+                     existing folder is not replaced",
+                )
+                .clicked()
+            {
+                cmds.push(AppCommand::ExportModel(std::path::PathBuf::from(
+                    self.export_path.trim(),
+                )));
+            }
+        });
+        if let Some(s) = &self.export_status {
+            ui.weak(s.as_str());
+        }
     }
 }
 

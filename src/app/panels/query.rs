@@ -423,10 +423,18 @@ pub(super) fn token_line(ui: &mut egui::Ui, steps: &[crate::retrieve::TokenStep]
                 StepKind::Forced => "forced by the trie",
                 StepKind::AutoComplete => "auto-completed (the prefix was unique)",
             };
-            let hover = format!(
+            let mut hover = format!(
                 "{:?} ({kind}) | log p {lp} | log p under the trie {:.3} | {} tokens allowed",
                 s.piece, s.trie_logprob, s.alternatives
             );
+            if !s.rivals.is_empty() {
+                let others: Vec<String> = s
+                    .rivals
+                    .iter()
+                    .map(|r| format!("{:?} {:.3}", r.piece, r.logprob))
+                    .collect();
+                hover.push_str(&format!("\nthe trie also allowed: {}", others.join(", ")));
+            }
             // A newline in the text breaks the line, as the text reads, instead of showing as
             // a literal "\n".
             for (n, part) in s.piece.split('\n').enumerate() {

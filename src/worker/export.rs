@@ -1,0 +1,198 @@
+//! Exporting a run's model as a Hugging Face folder with a model card that says what it was
+//! trained on, how, and with which prompts (the CLI's `export` and the Model panel's button).
+
+use super::index::{checkpoint_dir, RunManifest};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::BaseRef;
+use crate::model::ModelSource;
+use crate::model::{ModelBundle, TrainMode};
+use crate::prompts::{ACCEPT, ASSESS_CUE, CONTENT_CUE, QUERY_PREFIX, REJECT, TITLE_CUE};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// selfret's own note in an exported folder (other tools ignore it): how to retrieve with the
+/// model as its run did.
+pub const EXPORT_MANIFEST: &str = "selfret.ron";
+
+/// What `--model FOLDER` needs to rank as the run ranked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportManifest {
+    /// False for a tiny model built from the corpus: it reads no language, so the query
+    /// likelihood stays off, as for its run.
+    pub reads_language: bool,
+    /// The base model a LoRA run read the query likelihood with (a GGUF file, by path and
+    /// checksum): the merged folder does not hold it.
+    pub likelihood_base: Option<BaseRef>,
+    /// The corpus the model was trained on.
+    pub corpus_fingerprint: String,
+}
+
+impl ExportManifest {
+    /// Reads `selfret.ron` from a model folder, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let file = dir.join(EXPORT_MANIFEST);
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        ron::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::bad_file(&file, format!("invalid export manifest: {e}")))
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSummary {
+    pub folder: PathBuf,
+    /// Optimiser steps the exported weights had taken.
+    pub step: u64,
+    pub parameters: usize,
+    /// LoRA adapters were merged into the weights.
+    pub merged_lora: bool,
+}
+
+/// Writes the model of `run` (its `checkpoint` folder, or a snapshot such as
+/// `checkpoint-30min`) to `out` as a Hugging Face folder. An existing `out` is refused unless
+/// `replace`: nothing a user made is overwritten without asking.
+pub fn export_run(
+    run: &Path,
+    checkpoint: &str,
+    out: &Path,
+    replace: bool,
+) -> Result<ExportSummary> {
+    if out.exists() && !replace {
+        return Err(Error::invalid(format!(
+            "{} exists: choose another folder, or replace it (--force)",
+            out.display()
+        )));
+    }
+    let manifest_path = run.join("run.ron");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    let manifest: RunManifest = ron::from_str(&text)
+        .map_err(|e| Error::bad_file(&manifest_path, format!("invalid run manifest: {e}")))?;
+    let ckpt = match checkpoint {
+        "checkpoint" => checkpoint_dir(run),
+        other => run.join(other),
+    };
+    let bundle = ModelBundle::load_checkpoint(
+        &ckpt,
+        Some(TrainMode::Frozen),
+        &crate::model::default_device(),
+    )?;
+    let ckpt_manifest = crate::model::checkpoint::Manifest::read(&ckpt)?;
+    let merged_lora = matches!(ckpt_manifest.mode, TrainMode::Lora(_));
+    let card = model_card(run, &manifest, &ckpt_manifest, &bundle);
+    let spec = &manifest.spec;
+    let note = ExportManifest {
+        reads_language: spec.model != ModelSource::Tiny,
+        likelihood_base: match (&ckpt_manifest.mode, &spec.model) {
+            (TrainMode::Lora(_), ModelSource::Gguf(path)) => Some(BaseRef::of(path)?),
+            _ => None,
+        },
+        corpus_fingerprint: manifest.corpus_fingerprint.clone(),
+    };
+    let note = ron::ser::to_string_pretty(&note, Default::default())
+        .map_err(|e| Error::invalid(format!("writing {EXPORT_MANIFEST}: {e}")))?;
+    let mut extra: Vec<(&str, Vec<u8>)> = vec![
+        ("selfret-run.ron", text.into_bytes()),
+        (EXPORT_MANIFEST, note.into_bytes()),
+    ];
+    // The docid tree (second retrieval mode) travels with the model when the run has one.
+    let docids = run.join("docids.json");
+    if docids.is_file() {
+        extra.push((
+            "docids.json",
+            std::fs::read(&docids).map_err(|e| Error::io(&docids, e))?,
+        ));
+    }
+    crate::model::export::write_hf_folder(&bundle, out, &card, &extra)?;
+    Ok(ExportSummary {
+        folder: out.to_path_buf(),
+        step: bundle.step,
+        parameters: bundle.model.config.parameter_count(),
+        merged_lora,
+    })
+}
+
+/// The README.md of an exported folder.
+fn model_card(
+    run: &Path,
+    manifest: &RunManifest,
+    ckpt: &crate::model::checkpoint::Manifest,
+    bundle: &ModelBundle,
+) -> String {
+    let spec = &manifest.spec;
+    let name = run
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
+    let mode = match &ckpt.mode {
+        TrainMode::Lora(l) => format!(
+            "LoRA rank {} (alpha {}) on {}, merged into the weights",
+            l.rank,
+            l.alpha,
+            l.targets
+                .iter()
+                .map(|t| format!("{t:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        TrainMode::Full => "full fine-tuning".into(),
+        TrainMode::Frozen => "no training".into(),
+    };
+    let budget = match spec.train.epochs {
+        Some(e) => format!("{e} epochs ({} steps planned)", spec.train.steps),
+        None => format!("{} steps", spec.train.steps),
+    };
+    let recipe = ron::ser::to_string_pretty(spec, Default::default()).unwrap_or_default();
+    let eos = bundle
+        .tokenizer
+        .id_to_token(bundle.special.eos)
+        .unwrap_or_else(|| format!("<{}>", bundle.special.eos));
+    let q = |s: &str| s.replace('\n', "\\n");
+    format!(
+        "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- selfret\n- \
+         self-retrieval\n- generative-retrieval\n---\n\n\
+         # {name}: one corpus internalised by a language model\n\n\
+         Fine-tuned with selfret to retrieve passages of one corpus by generating their titles \
+         and text (Self-Retrieval, Tang et al., NeurIPS 2024). It answers only about that corpus.\n\n\
+         ## Training\n\n\
+         - base model: `{source}`\n\
+         - {mode}\n\
+         - steps taken: {step}; budget {budget}; learning rate {lr}; {batch} tokens per batch\n\
+         - task mix (passes per epoch): indexing {ix}, retrieval {rt}, self-assessment {sa}\n\
+         - corpus: `{corpus}`, fingerprint `{fp}`\n\
+         - selfret commit: {commit}\n\n\
+         The whole recipe is in `selfret-run.ron`:\n\n```ron\n{recipe}\n```\n\n\
+         ## Prompt formats\n\n\
+         Each segment is tokenized on its own and the ids concatenated.\n\n\
+         - retrieval: `{qp}{{question}}{tc}` then ` {{title}}{cc}` then ` {{passage}}{eos}`\n\
+         - indexing: a sentence of the passage in place of the question, the same completion\n\
+         - self-assessment: the retrieval sequence, then `{ac}`, then `{acc} {{answer}}{eos}` or \
+         `{rej}{eos}`\n\n\
+         ## Retrieving with it\n\n\
+         ```sh\nselfret query --model FOLDER --corpus {corpus} \"your question\"\n```\n\n\
+         Retrieval is constrained by a token trie over that corpus's titles and passages, so it \
+         needs the same corpus (the fingerprint above). A LoRA run ranks by default with the query \
+         likelihood read by the base model before fine-tuning; this folder holds the merged \
+         weights, and `selfret.ron` names that base file (by path and checksum) so that selfret \
+         reads it as the run did when the file is there.\n",
+        source = ckpt.source,
+        step = bundle.step,
+        lr = spec.train.lr,
+        batch = spec.train.batch_tokens,
+        ix = spec.train.mix.indexing,
+        rt = spec.train.mix.retrieval,
+        sa = spec.train.mix.assessment,
+        corpus = spec.corpus.display(),
+        fp = manifest.corpus_fingerprint,
+        commit = manifest.git_commit.as_deref().unwrap_or("unknown"),
+        qp = q(QUERY_PREFIX),
+        tc = q(TITLE_CUE),
+        cc = q(CONTENT_CUE),
+        ac = q(ASSESS_CUE),
+        acc = q(ACCEPT),
+        rej = q(REJECT),
+    )
+}

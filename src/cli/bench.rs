@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Timed repetitions per measurement (the median is printed).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Passages of the trie bench's synthetic corpus (the real corpora's texts repeated under
+    /// new titles); the paper's NQ corpus has about 1,000,000.
+    #[arg(long, default_value_t = 100_000)]
+    pub scale: usize,
 }
 
 /// Peak resident memory of this process, in MB (Linux).
@@ -663,10 +667,9 @@ fn bench_trie(a: &BenchArgs) -> Result<()> {
         }
     }
     let sources: Vec<Corpus> = corpora.iter().map(|(_, c)| c.clone()).collect();
-    corpora.push((
-        "synthetic 100K passages".into(),
-        scaled_corpus(&sources, 100_000),
-    ));
+    let synthetic = scaled_corpus(&sources, a.scale);
+    let load = time_jsonl_load(&synthetic)?;
+    corpora.push((format!("synthetic {} passages", a.scale), synthetic));
     // The SmolLM2 tokenizer when present (what a real run uses), else a tiny one.
     let source: ModelSource = a.model.parse().unwrap_or(ModelSource::Tiny);
     let (tok, eos) = match &source {
@@ -714,7 +717,41 @@ fn bench_trie(a: &BenchArgs) -> Result<()> {
             s.bytes_per_token() / 4.0
         );
     }
+    let (bytes, secs) = load;
+    println!(
+        "\nThe synthetic corpus as a {} MB JSONL file loads in {secs:.2} s (`corpus::load_path`); \
+         peak memory of the whole bench {:.0} MB.",
+        bytes / 1_000_000,
+        peak_rss_mb().unwrap_or(f64::NAN)
+    );
     Ok(())
+}
+
+/// Writes `corpus` as JSONL to a temporary file and times loading it back: (file bytes, s).
+fn time_jsonl_load(corpus: &Corpus) -> Result<(u64, f64)> {
+    let path = std::env::temp_dir().join(format!("selfret-scale-{}.jsonl", std::process::id()));
+    {
+        let f = std::fs::File::create(&path).with_context(|| path.display().to_string())?;
+        let mut w = std::io::BufWriter::new(f);
+        for p in &corpus.passages {
+            serde_json::to_writer(&mut w, &serde_json::json!({"id": p.id, "title": p.title, "text": p.text}))?;
+            std::io::Write::write_all(&mut w, b"\n")?;
+        }
+        std::io::Write::flush(&mut w)?;
+    }
+    let bytes = std::fs::metadata(&path)?.len();
+    let t0 = Instant::now();
+    let loaded = load_path(&path, &LoadOptions::default());
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    let loaded = loaded?;
+    anyhow::ensure!(
+        loaded.len() >= corpus.len(),
+        "the synthetic corpus lost passages on loading ({} of {})",
+        loaded.len(),
+        corpus.len()
+    );
+    Ok((bytes, secs))
 }
 
 /// The pipeline `bench/hf_reference.py` replays (the paper's: titles, passages, self-assessment,

@@ -8,7 +8,9 @@ SFTTrainer: the path for a corpus that outgrows one CPU (docs/scale.md).
     selfret query --model nq-hf-trained --corpus corpus.jsonl "a question"
 
 The JSONL lines are {"prompt", "completion", "task"}: TRL's prompt-completion format, so the loss
-is on the completion only, as selfret trains. Multi-GPU: `accelerate launch scripts/train_hf.py
+is on the completion only, as selfret trains. TRL tokenizes prompt and prompt + completion as
+whole strings where selfret joins separately tokenized segments, so the ids can differ at a
+join (not checked here; TRL warns where it notices a mismatch). Multi-GPU: `accelerate launch scripts/train_hf.py
 ...` with an FSDP or DeepSpeed accelerate config; nothing here is CPU-specific.
 
 Needs: pip install torch transformers trl datasets (and peft for --lora).
@@ -28,7 +30,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=8, help="examples per device per step")
     ap.add_argument("--lora", type=int, default=32, help="LoRA rank (0: full fine-tuning)")
-    ap.add_argument("--max-length", type=int, default=384)
+    ap.add_argument("--max-length", type=int, default=0, help="0: the longest exported example")
+    ap.add_argument("--warmup-steps", type=int, default=10)
     args = ap.parse_args()
 
     from datasets import Dataset
@@ -36,6 +39,7 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
 
     rows = []
+    longest = 0
     with open(args.data, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -44,6 +48,7 @@ def main() -> None:
             try:
                 r = json.loads(line)
                 rows.append({"prompt": r["prompt"], "completion": r["completion"]})
+                longest = max(longest, r.get("prompt_tokens", 0) + r.get("completion_tokens", 0))
             except (json.JSONDecodeError, KeyError) as e:
                 raise SystemExit(f"{args.data}:{n}: not an exported example ({e})")
     if not rows:
@@ -69,9 +74,12 @@ def main() -> None:
         learning_rate=args.lr,
         per_device_train_batch_size=args.batch,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
+        warmup_steps=args.warmup_steps,
         max_grad_norm=1.0,
-        max_length=args.max_length,
+        # Long enough for every example, so none loses its end token to truncation.
+        max_length=args.max_length or max(longest + 8, 64),
+        bf16=False,
+        gradient_checkpointing=False,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -86,10 +94,12 @@ def main() -> None:
         peft_config=peft_config,
     )
     trainer.train()
-    model = trainer.model
+    if not trainer.accelerator.is_main_process:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if peft_config is not None:
         model = model.merge_and_unload()
-    model.save_pretrained(args.out, safe_serialization=True)
+    model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     print(f"wrote {args.out} ({len(rows)} examples)")
 

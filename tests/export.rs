@@ -72,9 +72,26 @@ fn an_exported_folder_ranks_as_its_run() {
     let card = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(card.contains("merged into the weights") && card.contains("Related document title:"));
 
-    // Nothing is overwritten without asking.
+    // Nothing is overwritten without asking, and never the run itself.
     let again = export_run(&run, "checkpoint", &out, false).unwrap_err();
     assert!(again.to_string().contains("exists"), "{again}");
+    for inside in [run.clone(), run.join("checkpoint")] {
+        let e = export_run(&run, "checkpoint", &inside, true).unwrap_err();
+        assert!(e.to_string().contains("folder of its own"), "{e}");
+        assert!(run.join("checkpoint/manifest.ron").is_file());
+    }
+    // Another corpus is refused: the trie would not be the one the model learned.
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(
+        &other,
+        "{\"id\":\"a\",\"title\":\"A\",\"text\":\"Something else entirely, written for this test.\"}\n",
+    )
+    .unwrap();
+    let Err(e) = QuerySession::open_untrained(&ModelSource::HfFolder(out.clone()), &other, None)
+    else {
+        panic!("another corpus must be refused");
+    };
+    assert!(e.to_string().contains("not the corpus"), "{e}");
 
     // The folder, opened as a plain model over the corpus, ranks and scores as the run.
     let from_run = QuerySession::open_run(&run).unwrap();

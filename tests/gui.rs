@@ -69,6 +69,20 @@ fn corpus_train_cancel_query_and_rerank() {
     h.get_by_role_and_label(Role::Button, "Train").click();
     h.run_ok();
     h.state_mut().shared.project.model_source = "tiny".into();
+    // The guide's demo button asks before the demo's settings replace the user's.
+    h.get_by_label("Train the demo (SmolLM2, quick preset)")
+        .click();
+    h.run_ok();
+    assert!(h
+        .query_by_label_contains("replaces the project's corpus")
+        .is_some());
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    h.run_ok();
+    assert!(h
+        .query_by_label_contains("replaces the project's corpus")
+        .is_none());
+    assert_eq!(h.state().shared.project.model_source, "tiny");
+    assert!(!h.state().is_busy());
     h.get_by_label("thorough").click();
     h.run_ok();
     assert_eq!(
@@ -211,7 +225,9 @@ fn corpus_train_cancel_query_and_rerank() {
         !a.is_busy() && a.panels.model.export_status.is_some()
     });
     assert!(hf.join("model.safetensors").is_file() && hf.join("README.md").is_file());
-    assert!(h.query_by_label_contains("wrote ").is_some());
+    assert!(h
+        .query_by_label_contains(&format!("wrote {}", hf.display()))
+        .is_some());
     h.get_by_role_and_label(Role::Button, "Corpus").click();
     h.run_ok();
     assert!(h.query_by_label_contains("trie: 35 titles").is_some());

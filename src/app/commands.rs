@@ -37,6 +37,8 @@ pub enum AppCommand {
     ExportModel(PathBuf),
     /// The demo's one click: demo corpus, SmolLM2 with the quick preset, Start.
     TrainDemo,
+    /// Open the demo run already trained in runs/demo.
+    OpenDemo,
     SwitchPanel(PanelKind),
     RunEval,
     /// Put a question in the Query panel and run it.
@@ -102,9 +104,11 @@ impl SelfretApp {
                         self.panels.train.view = TrainView::default();
                     }
                     self.panels.train.view.running = true;
+                    let run = PathBuf::from(self.shared.project.run_dir.trim());
+                    self.shared.opening_run = Some(run.clone());
                     let job = Job::Index {
                         spec: Box::new(spec),
-                        run: PathBuf::from(self.shared.project.run_dir.trim()),
+                        run,
                         resume,
                     };
                     self.submit(JobKind::Train, "training", job);
@@ -125,6 +129,7 @@ impl SelfretApp {
                         if let Some(spec) = run_settings(&run) {
                             self.shared.project.take_run_settings(&spec);
                         }
+                        self.shared.opening_run = Some(run.clone());
                         self.submit(JobKind::OpenRun, "opening run", Job::OpenRun(run));
                     }
                     Err(e) => self.shared.errors.set(JobKind::OpenRun.place(), e),
@@ -156,6 +161,7 @@ impl SelfretApp {
                 self.panels.query.export_status = None;
                 self.panels.query.explanation = None;
                 self.panels.query.bm25 = None;
+                self.panels.query.asked_with = Some(self.shared.project.retrieve.clone());
                 let job = Job::Query {
                     text: q.clone(),
                     opts: self.shared.project.retrieve.clone(),
@@ -197,14 +203,23 @@ impl SelfretApp {
                 self.panels.query.explain_id = id.clone();
                 self.panels.query.explanation = None;
                 self.shared.project.panel = PanelKind::Query;
+                let opts = self
+                    .panels
+                    .query
+                    .asked_with
+                    .clone()
+                    .unwrap_or_else(|| self.shared.project.retrieve.clone());
                 let job = Job::Explain {
                     trace: Box::new(trace),
                     passage_id: id.clone(),
-                    opts: self.shared.project.retrieve.clone(),
+                    opts,
                 };
                 self.submit(JobKind::Explain, &format!("scoring {id}"), job);
             }
             AppCommand::CompareBm25 => {
+                if self.shared.is_busy() {
+                    return;
+                }
                 if let Some(t) = &self.panels.query.trace {
                     let job = Job::Bm25 {
                         query: t.query.clone(),
@@ -215,8 +230,25 @@ impl SelfretApp {
             }
             AppCommand::ExportModel(out) => {
                 self.panels.model.export_status = None;
-                let run = PathBuf::from(self.shared.project.run_dir.trim());
+                // The run whose model is loaded, not whatever the run field says now.
+                let Some(run) = self.shared.loaded_run.clone() else {
+                    let e = "open or train a run first: its model is what is exported";
+                    self.shared.errors.set(JobKind::Export.place(), e);
+                    return;
+                };
                 self.submit(JobKind::Export, "exporting", Job::Export { run, out });
+            }
+            AppCommand::OpenDemo => {
+                let demo = Project::default();
+                if self.shared.project.corpus_path != demo.corpus_path
+                    || self.shared.corpus.is_none()
+                {
+                    self.shared.project.corpus_path = demo.corpus_path;
+                    self.apply(AppCommand::LoadCorpus);
+                }
+                self.shared.project.run_dir = super::guide::demo_run().display().to_string();
+                self.shared.project.eval.queries_path = demo.eval.queries_path;
+                self.apply(AppCommand::OpenRun);
             }
             AppCommand::TrainDemo => {
                 let demo = Project::default();

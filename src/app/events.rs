@@ -24,6 +24,7 @@ impl SelfretApp {
                     }
                 }
                 Event::CorpusLoaded(c) => {
+                    self.forget_question();
                     self.shared.untitled = c.untitled().len();
                     self.shared.corpus = Some(c);
                     self.panels.corpus.matches = None;
@@ -33,6 +34,12 @@ impl SelfretApp {
                 Event::SessionReady(info) => {
                     self.shared.trained =
                         matches!(self.running_job(), Some(JobKind::Train | JobKind::OpenRun));
+                    self.shared.loaded_run = match self.shared.trained {
+                        true => self.shared.opening_run.clone(),
+                        false => None,
+                    };
+                    // The last question's results were the previous model's.
+                    self.forget_question();
                     self.shared.session_info = Some(info.description.clone());
                     self.shared.session = Some(info);
                 }
@@ -114,7 +121,13 @@ impl SelfretApp {
                     self.shared.errors.set(place, e);
                 }
                 Event::Finished => {
-                    if self.jobs.pop_front() == Some(JobKind::Eval) {
+                    let job = self.jobs.pop_front();
+                    if job == Some(JobKind::Query) {
+                        // A question that failed must not leave its passage to score for the
+                        // next one.
+                        self.panels.query.pending_explain = None;
+                    }
+                    if job == Some(JobKind::Eval) {
                         // A failed run leaves the previous results, and no progress bar.
                         self.panels.evaluate.progress = None;
                         self.panels.evaluate.running_query_file = None;
@@ -130,6 +143,17 @@ impl SelfretApp {
                 }
             }
         }
+    }
+
+    /// Drops the last question's trace, explanation and BM25 list (another model or corpus
+    /// now answers).
+    fn forget_question(&mut self) {
+        let q = &mut self.panels.query;
+        q.trace = None;
+        q.trace_done = false;
+        q.explanation = None;
+        q.bm25 = None;
+        self.panels.corpus.question = None;
     }
 
     /// Fills in the path a dialog chose; a corpus loads and a project opens or saves at once.

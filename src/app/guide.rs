@@ -98,7 +98,24 @@ impl SelfretApp {
                      training questions, and starts training (about 13 minutes on a 2-core CPU)",
                 );
             if demo.clicked() {
-                cmds.push(AppCommand::TrainDemo);
+                if self.is_demo_project() {
+                    cmds.push(AppCommand::TrainDemo);
+                } else {
+                    self.confirm_demo = true;
+                }
+            }
+            let trained_demo = demo_run();
+            if super::panels::holds_checkpoint(&trained_demo)
+                && self.shared.loaded_run.as_deref() != Some(trained_demo.as_path())
+                && ui
+                    .add_enabled(!self.shared.is_busy(), egui::Button::new("Open the trained demo"))
+                    .on_hover_text(format!(
+                        "Opens the demo run already trained in {}",
+                        trained_demo.display()
+                    ))
+                    .clicked()
+            {
+                cmds.push(AppCommand::OpenDemo);
             }
             if ui
                 .small_button("Hide guide")
@@ -108,11 +125,54 @@ impl SelfretApp {
                 self.shared.project.guide_hidden = true;
             }
         });
+        self.demo_dialog(ui.ctx(), cmds);
         match steps.iter().position(|s| !s.done) {
             Some(k) => ui.weak(format!("Next: {} {}", k + 1, steps[k].todo())),
             None => ui.weak("Every step done: try other questions, weights or corpora."),
         };
         ui.separator();
+    }
+}
+
+/// Where the demo's first run is trained (later ones go beside it, `demo-2`, ...).
+pub fn demo_run() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("runs/demo")
+}
+
+impl SelfretApp {
+    /// The project already trains the demo: its corpus, model and questions are the demo's.
+    fn is_demo_project(&self) -> bool {
+        let demo = super::Project::default();
+        let p = &self.shared.project;
+        p.corpus_path == demo.corpus_path
+            && p.model_source == demo.model_source
+            && p.queries_path == demo.queries_path
+    }
+
+    /// Asks before the demo's settings replace a project the user set up.
+    fn demo_dialog(&mut self, ctx: &egui::Context, cmds: &mut Vec<AppCommand>) {
+        if !self.confirm_demo {
+            return;
+        }
+        egui::Window::new("Train the demo?")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, [0.0, 0.0])
+            .show(ctx, |ui| {
+                ui.label(
+                    "This replaces the project's corpus, model, question files and training \
+                     settings with the demo's. To keep them, save the project first (side bar).",
+                );
+                ui.horizontal(|ui| {
+                    if ui.button("Replace and train").clicked() {
+                        cmds.push(AppCommand::TrainDemo);
+                        self.confirm_demo = false;
+                    }
+                    if ui.button("Cancel").clicked() {
+                        self.confirm_demo = false;
+                    }
+                });
+            });
     }
 }
 

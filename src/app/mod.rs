@@ -42,6 +42,8 @@ pub struct SelfretApp {
     jobs: std::collections::VecDeque<JobKind>,
     worker: Worker,
     ctx: egui::Context,
+    /// The guide's "Train the demo" asks before replacing the project's settings.
+    confirm_demo: bool,
 }
 
 impl SelfretApp {

@@ -50,6 +50,8 @@ impl SelfretApp {
                 progress: None,
                 download: None,
                 trained: false,
+                loaded_run: None,
+                opening_run: None,
             },
             panels: Panels::default(),
             project_file: String::new(),
@@ -57,6 +59,7 @@ impl SelfretApp {
             jobs: Default::default(),
             worker,
             ctx: cc.egui_ctx.clone(),
+            confirm_demo: false,
         };
         if let Some(p) = &startup.project {
             app.project_file = p.display().to_string();

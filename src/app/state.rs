@@ -233,6 +233,10 @@ pub struct Shared {
     pub download: Option<(String, u64, u64)>,
     /// The loaded model is a trained run (trained here or opened), not a base model.
     pub trained: bool,
+    /// The run folder whose model is loaded (exports read it).
+    pub loaded_run: Option<PathBuf>,
+    /// The run folder of the training or opening job in flight.
+    pub opening_run: Option<PathBuf>,
 }
 
 impl Shared {
@@ -321,9 +325,8 @@ mod tests {
         assert_eq!(new_run_dir(&wanted), wanted);
         std::fs::create_dir(&wanted).unwrap();
         assert_eq!(new_run_dir(&wanted), dir.path().join("demo-2"));
-        assert!(!std::path::Path::new(&Project::default().run_dir)
-            .join("checkpoint")
-            .exists());
+        std::fs::create_dir(dir.path().join("demo-2")).unwrap();
+        assert_eq!(new_run_dir(&wanted), dir.path().join("demo-3"));
     }
 
     /// An opened run's settings replace the form's: the Steps field shows the run's 600, not

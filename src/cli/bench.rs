@@ -729,22 +729,31 @@ fn bench_trie(a: &BenchArgs) -> Result<()> {
 
 /// Writes `corpus` as JSONL to a temporary file and times loading it back: (file bytes, s).
 fn time_jsonl_load(corpus: &Corpus) -> Result<(u64, f64)> {
-    let path = std::env::temp_dir().join(format!("selfret-scale-{}.jsonl", std::process::id()));
+    // Removed however this ends: at a million passages the file is hundreds of MB.
+    let file = tempfile::Builder::new()
+        .prefix("selfret-scale-")
+        .suffix(".jsonl")
+        .tempfile()?;
+    let path = file.path().to_path_buf();
     {
-        let f = std::fs::File::create(&path).with_context(|| path.display().to_string())?;
+        let f = file.reopen().with_context(|| path.display().to_string())?;
         let mut w = std::io::BufWriter::new(f);
         for p in &corpus.passages {
-            serde_json::to_writer(&mut w, &serde_json::json!({"id": p.id, "title": p.title, "text": p.text}))?;
+            serde_json::to_writer(
+                &mut w,
+                &serde_json::json!({"id": p.id, "title": p.title, "text": p.text}),
+            )?;
             std::io::Write::write_all(&mut w, b"\n")?;
         }
         std::io::Write::flush(&mut w)?;
     }
-    let bytes = std::fs::metadata(&path)?.len();
+    let bytes = std::fs::metadata(&path)
+        .with_context(|| path.display().to_string())?
+        .len();
     let t0 = Instant::now();
-    let loaded = load_path(&path, &LoadOptions::default());
+    let loaded = load_path(&path, &LoadOptions::default())?;
     let secs = t0.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    let loaded = loaded?;
+    drop(file);
     anyhow::ensure!(
         loaded.len() >= corpus.len(),
         "the synthetic corpus lost passages on loading ({} of {})",

@@ -50,6 +50,27 @@ pub struct Explanation {
     pub placed: RetrievalTrace,
 }
 
+impl Explanation {
+    /// Re-ranks the placed candidates at new weights (tau, delta, the passage and query
+    /// weights moved after the question ran) and takes the passage's new scores and rank.
+    pub fn rerank(&mut self, w: super::score::RankWeights) {
+        self.placed.rerank(w);
+        if let Some(c) = self
+            .placed
+            .candidates
+            .iter()
+            .find(|c| c.passage_id == self.passage_id)
+        {
+            self.s_t = self.placed.titles[c.title_rank].s_t;
+            self.s_gen = c.s_gen;
+            self.s_p = c.s_p;
+            self.s_q = c.s_q;
+            self.s = c.s;
+            self.rank = c.rank;
+        }
+    }
+}
+
 /// Walks `seq` through `trie`, turning each position's log-probability row into a step: the
 /// token, its log-probability, how many tokens the trie allowed and its log-probability
 /// renormalised over them (0 when only one was allowed, as in the beam search).

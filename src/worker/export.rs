@@ -63,8 +63,18 @@ pub fn export_run(
 ) -> Result<ExportSummary> {
     if out.exists() && !replace {
         return Err(Error::invalid(format!(
-            "{} exists: choose another folder, or replace it (--force)",
+            "{} exists: choose another folder (or replace it)",
             out.display()
+        )));
+    }
+    // Replacing a folder that holds the run (or lies inside it) would delete what is exported.
+    let full = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (run_full, out_full) = (full(run), full(out));
+    if out_full.starts_with(&run_full) || run_full.starts_with(&out_full) {
+        return Err(Error::invalid(format!(
+            "{} is the run folder {} or lies inside or around it: export to a folder of its own",
+            out.display(),
+            run.display()
         )));
     }
     let manifest_path = run.join("run.ron");
@@ -82,21 +92,23 @@ pub fn export_run(
     )?;
     let ckpt_manifest = crate::model::checkpoint::Manifest::read(&ckpt)?;
     let merged_lora = matches!(ckpt_manifest.mode, TrainMode::Lora(_));
-    let card = model_card(run, &manifest, &ckpt_manifest, &bundle);
-    let spec = &manifest.spec;
     let note = ExportManifest {
-        reads_language: spec.model != ModelSource::Tiny,
-        likelihood_base: match (&ckpt_manifest.mode, &spec.model) {
-            (TrainMode::Lora(_), ModelSource::Gguf(path)) => Some(BaseRef::of(path)?),
+        reads_language: manifest.spec.model != ModelSource::Tiny,
+        // The reference written at training time (an absolute path, the checksum of the file
+        // trained on), not whatever sits at the recipe's path now. LoRA on a GGUF base only:
+        // other bases are not kept apart from the merged weights.
+        likelihood_base: match ckpt_manifest.mode {
+            TrainMode::Lora(_) => BaseRef::read(&ckpt)?,
             _ => None,
         },
         corpus_fingerprint: manifest.corpus_fingerprint.clone(),
     };
-    let note = ron::ser::to_string_pretty(&note, Default::default())
+    let card = model_card(run, &manifest, &ckpt_manifest, &bundle, &note);
+    let note_text = ron::ser::to_string_pretty(&note, Default::default())
         .map_err(|e| Error::invalid(format!("writing {EXPORT_MANIFEST}: {e}")))?;
     let mut extra: Vec<(&str, Vec<u8>)> = vec![
         ("selfret-run.ron", text.into_bytes()),
-        (EXPORT_MANIFEST, note.into_bytes()),
+        (EXPORT_MANIFEST, note_text.into_bytes()),
     ];
     // The docid tree (second retrieval mode) travels with the model when the run has one.
     let docids = run.join("docids.json");
@@ -106,7 +118,8 @@ pub fn export_run(
             std::fs::read(&docids).map_err(|e| Error::io(&docids, e))?,
         ));
     }
-    crate::model::export::write_hf_folder(&bundle, out, &card, &extra)?;
+    crate::model::export::write_hf_folder(&bundle, out, &card, &extra)
+        .map_err(|e| Error::invalid(format!("exporting to {}: {e}", out.display())))?;
     Ok(ExportSummary {
         folder: out.to_path_buf(),
         step: bundle.step,
@@ -121,6 +134,7 @@ fn model_card(
     manifest: &RunManifest,
     ckpt: &crate::model::checkpoint::Manifest,
     bundle: &ModelBundle,
+    note: &ExportManifest,
 ) -> String {
     let spec = &manifest.spec;
     let name = run
@@ -141,9 +155,20 @@ fn model_card(
         TrainMode::Full => "full fine-tuning".into(),
         TrainMode::Frozen => "no training".into(),
     };
-    let budget = match spec.train.epochs {
-        Some(e) => format!("{e} epochs ({} steps planned)", spec.train.steps),
-        None => format!("{} steps", spec.train.steps),
+    let (budget, mix_is) = match spec.train.epochs {
+        Some(e) => (
+            format!("{e} epochs ({} steps planned)", spec.train.steps),
+            "passes per epoch",
+        ),
+        None => (format!("{} steps", spec.train.steps), "relative weights"),
+    };
+    let target = match spec.data.target {
+        crate::train::data::TargetLength::Full => {
+            "the whole passage, then the end token".to_string()
+        }
+        crate::train::data::TargetLength::FirstWords(n) => {
+            format!("the passage's first {n} words (no end token)")
+        }
     };
     let recipe = ron::ser::to_string_pretty(spec, Default::default()).unwrap_or_default();
     let eos = bundle
@@ -151,6 +176,20 @@ fn model_card(
         .id_to_token(bundle.special.eos)
         .unwrap_or_else(|| format!("<{}>", bundle.special.eos));
     let q = |s: &str| s.replace('\n', "\\n");
+    let likelihood = match (&note.likelihood_base, note.reads_language) {
+        (_, false) => "This model was built from the corpus and reads no other language: \
+                       selfret ranks with it without the query likelihood, as its run did."
+            .to_string(),
+        (Some(base), true) => format!(
+            "By default selfret also ranks by the query likelihood, read with the base model as \
+             it was before fine-tuning. This folder holds the merged weights only; `selfret.ron` \
+             names the base file ({}, sha256 {}) so that selfret reads it as the run did when \
+             that file is on the machine (else `--likelihood-tuned` reads it with these weights).",
+            base.path.display(),
+            base.sha256
+        ),
+        (None, true) => "selfret reads the query likelihood with these weights.".to_string(),
+    };
     format!(
         "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- selfret\n- \
          self-retrieval\n- generative-retrieval\n---\n\n\
@@ -161,23 +200,27 @@ fn model_card(
          - base model: `{source}`\n\
          - {mode}\n\
          - steps taken: {step}; budget {budget}; learning rate {lr}; {batch} tokens per batch\n\
-         - task mix (passes per epoch): indexing {ix}, retrieval {rt}, self-assessment {sa}\n\
+         - task mix ({mix_is}): indexing {ix}, retrieval {rt}, self-assessment {sa}\n\
          - corpus: `{corpus}`, fingerprint `{fp}`\n\
          - selfret commit: {commit}\n\n\
          The whole recipe is in `selfret-run.ron`:\n\n```ron\n{recipe}\n```\n\n\
          ## Prompt formats\n\n\
-         Each segment is tokenized on its own and the ids concatenated.\n\n\
-         - retrieval: `{qp}{{question}}{tc}` then ` {{title}}{cc}` then ` {{passage}}{eos}`\n\
-         - indexing: a sentence of the passage in place of the question, the same completion\n\
-         - self-assessment: the retrieval sequence, then `{ac}`, then `{acc} {{answer}}{eos}` or \
+         A sequence is made of segments, each tokenized on its own and the ids concatenated \
+         (whitespace in questions and titles collapsed to single spaces):\n\n\
+         1. `{qp}{{question}}{tc}`\n\
+         2. ` {{title}}`\n\
+         3. `{cc}`\n\
+         4. ` {{passage}}` then the end token `{eos}`\n\n\
+         - retrieval: 1 with the question, then 2-4 (the passage as {target})\n\
+         - indexing: 1 with a sentence of the passage, or its title, in place of the question; \
+         then 2-4 likewise\n\
+         - self-assessment: 1-4 with the whole passage and its end token, then `{ac}`, then \
+         `{acc} {{answer}}{eos}` (`{acc}{eos}` when the question has no answer string) or \
          `{rej}{eos}`\n\n\
          ## Retrieving with it\n\n\
          ```sh\nselfret query --model FOLDER --corpus {corpus} \"your question\"\n```\n\n\
          Retrieval is constrained by a token trie over that corpus's titles and passages, so it \
-         needs the same corpus (the fingerprint above). A LoRA run ranks by default with the query \
-         likelihood read by the base model before fine-tuning; this folder holds the merged \
-         weights, and `selfret.ron` names that base file (by path and checksum) so that selfret \
-         reads it as the run did when the file is there.\n",
+         needs the same corpus (the fingerprint above; selfret refuses another). {likelihood}\n",
         source = ckpt.source,
         step = bundle.step,
         lr = spec.train.lr,

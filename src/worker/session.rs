@@ -90,6 +90,18 @@ impl QuerySession {
         // A folder selfret exported says how its run retrieved.
         if let ModelSource::HfFolder(dir) = source {
             if let Some(note) = super::export::ExportManifest::read(dir)? {
+                if note.corpus_fingerprint != session.corpus.fingerprint() {
+                    return Err(Error::bad_file(
+                        corpus_path,
+                        format!(
+                            "not the corpus the model in {} was trained on (its {} names \
+                             fingerprint {}): its trie would not match what the model learned",
+                            dir.display(),
+                            super::export::EXPORT_MANIFEST,
+                            note.corpus_fingerprint
+                        ),
+                    ));
+                }
                 session.reads_language = note.reads_language;
                 session.likelihood_base = note.likelihood_base.map(|b| (dir.clone(), b));
             }
@@ -219,7 +231,19 @@ impl QuerySession {
     pub fn base_model(&self) -> Result<Option<&crate::model::Llama>> {
         if self.base.get().is_none() {
             let base = if let Some((folder, base)) = &self.likelihood_base {
-                base.verify(folder)?;
+                base.verify(folder).map_err(|_| {
+                    Error::bad_file(
+                        folder.join(super::export::EXPORT_MANIFEST),
+                        format!(
+                            "the base model this export reads the query likelihood with, {} \
+                             (sha256 {}), is missing or changed: put it back, or read the \
+                             likelihood with the exported weights (--likelihood-tuned, or untick \
+                             \"with the base model\" in the Query panel)",
+                            base.path.display(),
+                            base.sha256
+                        ),
+                    )
+                })?;
                 let device = crate::model::default_device();
                 let source = ModelSource::Gguf(base.path.clone());
                 let w = crate::model::source::load_weights(&source, &device, None)?;

@@ -16,6 +16,8 @@ pub struct ModelPanel {
     pub export_path: String,
     /// What the last export wrote.
     pub export_status: Option<String>,
+    /// The run `export_path` was proposed for (a new run proposes its own).
+    export_for: Option<std::path::PathBuf>,
 }
 
 /// Parameters of the model a source names, read without loading its weights: `None` when it
@@ -161,9 +163,12 @@ impl ModelPanel {
     /// The loaded run's model as a Hugging Face folder, for transformers and other tools.
     fn export_section(&mut self, shared: &Shared, ui: &mut egui::Ui, cmds: &mut Vec<AppCommand>) {
         ui.separator();
-        if self.export_path.trim().is_empty() {
-            self.export_path =
-                format!("{}-hf", shared.project.run_dir.trim().trim_end_matches('/'));
+        if shared.loaded_run != self.export_for {
+            self.export_for = shared.loaded_run.clone();
+            self.export_path = match &self.export_for {
+                Some(run) => format!("{}-hf", run.display().to_string().trim_end_matches('/')),
+                None => String::new(),
+            };
         }
         ui.horizontal(|ui| {
             let l = ui.label("Export folder");

@@ -43,6 +43,9 @@ pub struct QueryPanel {
     pub export_status: Option<String>,
     /// The passage typed for "why not this passage?".
     pub explain_id: String,
+    /// The options the current question ran with: "why not this passage?" scores with them,
+    /// so the passage is read as its rivals were (checkboxes apply to the next question).
+    pub asked_with: Option<crate::retrieve::RetrieveOptions>,
     /// A passage to score as soon as the running question is answered (`gui --explain`).
     pub pending_explain: Option<String>,
     /// How the model scores that passage for the current question.
@@ -65,6 +68,7 @@ impl Default for QueryPanel {
             explain_id: String::new(),
             explanation: None,
             pending_explain: None,
+            asked_with: None,
             show_bm25: false,
             bm25: None,
         }
@@ -178,6 +182,11 @@ impl QueryPanel {
         if changed || trace.weights() != weights {
             trace.rerank(weights);
         }
+        if let Some(e) = self.explanation.as_deref_mut() {
+            if e.placed.weights() != weights {
+                e.rerank(weights);
+            }
+        }
         ui.separator();
         if !self.trace_done {
             ui.weak("retrieving ... (results appear as each stage completes)");
@@ -224,7 +233,10 @@ impl QueryPanel {
             }
             ui.separator();
             let toggle = ui
-                .checkbox(&mut self.show_bm25, "Side by side with BM25")
+                .add_enabled(
+                    !shared.is_busy(),
+                    egui::Checkbox::new(&mut self.show_bm25, "Side by side with BM25"),
+                )
                 .on_hover_text(hints::SIDE_BY_SIDE);
             let have = self.bm25.as_ref().is_some_and(|(q, _)| *q == trace.query);
             if toggle.changed() && self.show_bm25 && !have && self.trace_done {

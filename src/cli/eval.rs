@@ -20,6 +20,10 @@ pub struct EvalArgs {
     /// Corpus (defaults to the run's corpus).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
+    /// Evaluate this model over --corpus instead of a run: an exported or elsewhere-trained
+    /// Hugging Face folder, a GGUF file, `tiny` or `hf:OWNER/NAME`.
+    #[arg(long, conflicts_with = "run", requires = "corpus")]
+    pub model: Option<String>,
     /// Query file with `question`, `answers`, `positive_ids` (and optional `answer_passage_ids`),
     /// or a BEIR folder (`queries.jsonl` and `qrels/{split}.tsv`; graded qrels add nDCG@10 and
     /// Recall@100).
@@ -152,9 +156,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             queries.into_iter().take(n).collect()
         };
     }
-    let session = match &a.run {
-        Some(run) => Some(QuerySession::open_run_at(run, &run.join(&a.checkpoint))?),
-        None => None,
+    let session = match (&a.run, &a.model, &a.corpus) {
+        (Some(run), _, _) => Some(QuerySession::open_run_at(run, &run.join(&a.checkpoint))?),
+        (None, Some(model), Some(corpus)) => {
+            let source: crate::model::ModelSource = model.parse().map_err(anyhow::Error::msg)?;
+            Some(QuerySession::open_untrained(&source, corpus, None)?)
+        }
+        _ => None,
     };
     let corpus = match (&a.corpus, &session) {
         (Some(c), _) => crate::corpus::load_path(c, &Default::default())?,

@@ -17,6 +17,11 @@ pub const TITLE_BEAMS: &str = "How many titles the model writes for a question. 
 pub const PASSAGE_BEAMS: &str = "How many passages the model writes under each title. More find \
     more candidates, and take longer.";
 
+pub const PASSAGE_BEAM_SEARCH: &str = "Search a title's passages as a full beam search scored \
+    by sequence log-probability, instead of one passage per first token. Reaches passages that \
+    share their first words, in titles with many passages (an encyclopedia article, say: with one \
+    title beam and 40 passage beams it found the gold passage for 0.917 of 24 SQuAD dev \
+    questions, against 0.375 with three titles of 10).";
 pub const WHY_NOT: &str = "Scores the passage typed beside it for the current question, as if \
     the model had found it: its title's log-probability and place among the title beams, its \
     tokens forced through the trie, P(reject), and the rank it would get.";

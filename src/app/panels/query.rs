@@ -118,10 +118,15 @@ impl QueryPanel {
             )
             .on_hover_text(hints::TITLE_BEAMS);
             ui.add(
-                egui::Slider::new(&mut shared.project.retrieve.passages, 1..=20)
+                egui::Slider::new(&mut shared.project.retrieve.passages, 1..=60)
                     .text("Passage beams"),
             )
             .on_hover_text(hints::PASSAGE_BEAMS);
+            ui.checkbox(
+                &mut shared.project.retrieve.passage_beam,
+                "full passage beam search",
+            )
+            .on_hover_text(hints::PASSAGE_BEAM_SEARCH);
         });
         // Each slider in a cell of fixed width, with a fixed number of decimals: moving tau
         // does not shift delta sideways as its number box widens.

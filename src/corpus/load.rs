@@ -17,7 +17,8 @@ pub struct LoadOptions {
     /// A record over [`JSONL_HARD_LIMIT`] times `chunk.max_words` is split either way (a
     /// whole book in one line would otherwise be one passage of a million words).
     pub chunk_jsonl: bool,
-    /// Files larger than this are skipped.
+    /// Documents (.txt, .md, .pdf: read whole) larger than this are skipped. JSONL files are
+    /// read line by line and may be of any size (a corpus of a million passages is ~650 MB).
     pub max_file_bytes: u64,
 }
 
@@ -116,11 +117,13 @@ fn load_file(
         .unwrap_or_default();
     match std::fs::metadata(path) {
         Err(e) => status.skipped.push(whole(format!("cannot read: {e}"))),
-        Ok(m) if m.len() > opts.max_file_bytes => status.skipped.push(whole(format!(
-            "file is {:.1} MB, over the {:.1} MB limit",
-            m.len() as f64 / (1024.0 * 1024.0),
-            opts.max_file_bytes as f64 / (1024.0 * 1024.0)
-        ))),
+        Ok(m) if m.len() > opts.max_file_bytes && !matches!(ext.as_str(), "jsonl" | "json") => {
+            status.skipped.push(whole(format!(
+                "file is {:.1} MB, over the {:.1} MB limit",
+                m.len() as f64 / (1024.0 * 1024.0),
+                opts.max_file_bytes as f64 / (1024.0 * 1024.0)
+            )))
+        }
         Ok(_) => {
             let before = passages.len();
             match ext.as_str() {
@@ -361,6 +364,33 @@ fn add_document(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size limit is for documents read whole: a JSONL corpus over it still loads, record
+    /// by record (a million passages is ~650 MB), while a text file over it is skipped.
+    #[test]
+    fn a_large_jsonl_corpus_is_not_held_to_the_document_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = (0..40)
+            .map(|i| {
+                format!(
+                    "{{\"id\":\"p{i}\",\"title\":\"T{i}\",\"text\":\"Passage number {i} of a corpus larger than the limit.\"}}\n"
+                )
+            })
+            .collect();
+        assert!(lines.len() > 1024);
+        std::fs::write(dir.path().join("big.jsonl"), &lines).unwrap();
+        std::fs::write(dir.path().join("big.txt"), "word ".repeat(400)).unwrap();
+        let opts = LoadOptions {
+            max_file_bytes: 1024,
+            ..Default::default()
+        };
+        let c = load_path(dir.path(), &opts).unwrap();
+        assert_eq!(c.len(), 40);
+        assert!(c
+            .files
+            .iter()
+            .any(|f| f.path.ends_with("big.txt") && f.skipped[0].reason.contains("limit")));
+    }
 
     #[test]
     fn a_bom_and_crlf_are_accepted_and_a_huge_record_is_cut() {

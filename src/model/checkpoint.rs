@@ -44,14 +44,7 @@ impl BaseRef {
 
     /// Reads `base.ron` from a checkpoint folder, if it has one.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
-        let file = dir.join(BASE_REF);
-        if !file.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-        ron::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::bad_file(&file, format!("invalid base reference: {e}")))
+        read_optional_ron(&dir.join(BASE_REF), "base reference")
     }
 
     /// Refuses a base file that is missing or not the one the checkpoint was trained on.
@@ -79,6 +72,21 @@ impl BaseRef {
     pub fn to_ron(&self) -> String {
         ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).unwrap_or_default()
     }
+}
+
+/// Reads a RON file that may be absent: `None` when there is none, an error naming the file
+/// (and `what` it should hold) when it does not parse.
+pub fn read_optional_ron<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    what: &str,
+) -> Result<Option<T>> {
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    ron::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::bad_file(file, format!("invalid {what}: {e}")))
 }
 
 /// SHA-256 of a file's bytes, hex.

@@ -30,14 +30,7 @@ pub struct ExportManifest {
 impl ExportManifest {
     /// Reads `selfret.ron` from a model folder, if it has one.
     pub fn read(dir: &Path) -> Result<Option<Self>> {
-        let file = dir.join(EXPORT_MANIFEST);
-        if !file.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-        ron::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::bad_file(&file, format!("invalid export manifest: {e}")))
+        crate::model::checkpoint::read_optional_ron(&dir.join(EXPORT_MANIFEST), "export manifest")
     }
 }
 

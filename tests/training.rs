@@ -441,6 +441,30 @@ fn finite_garbage_in_any_checkpoint_file_is_refused() {
         let e = e.to_string();
         assert!(e.contains("checksum mismatch") && e.contains(file), "{e}");
     }
+    // A checkpoint opened as a plain model folder would load unverified and without its
+    // adapters: refused, pointing at the run.
+    let Err(e) = selfret::model::source::load_weights(
+        &ModelSource::HfFolder(good.clone()),
+        &Device::Cpu,
+        None,
+    ) else {
+        panic!("a checkpoint is not a model folder");
+    };
+    assert!(e.to_string().contains("selfret checkpoint"), "{e}");
+    // A plain Hugging Face folder (no checksums) with finite garbage in its weights.
+    let plain = dir.path().join("plain");
+    copy_dir(&good, &plain);
+    std::fs::remove_file(plain.join("manifest.ron")).unwrap();
+    std::fs::remove_file(plain.join("adapter.safetensors")).unwrap();
+    overwrite_tensor_bytes(&plain.join("model.safetensors"), 0x7f);
+    let Err(e) = selfret::model::source::load_weights(
+        &ModelSource::HfFolder(plain.clone()),
+        &Device::Cpu,
+        None,
+    ) else {
+        panic!("garbage weights in a model folder must be refused");
+    };
+    assert!(e.to_string().contains("non-finite"), "{e}");
 
     // A run whose optimiser state is then overwritten: the resume refuses, nothing is written.
     let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
@@ -536,7 +560,8 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
         started["Started"]["examples"].as_u64().unwrap()
     );
     for l in &lines {
-        assert!(["indexing", "retrieval", "assessment"].contains(&l["task"].as_str().unwrap()));
+        assert!(["indexing", "retrieval", "assessment", "reading"]
+            .contains(&l["task"].as_str().unwrap()));
         assert!(!l["completion"].as_str().unwrap().is_empty());
         assert!(l["completion_tokens"].as_u64().unwrap() >= 1);
     }
@@ -576,6 +601,36 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
         "index", "--corpus", corpus_s, "--out", run_s, "--resume", "--steps", "2",
     ]);
     assert!(!ok && err.contains("already taken 3 steps"), "{err}");
+    // A finished run resumed with no new budget (or one of epochs it has already spent).
+    for extra in [vec![], vec!["--epochs", "0.01"]] {
+        let mut args = vec!["index", "--corpus", corpus_s, "--out", run_s, "--resume"];
+        args.extend(extra.iter().copied());
+        let (ok, err) = selfret(&args);
+        assert!(
+            !ok && err.contains("would train nothing"),
+            "{extra:?}: {err}"
+        );
+    }
+    // A query file none of whose gold passages is in the corpus: refused, not a table of 0s.
+    let foreign = dir.path().join("foreign.jsonl");
+    std::fs::write(
+        &foreign,
+        "{\"question\":\"a?\",\"positive_ids\":[\"nowhere-1\"]}\n",
+    )
+    .unwrap();
+    let (ok, err) = selfret(&[
+        "eval",
+        "--run",
+        run_s,
+        "--queries",
+        foreign.to_str().unwrap(),
+        "--baselines",
+        "bm25",
+    ]);
+    assert!(
+        !ok && err.contains("foreign.jsonl") && err.contains("none of the 1 queries"),
+        "{err}"
+    );
     for bad in [
         vec!["--tau", "NaN"],
         vec!["--tau=-1"],

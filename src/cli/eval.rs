@@ -4,7 +4,7 @@
 use super::{report_load, RankArgs};
 use crate::retrieve::RetrieveOptions;
 use crate::worker::session::QuerySession;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 /// Arguments of `eval`.
@@ -171,9 +171,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     report_load(&corpus);
     eprintln!("{} queries over {} passages", queries.len(), corpus.len());
-    for line in crate::eval::check_queries(&mut queries, &corpus).report() {
+    let check = crate::eval::check_queries(&mut queries, &corpus);
+    for line in check.report() {
         eprintln!("{line}");
     }
+    check
+        .refuse_if_nothing_scorable(queries.len())
+        .with_context(|| format!("{}", a.queries.display()))?;
     let plan = crate::eval::run::EvalPlan {
         baselines: a
             .baselines

@@ -118,7 +118,8 @@ fn parse_mix(s: &str) -> Result<crate::train::TaskMix> {
             "indexing" => mix.indexing = w,
             "retrieval" => mix.retrieval = w,
             "assessment" => mix.assessment = w,
-            other => bail!("unknown task `{other}` (indexing, retrieval, assessment)"),
+            "reading" => mix.reading = w,
+            other => bail!("unknown task `{other}` (indexing, retrieval, assessment, reading)"),
         }
     }
     Ok(mix)

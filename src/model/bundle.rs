@@ -283,7 +283,10 @@ fn all_finite(t: &candle_core::Tensor) -> Result<bool> {
 
 /// Refuses weights holding NaN or infinity (overwritten bytes behind an intact header load
 /// "fine" and turn every score into NaN): one pass over each tensor, its sum.
-fn refuse_non_finite(file: &Path, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
+pub(crate) fn refuse_non_finite(
+    file: &Path,
+    tensors: &HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
     for (name, t) in tensors {
         if !all_finite(t)? {
             return Err(Error::bad_file(

@@ -12,6 +12,7 @@ use crate::model::tokenizer::encode;
 use crate::model::Llama;
 use crate::prompts::{clean, QuestionPrompt};
 use candle_core::Tensor;
+use tokenizers::Tokenizer;
 
 /// Passage tokens a likelihood row reads at most: the start of a passage holds what it is
 /// about, and the rows of a query's candidates cost one forward pass over all their tokens.
@@ -20,6 +21,19 @@ pub const LIKELIHOOD_EXCERPT: usize = 160;
 const CALL_TOKENS: usize = 48;
 /// Rows in one batch at most.
 const BATCH_ROWS: usize = 16;
+
+/// The question's tokens as the query likelihood scores them (and the reading task trains).
+pub fn question_ids(tokenizer: &Tokenizer, query: &str) -> Result<Vec<u32>> {
+    encode(tokenizer, &format!(" {}", clean(query)))
+}
+
+/// The prompt the query likelihood reads a passage in: the question prompt over the first
+/// [`LIKELIHOOD_EXCERPT`] tokens of the passage (the reading task trains on the same rows).
+pub fn reading_prompt(tokenizer: &Tokenizer, title: &str, text: &str) -> Result<Vec<u32>> {
+    let prompt = QuestionPrompt::new(tokenizer, title, text)?;
+    let len = prompt.head.len() + prompt.tail.len() + LIKELIHOOD_EXCERPT;
+    Ok(prompt.ids(len.min(prompt.len())))
+}
 
 impl Retriever<'_> {
     /// Mean log P(question token | question prompt over passage, earlier question tokens) under
@@ -32,7 +46,7 @@ impl Retriever<'_> {
         passages: &[usize],
         timings: &mut Timings,
     ) -> Result<Vec<f64>> {
-        let question = encode(self.tokenizer, &format!(" {}", clean(query)))?;
+        let question = question_ids(self.tokenizer, query)?;
         if question.is_empty() || passages.is_empty() {
             return Ok(vec![0.0; passages.len()]);
         }
@@ -40,9 +54,7 @@ impl Retriever<'_> {
         let mut starts: Vec<usize> = Vec::with_capacity(passages.len());
         for &pidx in passages {
             let p = &self.corpus.passages[pidx];
-            let prompt = QuestionPrompt::new(self.tokenizer, &p.title, &p.text)?;
-            let len = prompt.head.len() + prompt.tail.len() + LIKELIHOOD_EXCERPT;
-            let mut row = prompt.ids(len.min(prompt.len()));
+            let mut row = reading_prompt(self.tokenizer, &p.title, &p.text)?;
             starts.push(row.len());
             row.extend_from_slice(&question);
             rows.push(row);

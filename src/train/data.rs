@@ -24,10 +24,19 @@ pub enum Task {
     Retrieval,
     /// query + passage -> can answer (+ answer) / cannot answer.
     Assessment,
+    /// passage -> query, in the prompt the query likelihood reads: teaches the model to read
+    /// a passage and expect the questions people ask of it, so the query likelihood, read by
+    /// the fine-tuned model, ranks passages it was never asked about.
+    Reading,
 }
 
 impl Task {
-    pub const ALL: [Task; 3] = [Task::Indexing, Task::Retrieval, Task::Assessment];
+    pub const ALL: [Task; 4] = [
+        Task::Indexing,
+        Task::Retrieval,
+        Task::Assessment,
+        Task::Reading,
+    ];
 
     /// Lower-case name for logs and plots.
     pub fn name(self) -> &'static str {
@@ -35,6 +44,7 @@ impl Task {
             Task::Indexing => "indexing",
             Task::Retrieval => "retrieval",
             Task::Assessment => "assessment",
+            Task::Reading => "reading",
         }
     }
 }
@@ -232,6 +242,35 @@ impl DataBuilder<'_> {
                         Task::Retrieval,
                         self.codec.query(self.tokenizer, &q.question)?,
                         self.passage_target(pidx)?,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reading: the gold passage in the query-likelihood prompt -> the question (and the end
+    /// of text), for every positive passage found in the corpus.
+    pub fn reading(&self, queries: &[Query]) -> Result<Vec<Example>> {
+        let mut out = Vec::new();
+        for q in queries {
+            for pid in &q.positive_ids {
+                if let Some(pidx) = self.corpus.index_of(pid) {
+                    let p = &self.corpus.passages[pidx];
+                    let mut question =
+                        crate::retrieve::likelihood::question_ids(self.tokenizer, &q.question)?;
+                    if question.is_empty() {
+                        continue;
+                    }
+                    question.push(self.codec.eos);
+                    out.push(self.example(
+                        Task::Reading,
+                        crate::retrieve::likelihood::reading_prompt(
+                            self.tokenizer,
+                            &p.title,
+                            &p.text,
+                        )?,
+                        question,
                     ));
                 }
             }

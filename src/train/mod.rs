@@ -30,6 +30,9 @@ pub struct TaskMix {
     pub indexing: f64,
     pub retrieval: f64,
     pub assessment: f64,
+    /// The reading task (passage -> question); absent in runs made before it existed.
+    #[serde(default)]
+    pub reading: f64,
 }
 
 impl Default for TaskMix {
@@ -38,6 +41,7 @@ impl Default for TaskMix {
             indexing: 1.0,
             retrieval: 1.0,
             assessment: 1.0,
+            reading: 0.0,
         }
     }
 }
@@ -48,6 +52,7 @@ impl TaskMix {
             Task::Indexing => self.indexing,
             Task::Retrieval => self.retrieval,
             Task::Assessment => self.assessment,
+            Task::Reading => self.reading,
         }
     }
 }
@@ -696,6 +701,7 @@ mod tests {
                 indexing: 1.0,
                 retrieval: 2.0,
                 assessment: 0.5,
+                reading: 0.0,
             },
             ..Default::default()
         };

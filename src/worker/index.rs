@@ -144,6 +144,9 @@ pub fn build_examples(
         if spec.train.mix.assessment > 0.0 {
             examples.extend(builder.assessment(queries, mined)?);
         }
+        if spec.train.mix.reading > 0.0 {
+            examples.extend(builder.reading(queries)?);
+        }
     }
     Ok(examples)
 }
@@ -470,6 +473,16 @@ pub fn run_index(
     if let Some(e) = spec.train.epochs {
         let per_epoch = crate::train::batches_per_epoch(&examples, &spec.train).max(1);
         spec.train.steps = ((per_epoch as f64) * e).ceil().max(1.0) as usize;
+    }
+    if resume && spec.train.steps as u64 <= bundle.step {
+        // Nothing left to train: say so rather than re-save the checkpoint and report success.
+        return Err(Error::invalid(format!(
+            "{}: the run has already taken {} steps and its budget is {} steps, so resuming \
+             would train nothing; give a larger budget (--steps or --epochs, or the Train panel's)",
+            run.display(),
+            bundle.step,
+            spec.train.steps
+        )));
     }
     let manifest = RunManifest {
         spec: spec.clone(),

@@ -447,10 +447,14 @@ fn run_job(
                     &loaded
                 }
             };
-            let notes = crate::eval::check_queries(&mut qs, corpus).report();
+            let check = crate::eval::check_queries(&mut qs, corpus);
+            let notes = check.report();
             if !notes.is_empty() {
                 send(Event::EvalNotes(notes));
             }
+            check
+                .refuse_if_nothing_scorable(qs.len())
+                .map_err(|e| crate::Error::bad_file(&queries, e.to_string()))?;
             let systems = crate::eval::run::run_eval(
                 s,
                 corpus,

@@ -58,6 +58,7 @@ impl Preset {
                 Preset::Thorough => 1.0,
             },
             assessment: 0.25,
+            reading: 0.0,
         };
         spec.train.warmup = 0.05;
         spec.train.batch_tokens = 2048;

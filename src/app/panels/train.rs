@@ -212,6 +212,8 @@ impl TrainPanel {
                 .on_hover_text(hints::MIX_RETRIEVAL);
             ui.add(egui::Slider::new(&mut mix.assessment, 0.0..=4.0).text("Assessment"))
                 .on_hover_text(hints::MIX_ASSESSMENT);
+            ui.add(egui::Slider::new(&mut mix.reading, 0.0..=4.0).text("Reading"))
+                .on_hover_text(hints::MIX_READING);
         });
         ui.horizontal(|ui| {
             ui.add(
@@ -476,6 +478,7 @@ pub fn task_color(task: Task) -> egui::Color32 {
         Task::Indexing => egui::Color32::from_rgb(66, 133, 244),
         Task::Retrieval => egui::Color32::from_rgb(234, 134, 0),
         Task::Assessment => egui::Color32::from_rgb(52, 168, 83),
+        Task::Reading => egui::Color32::from_rgb(171, 71, 188),
     }
 }
 

@@ -59,6 +59,8 @@ pub fn load_hf_folder(dir: &Path, device: &Device) -> Result<LoadedWeights> {
                 format!("not a readable safetensors file (truncated or corrupt?): {e}"),
             )
         })?;
+        // Bytes overwritten behind an intact header load "fine" and compute NaN scores.
+        crate::model::bundle::refuse_non_finite(f, &loaded)?;
         for (k, v) in loaded {
             tensors.insert(k, v.to_dtype(DType::F32)?);
         }
@@ -68,9 +70,11 @@ pub fn load_hf_folder(dir: &Path, device: &Device) -> Result<LoadedWeights> {
         Some(serde_json::Value::Array(a)) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
         _ => None,
     };
-    let special = match crate::model::checkpoint::Manifest::read(dir) {
-        Ok(m) => m.special,
-        Err(_) => SpecialTokens::detect(&tokenizer, declared_eos)?,
+    // A checkpoint's manifest names its special tokens; one that does not parse is an error,
+    // not a reason to guess.
+    let special = match dir.join(crate::model::checkpoint::MANIFEST).is_file() {
+        true => crate::model::checkpoint::Manifest::read(dir)?.special,
+        false => SpecialTokens::detect(&tokenizer, declared_eos)?,
     };
     Ok(LoadedWeights {
         config,

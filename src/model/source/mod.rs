@@ -107,7 +107,17 @@ pub fn load_weights(
             "the tiny model is built from the corpus; use tiny::build",
         )),
         ModelSource::Gguf(path) => load_gguf(path, device),
-        ModelSource::HfFolder(path) => load_hf_folder(path, device),
+        ModelSource::HfFolder(path) => {
+            if path.join(crate::model::checkpoint::MANIFEST).is_file() {
+                // Its adapters, checksums and base reference are read by the checkpoint
+                // loader; as a plain folder it would load unverified, without its adapters.
+                return Err(Error::bad_file(
+                    path,
+                    "a selfret checkpoint, not a model folder: open its run (--run RUN_DIR),                      or write it as a model folder with `selfret export --run RUN_DIR --out FOLDER`",
+                ));
+            }
+            load_hf_folder(path, device)
+        }
         ModelSource::Hub { repo, revision } => {
             let dir = hub::download(repo, revision, progress)?;
             load_hf_folder(&dir, device)

@@ -92,6 +92,35 @@ fn untrained_model_returns_only_real_passages() {
             assert!(c.steps.iter().any(|s| s.kind != StepKind::AutoComplete));
             assert!((0.0..=1.0).contains(&c.p_reject));
         }
+        // The candidate budget (100) holds these titles whole: every passage of each is read.
+        for (k, t) in trace.titles.iter().enumerate() {
+            let read = trace
+                .candidates
+                .iter()
+                .filter(|c| c.title_rank == k)
+                .count();
+            assert_eq!(read, corpus.by_title[t.title_index].len(), "title {k}");
+        }
+        // A budget of 2: at most 2 passages, of the titles the plan keeps.
+        let small = RetrieveOptions {
+            candidates: 2,
+            ..opts.clone()
+        };
+        let t_small = s.query(q, &small, &mut |_| {}).unwrap();
+        assert!(!t_small.candidates.is_empty() && t_small.candidates.len() <= 2);
+        let sizes: Vec<usize> = t_small
+            .titles
+            .iter()
+            .map(|t| corpus.by_title[t.title_index].len())
+            .collect();
+        for (k, (width, _)) in small.passage_searches(&sizes).into_iter().enumerate() {
+            let read = t_small
+                .candidates
+                .iter()
+                .filter(|c| c.title_rank == k)
+                .count();
+            assert_eq!(read, width.min(sizes[k]), "budget 2, title {k}");
+        }
         let total: f64 = trace.titles.iter().map(|t| t.s_t).sum();
         assert!((total - 1.0).abs() < 1e-9);
         for w in trace.ranking.windows(2) {

@@ -50,6 +50,7 @@ fn examples(corpus: &Corpus, b: &ModelBundle) -> Vec<Example> {
     let mut ex = builder.indexing().unwrap();
     ex.extend(builder.retrieval(&queries).unwrap());
     ex.extend(builder.assessment(&queries, &Default::default()).unwrap());
+    ex.extend(builder.reading(&queries).unwrap());
     ex
 }
 
@@ -73,9 +74,13 @@ fn loss_falls_on_every_task() {
         ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
     let ex = examples(&corpus, &b);
     let cfg = TrainConfig {
-        steps: 150,
+        steps: 220,
         lr: 3e-3,
         batch_tokens: 1024,
+        mix: selfret::train::TaskMix {
+            reading: 1.0,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut events = Vec::new();
@@ -91,6 +96,40 @@ fn loss_falls_on_every_task() {
         let last: f64 = per[per.len() - 5..].iter().sum::<f64>() / 5.0;
         eprintln!("{}: {first:.3} -> {last:.3}", task.name());
         assert!(last < 0.5 * first, "{task:?} loss {first} -> {last}");
+    }
+}
+
+/// The reading task trains exactly the rows the query likelihood reads: the passage in the
+/// question prompt, then the question's tokens (and the end of text), one per gold passage.
+#[test]
+fn reading_examples_are_the_rows_the_query_likelihood_reads() {
+    use selfret::retrieve::likelihood::{question_ids, reading_prompt};
+    let corpus = demo_corpus();
+    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
+    let b = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let queries = load_queries(&root().join("corpora/ir_history.queries.jsonl")).unwrap();
+    let reading: Vec<Example> = examples(&corpus, &b)
+        .into_iter()
+        .filter(|e| e.task == Task::Reading)
+        .collect();
+    let golds: Vec<(&str, usize)> = queries
+        .iter()
+        .flat_map(|q| {
+            q.positive_ids
+                .iter()
+                .filter_map(|id| corpus.index_of(id))
+                .map(move |p| (q.question.as_str(), p))
+        })
+        .collect();
+    assert_eq!(reading.len(), golds.len());
+    assert!(!reading.is_empty());
+    for (e, (question, p)) in reading.iter().zip(golds) {
+        let passage = &corpus.passages[p];
+        let prompt = reading_prompt(&b.tokenizer, &passage.title, &passage.text).unwrap();
+        let mut target = question_ids(&b.tokenizer, question).unwrap();
+        target.push(b.special.eos);
+        assert_eq!(&e.ids[..e.target_start], prompt.as_slice());
+        assert_eq!(&e.ids[e.target_start..], target.as_slice());
     }
 }
 

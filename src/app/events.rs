@@ -41,6 +41,8 @@ impl SelfretApp {
                     // The last question's results were the previous model's.
                     self.forget_question();
                     self.shared.session_info = Some(info.description.clone());
+                    // Who reads the query likelihood follows how the model was trained.
+                    self.shared.project.retrieve.likelihood_base = info.likelihood_base_default;
                     self.shared.session = Some(info);
                 }
                 Event::Trace { trace, done } => {

@@ -188,7 +188,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         retrieve: RetrieveOptions {
             passage_beam: a.passage_beam,
             answer: !a.no_answer,
-            ..a.rank.options()
+            ..a.rank.options_for(session.as_ref())
         },
         dense_model: a
             .dense_model

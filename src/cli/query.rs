@@ -10,8 +10,13 @@ use anyhow::Result;
 pub struct RankArgs {
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_TITLES)]
     pub titles: usize,
+    /// Passage beams per title when the candidate budget is 0 (the paper's j).
     #[arg(long, default_value_t = 10)]
     pub passages: usize,
+    /// Candidate budget: every passage of each title beam is a candidate, titles in beam order
+    /// while their passages fit (the first always). 0: --passages beams per title instead.
+    #[arg(long, default_value_t = crate::retrieve::DEFAULT_CANDIDATES)]
+    pub candidates: usize,
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_TAU)]
     pub tau: f64,
     #[arg(long, default_value_t = 0.4)]
@@ -29,19 +34,39 @@ pub struct RankArgs {
     pub no_likelihood: bool,
     /// Read the query likelihood with the fine-tuned weights instead of the base model's
     /// (LoRA runs; the base model reads it by default).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "likelihood_base")]
     pub likelihood_tuned: bool,
+    /// Read the query likelihood with the base model (the default, except for runs trained
+    /// with the reading task, whose own weights read it by default).
+    #[arg(long)]
+    pub likelihood_base: bool,
     /// Run self-assessment (the paper's P(reject) for every candidate; off by default).
     #[arg(long)]
     pub assess: bool,
 }
 
 impl RankArgs {
+    /// The retrieval options these flags set for a model opened as `session` (who reads the
+    /// query likelihood, unless a flag says, follows how its run was trained).
+    pub fn options_for(
+        &self,
+        session: Option<&crate::worker::session::QuerySession>,
+    ) -> RetrieveOptions {
+        let mut o = self.options();
+        if !self.likelihood_tuned && !self.likelihood_base {
+            if let Some(s) = session {
+                o.likelihood_base = s.likelihood_base_default();
+            }
+        }
+        o
+    }
+
     /// The retrieval options these flags set (the rest at their defaults).
     pub fn options(&self) -> RetrieveOptions {
         RetrieveOptions {
             titles: self.titles,
             passages: self.passages,
+            candidates: self.candidates,
             tau: self.tau,
             delta: self.delta,
             passage_weight: self.passage_weight,
@@ -78,7 +103,7 @@ pub struct QueryArgs {
 /// Runs `query`.
 pub fn query(a: QueryArgs) -> Result<()> {
     let session = a.source.open(false)?;
-    let opts = session.options_for_model(&a.rank.options());
+    let opts = session.options_for_model(&a.rank.options_for(Some(&session)));
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
     let explanation = match &a.explain {
         Some(id) => Some(session.explain(&trace, id, &opts)?),

@@ -17,7 +17,8 @@ pub mod trace;
 
 pub use explain::Explanation;
 pub use options::{
-    RetrieveOptions, DEFAULT_PASSAGE_WEIGHT, DEFAULT_QUERY_WEIGHT, DEFAULT_TAU, DEFAULT_TITLES,
+    RetrieveOptions, DEFAULT_CANDIDATES, DEFAULT_PASSAGE_WEIGHT, DEFAULT_QUERY_WEIGHT, DEFAULT_TAU,
+    DEFAULT_TITLES,
 };
 pub use trace::{
     Answer, ForwardPass, PassageCandidate, RankedPassage, RetrievalTrace, Rival, StepKind, Timings,
@@ -226,7 +227,15 @@ impl Retriever<'_> {
                 opts.assess && ptrie.unique_item(ptrie.root()).is_some()
             })
             .collect();
-        let run: Vec<usize> = (0..title_rows.len()).filter(|&i| !deferred[i]).collect();
+        let sizes: Vec<usize> = trace
+            .titles
+            .iter()
+            .map(|t| self.corpus.by_title[t.title_index].len())
+            .collect();
+        let searches = opts.passage_searches(&sizes);
+        let run: Vec<usize> = (0..title_rows.len())
+            .filter(|&i| !deferred[i] && searches[i].0 > 0)
+            .collect();
         let rows: Vec<&[u32]> = run.iter().map(|&i| title_rows[i].as_slice()).collect();
         let run_wanted: Vec<Vec<usize>> = run.iter().map(|&i| wanted[i].clone()).collect();
         let mut title_caches: Vec<Option<KvCache>> = vec![None; title_rows.len()];
@@ -262,21 +271,17 @@ impl Retriever<'_> {
             fill_title_scores(&mut trace.titles[tr]);
             let t_idx = trace.titles[tr].title_index;
             let ptrie = &self.trie.passages[t_idx];
+            let (width, greedy) = searches[tr];
             let beams = match &title_caches[tr] {
+                // Left out by the candidate budget.
+                None if width == 0 => Vec::new(),
                 Some(cache) => {
                     let last = trace.titles[tr].steps.len().saturating_sub(1);
                     let first = at(last)
                         .and_then(|i| dists[tr].get_mut(i))
                         .map(std::mem::take)
                         .unwrap_or_default();
-                    self.constrained_search(
-                        ptrie,
-                        cache,
-                        first,
-                        opts.passages.max(1),
-                        !opts.passage_beam,
-                        &mut trace.timings,
-                    )?
+                    self.constrained_search(ptrie, cache, first, width, greedy, &mut trace.timings)?
                 }
                 // One passage: no model call needed to find it.
                 None => {

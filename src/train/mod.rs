@@ -721,6 +721,8 @@ mod tests {
                 Task::Indexing => assert_eq!(seen[i], 1, "indexing example {i}"),
                 Task::Retrieval => assert_eq!(seen[i], 2, "retrieval example {i}"),
                 Task::Assessment => assert!(seen[i] <= 1),
+                // Weight 0: never planned.
+                Task::Reading => assert_eq!(seen[i], 0),
             }
         }
         let assessed: usize = (0..ex.len())

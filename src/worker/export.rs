@@ -23,6 +23,9 @@ pub struct ExportManifest {
     /// The base model a LoRA run read the query likelihood with (a GGUF file, by path and
     /// checksum): the merged folder does not hold it.
     pub likelihood_base: Option<BaseRef>,
+    /// The run trained the reading task: its own weights read the query likelihood by default.
+    #[serde(default)]
+    pub reads_questions: bool,
     /// The corpus the model was trained on.
     pub corpus_fingerprint: String,
 }
@@ -94,6 +97,7 @@ pub fn export_run(
             TrainMode::Lora(_) => BaseRef::read(&ckpt)?,
             _ => None,
         },
+        reads_questions: manifest.spec.train.mix.reading > 0.0,
         corpus_fingerprint: manifest.corpus_fingerprint.clone(),
     };
     let card = model_card(run, &manifest, &ckpt_manifest, &bundle, &note);
@@ -170,6 +174,11 @@ fn model_card(
         .unwrap_or_else(|| format!("<{}>", bundle.special.eos));
     let q = |s: &str| s.replace('\n', "\\n");
     let likelihood = match (&note.likelihood_base, note.reads_language) {
+        _ if note.reads_questions && note.reads_language => {
+            "The run trained the reading task (passage -> question in the query-likelihood \
+             prompt), so selfret reads the query likelihood with these weights by default."
+                .to_string()
+        }
         (_, false) => "This model was built from the corpus and reads no other language: \
                        selfret ranks with it without the query likelihood, as its run did."
             .to_string(),
@@ -193,7 +202,7 @@ fn model_card(
          - base model: `{source}`\n\
          - {mode}\n\
          - steps taken: {step}; budget {budget}; learning rate {lr}; {batch} tokens per batch\n\
-         - task mix ({mix_is}): indexing {ix}, retrieval {rt}, self-assessment {sa}\n\
+         - task mix ({mix_is}): indexing {ix}, retrieval {rt}, self-assessment {sa}, reading {rd}\n\
          - corpus: `{corpus}`, fingerprint `{fp}`\n\
          - selfret commit: {commit}\n\n\
          The whole recipe is in `selfret-run.ron`:\n\n```ron\n{recipe}\n```\n\n\
@@ -221,6 +230,7 @@ fn model_card(
         ix = spec.train.mix.indexing,
         rt = spec.train.mix.retrieval,
         sa = spec.train.mix.assessment,
+        rd = spec.train.mix.reading,
         corpus = spec.corpus.display(),
         fp = manifest.corpus_fingerprint,
         commit = manifest.git_commit.as_deref().unwrap_or("unknown"),

@@ -153,6 +153,8 @@ pub struct SessionInfo {
     /// Bytes of f32 weights (inference copy).
     pub weight_bytes: usize,
     pub trie: crate::trie::corpus_trie::TrieStats,
+    /// Whether the base model reads the query likelihood by default for this model.
+    pub likelihood_base_default: bool,
 }
 
 impl SessionInfo {
@@ -166,6 +168,7 @@ impl SessionInfo {
             context: cfg.max_position_embeddings,
             weight_bytes: cfg.parameter_count() * 4,
             trie: s.trie.stats(),
+            likelihood_base_default: s.likelihood_base_default(),
         }
     }
 }

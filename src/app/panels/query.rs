@@ -118,15 +118,28 @@ impl QueryPanel {
             )
             .on_hover_text(hints::TITLE_BEAMS);
             ui.add(
+                egui::Slider::new(&mut shared.project.retrieve.candidates, 0..=200)
+                    .text("Candidate budget"),
+            )
+            .on_hover_text(hints::CANDIDATE_BUDGET);
+            // The paper's j beams per title apply only without a budget.
+            let per_title = shared.project.retrieve.candidates == 0;
+            ui.add_enabled(
+                per_title,
                 egui::Slider::new(&mut shared.project.retrieve.passages, 1..=60)
                     .text("Passage beams"),
             )
-            .on_hover_text(hints::PASSAGE_BEAMS);
-            ui.checkbox(
-                &mut shared.project.retrieve.passage_beam,
-                "full passage beam search",
+            .on_hover_text(hints::PASSAGE_BEAMS)
+            .on_disabled_hover_text(hints::PASSAGE_BEAMS_UNUSED);
+            ui.add_enabled(
+                per_title,
+                egui::Checkbox::new(
+                    &mut shared.project.retrieve.passage_beam,
+                    "full passage beam search",
+                ),
             )
-            .on_hover_text(hints::PASSAGE_BEAM_SEARCH);
+            .on_hover_text(hints::PASSAGE_BEAM_SEARCH)
+            .on_disabled_hover_text(hints::PASSAGE_BEAMS_UNUSED);
         });
         // Each slider in a cell of fixed width, with a fixed number of decimals: moving tau
         // does not shift delta sideways as its number box widens.

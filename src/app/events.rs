@@ -41,8 +41,18 @@ impl SelfretApp {
                     // The last question's results were the previous model's.
                     self.forget_question();
                     self.shared.session_info = Some(info.description.clone());
-                    // Who reads the query likelihood follows how the model was trained.
-                    self.shared.project.retrieve.likelihood_base = info.likelihood_base_default;
+                    // Who reads the query likelihood follows how the model was trained, when
+                    // that changes (a choice made for the same kind of model stays, and so does
+                    // the project's own for a first model read by the base as usual).
+                    let before = self
+                        .shared
+                        .session
+                        .as_ref()
+                        .map(|s| s.likelihood_base_default);
+                    let now = info.likelihood_base_default;
+                    if before.map_or(!now, |b| b != now) {
+                        self.shared.project.retrieve.likelihood_base = now;
+                    }
                     self.shared.session = Some(info);
                 }
                 Event::Trace { trace, done } => {

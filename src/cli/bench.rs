@@ -769,6 +769,8 @@ fn paper_pipeline(titles: usize, passages: usize) -> crate::retrieve::RetrieveOp
     crate::retrieve::RetrieveOptions {
         titles,
         passages,
+        // j beams per title, as the reference does (not the candidate budget).
+        candidates: 0,
         assess: true,
         likelihood: false,
         ..Default::default()

@@ -48,8 +48,8 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     #[command(flatten)]
     pub rank: RankArgs,
-    /// Passage beams as a full beam search inside each title (instead of j first tokens each
-    /// finished greedily).
+    /// With `--candidates 0`: passage beams as a full beam search inside each title (instead of
+    /// j first tokens each finished greedily).
     #[arg(long)]
     pub passage_beam: bool,
     /// Write every Self-Retrieval trace with its query's gold passages as JSON lines (for

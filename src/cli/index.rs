@@ -54,7 +54,8 @@ pub struct IndexArgs {
     /// Sentences sampled per passage for indexing.
     #[arg(long)]
     pub sentences: Option<usize>,
-    /// Task weights, e.g. `indexing=1,retrieval=1,assessment=0`.
+    /// Task weights (indexing, retrieval, assessment, reading), e.g. `assessment=0,reading=1`;
+    /// tasks not named keep their weight (the preset's).
     #[arg(long)]
     pub mix: Option<String>,
     /// Hard negatives per query for self-assessment.
@@ -104,8 +105,10 @@ fn parse_target(s: &str) -> Result<TargetLength> {
     bail!("--target must be `full` or `first:N`, not `{s}`")
 }
 
-fn parse_mix(s: &str) -> Result<crate::train::TaskMix> {
-    let mut mix = crate::train::TaskMix::default();
+/// Task weights from `task=weight,...`: the tasks named change, the others keep `base`'s weight
+/// (a preset's).
+fn parse_mix(s: &str, base: crate::train::TaskMix) -> Result<crate::train::TaskMix> {
+    let mut mix = base;
     for part in s.split(',') {
         let (k, v) = part
             .split_once('=')
@@ -156,7 +159,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
         spec.data.sentences_per_passage = s;
     }
     if let Some(m) = &a.mix {
-        spec.train.mix = parse_mix(m)?;
+        spec.train.mix = parse_mix(m, spec.train.mix)?;
     }
     if let Some(n) = a.negatives {
         spec.data.negatives = n;

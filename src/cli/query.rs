@@ -32,8 +32,8 @@ pub struct RankArgs {
     /// Do not read the query likelihood (faster; the ranking of the paper and the passage term).
     #[arg(long)]
     pub no_likelihood: bool,
-    /// Read the query likelihood with the fine-tuned weights instead of the base model's
-    /// (LoRA runs; the base model reads it by default).
+    /// Read the query likelihood with the fine-tuned weights (the default for runs trained with
+    /// the reading task; otherwise the base model reads it).
     #[arg(long, conflicts_with = "likelihood_base")]
     pub likelihood_tuned: bool,
     /// Read the query likelihood with the base model (the default, except for runs trained

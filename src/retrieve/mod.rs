@@ -233,9 +233,9 @@ impl Retriever<'_> {
             .map(|t| self.corpus.by_title[t.title_index].len())
             .collect();
         let searches = opts.passage_searches(&sizes);
-        let run: Vec<usize> = (0..title_rows.len())
-            .filter(|&i| !deferred[i] && searches[i].0 > 0)
-            .collect();
+        // A title the budget leaves out still goes through the batch (a few tokens), so its
+        // scores cover all its tokens like every other title's.
+        let run: Vec<usize> = (0..title_rows.len()).filter(|&i| !deferred[i]).collect();
         let rows: Vec<&[u32]> = run.iter().map(|&i| title_rows[i].as_slice()).collect();
         let run_wanted: Vec<Vec<usize>> = run.iter().map(|&i| wanted[i].clone()).collect();
         let mut title_caches: Vec<Option<KvCache>> = vec![None; title_rows.len()];
@@ -274,7 +274,7 @@ impl Retriever<'_> {
             let (width, greedy) = searches[tr];
             let beams = match &title_caches[tr] {
                 // Left out by the candidate budget.
-                None if width == 0 => Vec::new(),
+                _ if width == 0 => Vec::new(),
                 Some(cache) => {
                     let last = trace.titles[tr].steps.len().saturating_sub(1);
                     let first = at(last)

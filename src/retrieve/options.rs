@@ -28,8 +28,8 @@ pub struct RetrieveOptions {
     /// budget, the first title always (a search of this width when it holds more). 0: the
     /// paper's j passage beams per title. The query likelihood reads every candidate, so this
     /// bounds a query's cost; it adapts the search to the corpus: ten titles of a few passages
-    /// each, or one or two articles of dozens (SQuAD: dev MRR@5 0.636 with 40 passage beams,
-    /// 0.699 with every passage of the title).
+    /// each, or one or two articles of dozens (SQuAD dev: MRR@5 0.636 with 40 passage beams
+    /// under the top title, 0.699 with every passage of it; docs/benchmarks.md).
     #[serde(default = "default_candidates")]
     pub candidates: usize,
     /// Read the query likelihood of every candidate (see [`super::likelihood`]).
@@ -40,7 +40,8 @@ pub struct RetrieveOptions {
     pub query_weight: f64,
     /// Read the query likelihood with the base model as it was before fine-tuning (LoRA runs),
     /// whose reading of questions the retrieval training has not moved (demo dev MRR@5 0.727
-    /// against 0.631 with the fine-tuned weights).
+    /// against 0.631 with the fine-tuned weights). Runs trained with the reading task read it
+    /// with their own weights instead (the session's default, see `QuerySession`).
     #[serde(default = "yes")]
     pub likelihood_base: bool,
     /// Run self-assessment (otherwise P(reject) = 0.5 for all). Off by default: trained as the

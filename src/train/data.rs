@@ -15,7 +15,7 @@ use std::io::BufRead;
 use std::path::Path;
 use tokenizers::Tokenizer;
 
-/// The three things the model learns.
+/// What the model learns: the paper's three tasks, and reading (the query likelihood's side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 pub enum Task {
     /// sentence (or title) -> title + passage: memorise the corpus.

@@ -97,7 +97,7 @@ pub fn export_run(
             TrainMode::Lora(_) => BaseRef::read(&ckpt)?,
             _ => None,
         },
-        reads_questions: manifest.spec.train.mix.reading > 0.0,
+        reads_questions: manifest.spec.trains_reading(),
         corpus_fingerprint: manifest.corpus_fingerprint.clone(),
     };
     let card = model_card(run, &manifest, &ckpt_manifest, &bundle, &note);

@@ -39,7 +39,21 @@ pub struct IndexSpec {
     pub train: TrainConfig,
 }
 
+/// Where a run keeps the questions its starting model wrote.
+pub const PSEUDO_FILE: &str = "pseudo_queries.jsonl";
+
 impl IndexSpec {
+    /// Whether the run trains the reading task: it has a weight and people's questions to learn
+    /// from (a supplied query file; the questions the base model wrote itself teach it nothing
+    /// about how people ask, and were not measured).
+    pub fn trains_reading(&self) -> bool {
+        self.train.mix.reading > 0.0
+            && self
+                .queries
+                .as_deref()
+                .is_some_and(|q| q.file_name() != Some(std::ffi::OsStr::new(PSEUDO_FILE)))
+    }
+
     /// Defaults for a corpus and a model source: full training for the tiny model, LoRA otherwise.
     pub fn new(corpus: PathBuf, model: ModelSource) -> Self {
         let pretrained = model != ModelSource::Tiny;
@@ -144,7 +158,7 @@ pub fn build_examples(
         if spec.train.mix.assessment > 0.0 {
             examples.extend(builder.assessment(queries, mined)?);
         }
-        if spec.train.mix.reading > 0.0 {
+        if spec.trains_reading() {
             examples.extend(builder.reading(queries)?);
         }
     }
@@ -208,7 +222,7 @@ pub fn saved_run_examples(run: &Path, bundle: &ModelBundle) -> Result<(Vec<Examp
             ),
         ));
     }
-    let pseudo_path = run.join("pseudo_queries.jsonl");
+    let pseudo_path = run.join(PSEUDO_FILE);
     let pseudo_queries = if spec.pseudo.is_some()
         && std::fs::metadata(&pseudo_path).is_ok_and(|m| m.len() > 0)
         && spec.queries.as_deref() != Some(pseudo_path.as_path())
@@ -398,7 +412,7 @@ pub fn run_index(
     let mut pseudo_queries: Vec<Query> = Vec::new();
     if let Some(opts) = &spec.pseudo {
         // Written once by the starting model and kept in the run (a resume reuses them).
-        let path = run.join("pseudo_queries.jsonl");
+        let path = run.join(PSEUDO_FILE);
         if !path.is_file() {
             let (codec, trie, model) = retrieval_parts(&bundle, &corpus)?;
             let r = Retriever {

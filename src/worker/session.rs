@@ -56,7 +56,7 @@ impl QuerySession {
             &crate::model::default_device(),
         )?;
         let mut session = Self::new(bundle, corpus)?;
-        session.reads_questions = manifest.spec.train.mix.reading > 0.0;
+        session.reads_questions = manifest.spec.trains_reading();
         Ok(session)
     }
 

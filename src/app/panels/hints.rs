@@ -13,7 +13,7 @@ pub const PASSAGE_WEIGHT: &str = "How much it counts how readily the model wrote
 pub const QUERY_WEIGHT: &str = "How much it counts how probable the model finds the question \
     after reading each passage (the query likelihood). 0 leaves it out.";
 pub const TITLE_BEAMS: &str = "How many titles the model writes for a question. More titles find \
-    more candidate passages, and take longer.";
+    more candidate passages (up to the candidate budget), and take longer.";
 pub const PASSAGE_BEAMS: &str = "How many passages the model writes under each title. More find \
     more candidates, and take longer.";
 
@@ -57,7 +57,9 @@ pub const MIX_RETRIEVAL: &str = "Retrieval: the model learns to write the right 
     question.";
 pub const MIX_ASSESSMENT: &str = "Self-assessment: the model learns to say whether a passage can \
     answer a question.";
-pub const MIX_READING: &str = "Reading: the model learns which questions people ask of a passage     (passage -> question). The query likelihood, which ranks the candidates, is then read by     the trained model instead of the base model.";
+pub const MIX_READING: &str = "Reading: the model learns which questions people ask of a passage \
+    (passage -> question). The query likelihood, which ranks the candidates, is then read by \
+    the trained model instead of the base model.";
 pub const SENTENCES_PER_PASSAGE: &str = "From how many of each passage's sentences the model \
     practises recalling the passage (0: every sentence of 6 to 49 words, every epoch).";
 pub const PSEUDO_PER_PASSAGE: &str = "Before training, the base model writes this many questions \

@@ -191,7 +191,7 @@ impl QueryPanel {
             ui.checkbox(&mut r.likelihood, "read query likelihood")
                 .on_hover_text("Read how probable the question is after each candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
             ui.checkbox(&mut r.likelihood_base, "with the base model")
-                .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights.");
+                .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights, the default for a run trained with the reading task, whose own weights learned the corpus's questions.");
         });
         let weights = shared.project.retrieve.weights();
         let Some(trace) = self.trace.as_mut() else {
@@ -406,9 +406,17 @@ impl QueryPanel {
                 ui.separator();
                 ui.strong("Title beams and passage expansions");
                 for (tr, title) in trace.titles.iter().enumerate() {
+                    let read = trace.candidates.iter().any(|c| c.title_rank == tr);
                     egui::CollapsingHeader::new(format!(
-                        "{}  (log P {:.2}, S_T {:.3})",
-                        title.title, title.logprob, title.s_t
+                        "{}  (log P {:.2}, S_T {:.3}){}",
+                        title.title,
+                        title.logprob,
+                        title.s_t,
+                        if read {
+                            ""
+                        } else {
+                            "  — passages not read: the candidate budget was spent"
+                        }
                     ))
                     .id_salt(("title", tr))
                     .default_open(tr == 0)

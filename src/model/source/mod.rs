@@ -113,7 +113,8 @@ pub fn load_weights(
                 // loader; as a plain folder it would load unverified, without its adapters.
                 return Err(Error::bad_file(
                     path,
-                    "a selfret checkpoint, not a model folder: open its run (--run RUN_DIR),                      or write it as a model folder with `selfret export --run RUN_DIR --out FOLDER`",
+                    "a selfret checkpoint, not a model folder: open its run (--run RUN_DIR), \
+                     or write it as a model folder with `selfret export --run RUN_DIR --out FOLDER`",
                 ));
             }
             load_hf_folder(path, device)

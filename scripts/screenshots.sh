@@ -27,5 +27,5 @@ shoot corpus 4
 shoot model 4
 shoot train 4 --run runs/demo
 shoot query 30 --run runs/demo --ask "Who introduced inverse document frequency?" --explain tf-idf-1 --bm25
-shoot evaluate 75 --run runs/demo --evaluate corpora/ir_history.queries.jsonl
+shoot evaluate 75 --run runs/demo --evaluate corpora/ir_history.dev.jsonl
 echo "screenshots written to docs/screenshots/"

@@ -531,6 +531,35 @@ fn finite_garbage_in_any_checkpoint_file_is_refused() {
     );
 }
 
+/// A learning rate that blows the weights up: training stops with a named error at the first
+/// non-finite loss or gradient, and the checkpoint left behind is one of finite weights that
+/// loads and verifies (nothing is saved after the divergence).
+#[test]
+fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
+    use selfret::worker::index::{run_index, IndexSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
+    spec.tiny = opts();
+    spec.train.steps = 40;
+    spec.train.lr = 1e12;
+    spec.train.clip = None;
+    spec.train.batch_tokens = 512;
+    spec.train.checkpoint_every = 1;
+    spec.pseudo = None;
+    let run = dir.path().join("run");
+    let Err(e) = run_index(&spec, &run, false, &mut NoControl, &mut |_| {}, None) else {
+        panic!("a learning rate of 1e12 must diverge");
+    };
+    let e = e.to_string();
+    assert!(e.contains("non-finite") || e.contains("loss became"), "{e}");
+    let ckpt = run.join("checkpoint");
+    if ckpt.join("manifest.ron").is_file() {
+        let b = ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu)
+            .expect("the checkpoint left behind loads and verifies");
+        assert!(b.step < 40);
+    }
+}
+
 /// The command line refuses what would train nothing or rank with broken temperatures, before
 /// any work: a resume budget the run has already spent, NaN or negative tau and delta (in
 /// `query` and `eval`), zero beams, an empty question.
@@ -650,6 +679,32 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
             "{extra:?}: {err}"
         );
     }
+    // A corpus with a broken line: eval names it on stderr and goes on with the rest.
+    let broken = dir.path().join("broken.jsonl");
+    let mut text = std::fs::read_to_string(&corpus).unwrap();
+    text.insert_str(
+        text.find('\n').unwrap() + 1,
+        "{\"id\": \"x\", \"title\": \n",
+    );
+    std::fs::write(&broken, text).unwrap();
+    let dev = root().join("corpora/ir_history.dev.jsonl");
+    let (ok, err) = selfret(&[
+        "eval",
+        "--corpus",
+        broken.to_str().unwrap(),
+        "--queries",
+        dev.to_str().unwrap(),
+        "--baselines",
+        "bm25",
+        "--limit",
+        "2",
+    ]);
+    assert!(
+        ok && err.contains("loaded 105 passages")
+            && err.contains("skipped 1")
+            && err.contains("broken.jsonl:2"),
+        "{err}"
+    );
     // A query file none of whose gold passages is in the corpus: refused, not a table of 0s.
     let foreign = dir.path().join("foreign.jsonl");
     std::fs::write(

@@ -482,28 +482,26 @@ fn finite_garbage_in_any_checkpoint_file_is_refused() {
     }
     // A checkpoint opened as a plain model folder would load unverified and without its
     // adapters: refused, pointing at the run.
-    let Err(e) = selfret::model::source::load_weights(
-        &ModelSource::HfFolder(good.clone()),
-        &Device::Cpu,
-        None,
-    ) else {
-        panic!("a checkpoint is not a model folder");
+    let folder_error = |dir: &Path| {
+        let Err(e) = selfret::model::source::load_weights(
+            &ModelSource::HfFolder(dir.into()),
+            &Device::Cpu,
+            None,
+        ) else {
+            panic!("{} must be refused as a model folder", dir.display());
+        };
+        e.to_string()
     };
-    assert!(e.to_string().contains("selfret checkpoint"), "{e}");
+    let e = folder_error(&good);
+    assert!(e.contains("selfret checkpoint"), "{e}");
     // A plain Hugging Face folder (no checksums) with finite garbage in its weights.
     let plain = dir.path().join("plain");
     copy_dir(&good, &plain);
     std::fs::remove_file(plain.join("manifest.ron")).unwrap();
     std::fs::remove_file(plain.join("adapter.safetensors")).unwrap();
     overwrite_tensor_bytes(&plain.join("model.safetensors"), 0x7f);
-    let Err(e) = selfret::model::source::load_weights(
-        &ModelSource::HfFolder(plain.clone()),
-        &Device::Cpu,
-        None,
-    ) else {
-        panic!("garbage weights in a model folder must be refused");
-    };
-    assert!(e.to_string().contains("non-finite"), "{e}");
+    let e = folder_error(&plain);
+    assert!(e.contains("non-finite"), "{e}");
 
     // A run whose optimiser state is then overwritten: the resume refuses, nothing is written.
     let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);

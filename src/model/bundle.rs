@@ -178,8 +178,11 @@ impl ModelBundle {
         match checkpoint::BaseRef::read(dir)? {
             Some(base) => {
                 base.verify(dir)?;
-                source::load_weights(&ModelSource::Gguf(base.path.clone()), device, None)
+                let w = source::load_weights(&ModelSource::Gguf(base.path.clone()), device, None)?;
+                refuse_non_finite(&base.path, &w.tensors)?;
+                Ok(w)
             }
+            // The folder loader refuses non-finite weights itself.
             None => source::load_hf_folder(dir, device),
         }
     }
@@ -198,7 +201,6 @@ impl ModelBundle {
             m.verify_file(dir, ADAPTER)?;
         }
         let w = Self::checkpoint_base(dir, device)?;
-        refuse_non_finite(&dir.join(WEIGHTS), &w.tensors)?;
         let saved_mode = manifest
             .as_ref()
             .map(|m| m.mode.clone())

@@ -234,46 +234,41 @@ impl DataBuilder<'_> {
 
     /// query -> title + passage for every positive passage found in the corpus.
     pub fn retrieval(&self, queries: &[Query]) -> Result<Vec<Example>> {
-        let mut out = Vec::new();
-        for q in queries {
-            for pid in &q.positive_ids {
-                if let Some(pidx) = self.corpus.index_of(pid) {
-                    out.push(self.example(
-                        Task::Retrieval,
-                        self.codec.query(self.tokenizer, &q.question)?,
-                        self.passage_target(pidx)?,
-                    ));
-                }
-            }
-        }
-        Ok(out)
+        self.golds(queries)
+            .map(|(q, pidx)| {
+                Ok(self.example(
+                    Task::Retrieval,
+                    self.codec.query(self.tokenizer, &q.question)?,
+                    self.passage_target(pidx)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Each query with each of its gold passages found in the corpus.
+    fn golds<'q>(&'q self, queries: &'q [Query]) -> impl Iterator<Item = (&'q Query, usize)> {
+        queries.iter().flat_map(move |q| {
+            q.positive_ids
+                .iter()
+                .filter_map(|pid| self.corpus.index_of(pid))
+                .map(move |pidx| (q, pidx))
+        })
     }
 
     /// Reading: the gold passage in the query-likelihood prompt -> the question (and the end
     /// of text), for every positive passage found in the corpus.
     pub fn reading(&self, queries: &[Query]) -> Result<Vec<Example>> {
+        use crate::retrieve::likelihood::{question_ids, reading_prompt};
         let mut out = Vec::new();
-        for q in queries {
-            for pid in &q.positive_ids {
-                if let Some(pidx) = self.corpus.index_of(pid) {
-                    let p = &self.corpus.passages[pidx];
-                    let mut question =
-                        crate::retrieve::likelihood::question_ids(self.tokenizer, &q.question)?;
-                    if question.is_empty() {
-                        continue;
-                    }
-                    question.push(self.codec.eos);
-                    out.push(self.example(
-                        Task::Reading,
-                        crate::retrieve::likelihood::reading_prompt(
-                            self.tokenizer,
-                            &p.title,
-                            &p.text,
-                        )?,
-                        question,
-                    ));
-                }
+        for (q, pidx) in self.golds(queries) {
+            let mut question = question_ids(self.tokenizer, &q.question)?;
+            if question.is_empty() {
+                continue;
             }
+            question.push(self.codec.eos);
+            let p = &self.corpus.passages[pidx];
+            let prompt = reading_prompt(self.tokenizer, &p.title, &p.text)?;
+            out.push(self.example(Task::Reading, prompt, question));
         }
         Ok(out)
     }

@@ -596,3 +596,65 @@ fn tau_and_delta_have_plain_tooltips() {
         );
     }
 }
+
+/// A project file whose temperature is NaN parses as RON but cannot rank: Open project refuses
+/// it, naming the file and the field, and keeps the project that was open; the same file with a
+/// sound tau then opens.
+#[test]
+fn a_project_file_with_a_nan_tau_is_refused_and_the_open_project_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("project.ron");
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .with_max_steps(8)
+        .build_eframe(|cc| SelfretApp::new(cc));
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
+    h.state_mut().project_file = file.display().to_string();
+    h.get_by_role_and_label(Role::Button, "Save project")
+        .click();
+    h.run_ok();
+    let saved = std::fs::read_to_string(&file).expect("the project was saved");
+    let tau_line = saved
+        .lines()
+        .find(|l| l.trim_start().starts_with("tau:"))
+        .expect("the project file names tau");
+    let tau_before = h.state().shared.project.retrieve.tau;
+
+    std::fs::write(&file, saved.replace(tau_line, "        tau: NaN,")).unwrap();
+    h.state_mut().shared.project.steps = 123;
+    h.get_by_role_and_label(Role::Button, "Open project")
+        .click();
+    h.run_ok();
+    let e = h
+        .state()
+        .shared
+        .errors
+        .get(selfret::app::ErrorPlace::Project)
+        .expect("a NaN tau must be refused")
+        .to_string();
+    assert!(
+        e.contains("project.ron") && e.contains("tau must be a finite number"),
+        "{e}"
+    );
+    assert_eq!(
+        h.state().shared.project.steps,
+        123,
+        "the open project was replaced"
+    );
+    assert_eq!(h.state().shared.project.retrieve.tau, tau_before);
+
+    std::fs::write(&file, saved.replace(tau_line, "        tau: 0.5,")).unwrap();
+    h.get_by_role_and_label(Role::Button, "Open project")
+        .click();
+    h.run_ok();
+    assert!(h
+        .state()
+        .shared
+        .errors
+        .get(selfret::app::ErrorPlace::Project)
+        .is_none());
+    assert_eq!(h.state().shared.project.retrieve.tau, 0.5);
+    assert_ne!(h.state().shared.project.steps, 123);
+}

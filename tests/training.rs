@@ -355,8 +355,8 @@ fn examples_without_target_inside_max_len_are_skipped() {
 }
 
 /// Corrupt or missing checkpoints are refused with the reason, never trained over: weight
-/// bytes overwritten behind an intact header (NaN), a manifest that does not parse, and a
-/// resume with nothing to resume from.
+/// bytes overwritten behind an intact header (NaN), a manifest that does not parse or is
+/// missing, a weights file cut short, and a resume with nothing to resume from.
 #[test]
 fn corrupt_checkpoints_and_empty_resumes_are_refused() {
     use selfret::model::checkpoint::Manifest;
@@ -370,17 +370,8 @@ fn corrupt_checkpoints_and_empty_resumes_are_refused() {
 
     // NaN weights: the bytes after the safetensors header set to 0xff.
     let nan = dir.path().join("nan");
-    std::fs::create_dir_all(&nan).unwrap();
-    for f in std::fs::read_dir(&good).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, nan.join(f.file_name().unwrap())).unwrap();
-    }
-    let mut bytes = std::fs::read(nan.join("model.safetensors")).unwrap();
-    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    for x in &mut bytes[8 + header..] {
-        *x = 0xff;
-    }
-    std::fs::write(nan.join("model.safetensors"), &bytes).unwrap();
+    copy_dir(&good, &nan);
+    overwrite_tensor_bytes(&nan.join("model.safetensors"), 0xff);
     let e = ModelBundle::load_checkpoint(&nan, None, &Device::Cpu)
         .err()
         .expect("NaN weights must be refused")
@@ -416,6 +407,38 @@ fn corrupt_checkpoints_and_empty_resumes_are_refused() {
         .expect("a garbage manifest must be refused")
         .to_string();
     assert!(e.contains("manifest.ron"), "{e}");
+
+    // A weights file cut short (a copy interrupted, a full disk) and a folder whose manifest
+    // is missing: both refused naming the file; the good checkpoint is untouched and loads.
+    let cut = dir.path().join("cut");
+    copy_dir(&good, &cut);
+    let bytes = std::fs::read(cut.join("model.safetensors")).unwrap();
+    std::fs::write(cut.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let Err(e) = ModelBundle::load_checkpoint(&cut, None, &Device::Cpu) else {
+        panic!("a truncated weights file must be refused");
+    };
+    let e = e.to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+    // (A full-weights checkpoint without it is a plain model folder and loads as one; adapters
+    // without the manifest that names their rank and targets cannot.)
+    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
+    let lora = TrainMode::Lora(selfret::model::LoraConfig {
+        rank: 4,
+        ..Default::default()
+    });
+    let bare = dir.path().join("bare");
+    ModelBundle::from_weights(w, ModelSource::Tiny, lora, &Device::Cpu)
+        .unwrap()
+        .save(&bare, None, Default::default())
+        .unwrap();
+    assert!(ModelBundle::load_checkpoint(&bare, None, &Device::Cpu).is_ok());
+    std::fs::remove_file(bare.join("manifest.ron")).unwrap();
+    let Err(e) = ModelBundle::load_checkpoint(&bare, None, &Device::Cpu) else {
+        panic!("a checkpoint without its manifest must be refused");
+    };
+    let e = e.to_string();
+    assert!(e.contains("manifest.ron"), "{e}");
+    assert!(ModelBundle::load_checkpoint(&good, None, &Device::Cpu).is_ok());
 
     // Resume of a run that has no checkpoint.
     let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);

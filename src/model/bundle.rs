@@ -1,7 +1,7 @@
 //! A model ready to train or query: the network, its trainable parameters and tokenizer, built
 //! from loaded weights in a training mode, saved and loaded as checkpoint folders.
 
-use super::checkpoint::{self, Manifest, ADAPTER, MANIFEST, WEIGHTS};
+use super::checkpoint::{self, Manifest, ADAPTER, BASE_REF, MANIFEST, WEIGHTS};
 use super::source::{self, LoadedWeights, ModelSource};
 use super::{Llama, LoraConfig, SpecialTokens};
 use crate::error::{Error, Result};
@@ -196,6 +196,19 @@ impl ModelBundle {
             true => Some(Manifest::read(dir)?),
             false => None,
         };
+        // Adapters, a base reference or optimiser state mark a selfret checkpoint: without its
+        // manifest the training mode is unknown and the adapters would be dropped in silence.
+        let own_files = [ADAPTER, BASE_REF, "optimizer.safetensors"];
+        if let (None, Some(found)) = (&manifest, own_files.iter().find(|f| dir.join(f).is_file())) {
+            return Err(Error::bad_file(
+                dir.join(MANIFEST),
+                format!(
+                    "missing: the folder holds a checkpoint's {found} but not the manifest that \
+                     says its training mode, step and checksums; restore it or resume from \
+                     another checkpoint"
+                ),
+            ));
+        }
         if let Some(m) = &manifest {
             m.verify_file(dir, WEIGHTS)?;
             m.verify_file(dir, ADAPTER)?;

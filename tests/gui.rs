@@ -26,6 +26,18 @@ fn wait_until(
     h.run_ok();
 }
 
+/// The app as it starts, once it has loaded the demo corpus.
+fn app_with_demo_corpus() -> Harness<'static, SelfretApp> {
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .with_max_steps(8)
+        .build_eframe(|cc| SelfretApp::new(cc));
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
+    h
+}
+
 #[test]
 fn corpus_train_cancel_query_and_rerank() {
     let run_dir = tempfile::tempdir().unwrap();
@@ -422,13 +434,7 @@ fn start_asks_before_training_over_a_checkpoint() {
     let old = dir.path().join("run");
     std::fs::create_dir_all(old.join("checkpoint")).unwrap();
     std::fs::write(old.join("checkpoint/manifest.ron"), "(kept)").unwrap();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 900.0])
-        .with_max_steps(8)
-        .build_eframe(|cc| SelfretApp::new(cc));
-    wait_until(&mut h, "the demo corpus", 60, |a| {
-        a.shared.corpus.is_some() && !a.is_busy()
-    });
+    let mut h = app_with_demo_corpus();
     h.get_by_role_and_label(Role::Button, "Train").click();
     h.run_ok();
     {
@@ -478,13 +484,7 @@ fn evaluate_names_gold_ids_missing_from_the_corpus() {
          {\"id\":\"q2\",\"question\":\"What is missing here?\",\"positive_ids\":[\"no-such-passage\"]}\n",
     )
     .unwrap();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 900.0])
-        .with_max_steps(8)
-        .build_eframe(|cc| SelfretApp::new(cc));
-    wait_until(&mut h, "the demo corpus", 60, |a| {
-        a.shared.corpus.is_some() && !a.is_busy()
-    });
+    let mut h = app_with_demo_corpus();
     h.get_by_role_and_label(Role::Button, "Evaluate").click();
     h.run_ok();
     {
@@ -514,13 +514,7 @@ fn evaluate_names_gold_ids_missing_from_the_corpus() {
 #[test]
 fn a_failed_evaluation_keeps_the_previous_table_and_its_error_can_be_dismissed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 900.0])
-        .with_max_steps(8)
-        .build_eframe(|cc| SelfretApp::new(cc));
-    wait_until(&mut h, "the demo corpus", 60, |a| {
-        a.shared.corpus.is_some() && !a.is_busy()
-    });
+    let mut h = app_with_demo_corpus();
     h.get_by_role_and_label(Role::Button, "Evaluate").click();
     h.run_ok();
     {
@@ -570,13 +564,7 @@ fn a_failed_evaluation_keeps_the_previous_table_and_its_error_can_be_dismissed()
 /// not there before.
 #[test]
 fn tau_and_delta_have_plain_tooltips() {
-    let mut h = Harness::builder()
-        .with_size([1280.0, 900.0])
-        .with_max_steps(8)
-        .build_eframe(|cc| SelfretApp::new(cc));
-    wait_until(&mut h, "the demo corpus", 60, |a| {
-        a.shared.corpus.is_some() && !a.is_busy()
-    });
+    let mut h = app_with_demo_corpus();
     h.get_by_role_and_label(Role::Button, "Query").click();
     h.run_ok();
     for (slider, words) in [
@@ -604,13 +592,7 @@ fn tau_and_delta_have_plain_tooltips() {
 fn a_project_file_with_a_nan_tau_is_refused_and_the_open_project_kept() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("project.ron");
-    let mut h = Harness::builder()
-        .with_size([1280.0, 900.0])
-        .with_max_steps(8)
-        .build_eframe(|cc| SelfretApp::new(cc));
-    wait_until(&mut h, "the demo corpus", 60, |a| {
-        a.shared.corpus.is_some() && !a.is_busy()
-    });
+    let mut h = app_with_demo_corpus();
     h.state_mut().project_file = file.display().to_string();
     h.get_by_role_and_label(Role::Button, "Save project")
         .click();

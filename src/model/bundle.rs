@@ -1,7 +1,7 @@
 //! A model ready to train or query: the network, its trainable parameters and tokenizer, built
 //! from loaded weights in a training mode, saved and loaded as checkpoint folders.
 
-use super::checkpoint::{self, Manifest, ADAPTER, BASE_REF, MANIFEST, WEIGHTS};
+use super::checkpoint::{self, Manifest, ADAPTER, BASE_REF, MANIFEST, OPTIMIZER, WEIGHTS};
 use super::source::{self, LoadedWeights, ModelSource};
 use super::{Llama, LoraConfig, SpecialTokens};
 use crate::error::{Error, Result};
@@ -198,7 +198,7 @@ impl ModelBundle {
         };
         // Adapters, a base reference or optimiser state mark a selfret checkpoint: without its
         // manifest the training mode is unknown and the adapters would be dropped in silence.
-        let own_files = [ADAPTER, BASE_REF, "optimizer.safetensors"];
+        let own_files = [ADAPTER, BASE_REF, OPTIMIZER];
         if let (None, Some(found)) = (&manifest, own_files.iter().find(|f| dir.join(f).is_file())) {
             return Err(Error::bad_file(
                 dir.join(MANIFEST),

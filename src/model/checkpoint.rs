@@ -16,6 +16,8 @@ pub const MANIFEST: &str = "manifest.ron";
 pub const WEIGHTS: &str = "model.safetensors";
 /// LoRA adapter weights alone.
 pub const ADAPTER: &str = "adapter.safetensors";
+/// The optimiser's state in a training checkpoint, for resuming.
+pub const OPTIMIZER: &str = "optimizer.safetensors";
 /// In place of [`WEIGHTS`] in a LoRA checkpoint over a GGUF file: where the unchanged base is.
 pub const BASE_REF: &str = "base.ron";
 

@@ -505,10 +505,10 @@ pub fn train(
     }
     let mut opt = AdamW::new(&bundle.varmap, cfg.adamw)?;
     if let Some(dir) = out {
-        let state_path = dir.join("optimizer.safetensors");
+        let state_path = dir.join(crate::model::checkpoint::OPTIMIZER);
         if bundle.step > 0 && state_path.is_file() {
             if let Ok(m) = crate::model::checkpoint::Manifest::read(dir) {
-                m.verify_file(dir, "optimizer.safetensors")?;
+                m.verify_file(dir, crate::model::checkpoint::OPTIMIZER)?;
             }
             let state = candle_core::safetensors::load(&state_path, &candle_core::Device::Cpu)
                 .map_err(|e| Error::bad_file(&state_path, e.to_string()))?;
@@ -537,7 +537,7 @@ pub fn train(
             dir,
             None,
             hp,
-            vec![("optimizer.safetensors", opt.state_tensors()?)],
+            vec![(crate::model::checkpoint::OPTIMIZER, opt.state_tensors()?)],
         )?;
         on_event(TrainEvent::Checkpoint {
             step: bundle.step as usize,

@@ -777,3 +777,110 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
     let (ok, err) = selfret(&["query", "--run", run_s, "  "]);
     assert!(!ok && err.contains("empty"), "{err}");
 }
+
+/// A resume with another budget says so (the schedule follows it), and trains to it.
+#[test]
+fn a_resume_with_a_new_budget_says_so() {
+    use selfret::worker::index::{run_index, IndexSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
+    spec.tiny = opts();
+    spec.train.steps = 2;
+    spec.train.batch_tokens = 512;
+    spec.pseudo = None;
+    let run = dir.path().join("run");
+    run_index(&spec, &run, false, &mut NoControl, &mut |_| {}, None).unwrap();
+    spec.train.steps = 4;
+    let mut events = Vec::new();
+    run_index(
+        &spec,
+        &run,
+        true,
+        &mut NoControl,
+        &mut |e| events.push(e),
+        None,
+    )
+    .unwrap();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            TrainEvent::BudgetChanged {
+                step: 2,
+                planned_steps: 2,
+                total_steps: 4
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(TrainEvent::Finished {
+            step: 4,
+            cancelled: false
+        })
+    ));
+}
+
+/// Stopping a run while another model is loaded for querying keeps that model, and the
+/// worker says so; the stopped run's own checkpoint opens on request.
+#[test]
+fn a_stopped_run_keeps_the_loaded_model_and_says_so() {
+    use selfret::worker::index::IndexSpec;
+    use selfret::worker::{Control, Event, Job, SessionInfo, Worker};
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = root().join("corpora/ir_history.jsonl");
+    let worker = Worker::spawn(Box::new(|| {}));
+    // Events until the job ends; the first loss point sends Stop.
+    let until_finished = |stop_at_first_step: bool| -> Vec<SessionInfo> {
+        let mut ready = Vec::new();
+        let mut stopped = false;
+        while let Some(e) = worker.recv() {
+            match e {
+                Event::SessionReady(info) => ready.push(info),
+                Event::Train(TrainEvent::Step { .. }) if stop_at_first_step && !stopped => {
+                    worker.control(Control::Cancel);
+                    stopped = true;
+                }
+                Event::Error(e) => panic!("{e}"),
+                Event::Finished => break,
+                _ => {}
+            }
+        }
+        ready
+    };
+    worker.submit(Job::OpenUntrained {
+        source: ModelSource::Tiny,
+        corpus: corpus.clone(),
+    });
+    let first = until_finished(false);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].run, None);
+
+    let mut spec = IndexSpec::new(corpus, ModelSource::Tiny);
+    spec.tiny = opts();
+    spec.train.steps = 5000;
+    spec.train.batch_tokens = 512;
+    spec.pseudo = None;
+    let run = dir.path().join("run");
+    worker.submit(Job::Index {
+        spec: Box::new(spec),
+        run: run.clone(),
+        resume: false,
+    });
+    let after_stop = until_finished(true);
+    assert_eq!(after_stop.len(), 1, "one model announcement after the stop");
+    let info = &after_stop[0];
+    assert_eq!(info.run, None, "the stopped run replaced the loaded model");
+    assert!(
+        info.description.contains("still loaded") && info.description.contains("stopped at step"),
+        "{}",
+        info.description
+    );
+    assert_eq!(info.parameters, first[0].parameters);
+    assert!(run.join("checkpoint/manifest.ron").is_file());
+
+    worker.submit(Job::OpenRun(run.clone()));
+    let opened = until_finished(false);
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].run.as_deref(), Some(run.as_path()));
+}

@@ -105,7 +105,6 @@ impl SelfretApp {
                     }
                     self.panels.train.view.running = true;
                     let run = PathBuf::from(self.shared.project.run_dir.trim());
-                    self.shared.opening_run = Some(run.clone());
                     let job = Job::Index {
                         spec: Box::new(spec),
                         run,
@@ -129,7 +128,6 @@ impl SelfretApp {
                         if let Some(spec) = run_settings(&run) {
                             self.shared.project.take_run_settings(&spec);
                         }
-                        self.shared.opening_run = Some(run.clone());
                         self.submit(JobKind::OpenRun, "opening run", Job::OpenRun(run));
                     }
                     Err(e) => self.shared.errors.set(JobKind::OpenRun.place(), e),
@@ -465,8 +463,7 @@ impl SelfretApp {
 /// The settings a run was trained with (its `run.ron`); `None` when the folder has none readable
 /// (opening the run then reports what is wrong).
 fn run_settings(run: &std::path::Path) -> Option<IndexSpec> {
-    let text = std::fs::read_to_string(run.join("run.ron")).ok()?;
-    ron::from_str::<crate::worker::index::RunManifest>(&text)
+    crate::worker::index::RunManifest::read(run)
         .ok()
         .map(|m| m.spec)
 }

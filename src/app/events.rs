@@ -32,12 +32,10 @@ impl SelfretApp {
                 }
                 Event::Train(e) => self.panels.train.view.on_train_event(e),
                 Event::SessionReady(info) => {
-                    self.shared.trained =
-                        matches!(self.running_job(), Some(JobKind::Train | JobKind::OpenRun));
-                    self.shared.loaded_run = match self.shared.trained {
-                        true => self.shared.opening_run.clone(),
-                        false => None,
-                    };
+                    // What is loaded is the worker's to say: a stopped run keeps the model
+                    // loaded before it, which may be another run's or none.
+                    self.shared.trained = info.run.is_some();
+                    self.shared.loaded_run = info.run.clone();
                     // The last question's results were the previous model's.
                     self.forget_question();
                     self.shared.session_info = Some(info.description.clone());
@@ -228,6 +226,14 @@ impl TrainView {
                     self.eval_metrics.push((k.clone(), *step, *v));
                 }
             }
+            TrainEvent::BudgetChanged {
+                step,
+                planned_steps,
+                total_steps,
+            } => {
+                self.total_steps = *total_steps;
+                self.budget_note = Some(budget_note(*step, *planned_steps, *total_steps));
+            }
             TrainEvent::Finished { .. } => self.running = false,
             TrainEvent::Preparing { .. } => self.running = true,
         }
@@ -235,9 +241,37 @@ impl TrainView {
     }
 }
 
+/// What the Train panel says when a resumed run's budget is not the one it was planned with.
+pub(super) fn budget_note(step: usize, planned: usize, total: usize) -> String {
+    let how = if total > planned {
+        "extended"
+    } else {
+        "shortened"
+    };
+    format!(
+        "resumed at step {step}: budget {how} from {planned} to {total} steps (the learning-rate \
+         schedule follows the new budget)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resume with a new budget is announced, and the step count follows it.
+    #[test]
+    fn a_changed_resume_budget_is_announced() {
+        let mut view = TrainView::default();
+        view.on_train_event(TrainEvent::BudgetChanged {
+            step: 40,
+            planned_steps: 60,
+            total_steps: 90,
+        });
+        assert_eq!(view.total_steps, 90);
+        let note = view.budget_note.as_deref().unwrap_or_default();
+        assert!(note.contains("extended from 60 to 90"), "{note}");
+        assert!(budget_note(40, 90, 60).contains("shortened"));
+    }
 
     /// The final checkpoint, written on the step a periodic one already saved, is listed once.
     #[test]

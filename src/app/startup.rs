@@ -51,7 +51,6 @@ impl SelfretApp {
                 download: None,
                 trained: false,
                 loaded_run: None,
-                opening_run: None,
             },
             panels: Panels::default(),
             project_file: String::new(),

@@ -235,8 +235,6 @@ pub struct Shared {
     pub trained: bool,
     /// The run folder whose model is loaded (exports read it).
     pub loaded_run: Option<PathBuf>,
-    /// The run folder of the training or opening job in flight.
-    pub opening_run: Option<PathBuf>,
 }
 
 impl Shared {

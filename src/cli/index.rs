@@ -186,12 +186,8 @@ pub fn index(a: IndexArgs) -> Result<()> {
     }
     if a.resume {
         // Resume with the spec the run was started with.
-        let text = std::fs::read_to_string(a.out.join("run.ron"))
+        let m = crate::worker::index::RunManifest::read(&a.out)
             .with_context(|| format!("{}: no run to resume", a.out.display()))?;
-        let m: crate::worker::index::RunManifest = ron::from_str(&text).with_context(|| {
-            format!("{}: invalid run manifest", a.out.join("run.ron").display())
-        })?;
-        let stored = m.spec.train.steps;
         spec = m.spec;
         // How often to save and probe is the user's to change; the recipe is the run's own.
         spec.train.checkpoint_every = a.checkpoint_every;
@@ -213,14 +209,11 @@ pub fn index(a: IndexArgs) -> Result<()> {
                     a.out.display()
                 );
             }
+            // (The run says the new budget when it starts: `BudgetChanged`.)
             spec.train.steps = s;
             spec.train.epochs = None;
-            eprintln!("resuming with a budget of {s} steps (the run was planned for {stored})");
         } else if let Some(e) = a.epochs {
             spec.train.epochs = Some(e);
-            eprintln!(
-                "resuming with a budget of {e} epochs (the run was planned for {stored} steps)"
-            );
         }
     } else if let Some(e) = a.epochs {
         spec.train.epochs = Some(e);
@@ -306,6 +299,14 @@ pub fn index(a: IndexArgs) -> Result<()> {
                 bar.set_position(done as u64);
                 bar.set_message(stage);
             }
+            TrainEvent::BudgetChanged {
+                step,
+                planned_steps,
+                total_steps,
+            } => bar.println(format!(
+                "resuming at step {step} with a budget of {total_steps} steps (the run was \
+                 planned for {planned_steps}; its schedule follows the new budget)"
+            )),
             TrainEvent::Finished { step, cancelled } => {
                 bar.finish();
                 eprintln!(

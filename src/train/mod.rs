@@ -410,6 +410,14 @@ pub enum TrainEvent {
         start_step: usize,
         examples: usize,
     },
+    /// A resumed run's budget differs from the one it was planned with: it goes on to
+    /// `total_steps` from `step` (its schedule follows), where it was planned for
+    /// `planned_steps`.
+    BudgetChanged {
+        step: usize,
+        planned_steps: usize,
+        total_steps: usize,
+    },
     Step {
         step: usize,
         task: Task,

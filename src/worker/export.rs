@@ -73,10 +73,10 @@ pub fn export_run(
             run.display()
         )));
     }
-    let manifest_path = run.join("run.ron");
-    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-    let manifest: RunManifest = ron::from_str(&text)
-        .map_err(|e| Error::bad_file(&manifest_path, format!("invalid run manifest: {e}")))?;
+    let manifest = RunManifest::read(run)?;
+    // The run's own file travels verbatim, so the export records exactly what trained it.
+    let run_file = run.join(RunManifest::FILE);
+    let run_text = std::fs::read(&run_file).map_err(|e| Error::io(&run_file, e))?;
     let ckpt = match checkpoint {
         "checkpoint" => checkpoint_dir(run),
         other => run.join(other),
@@ -104,7 +104,7 @@ pub fn export_run(
     let note_text = ron::ser::to_string_pretty(&note, Default::default())
         .map_err(|e| Error::invalid(format!("writing {EXPORT_MANIFEST}: {e}")))?;
     let mut extra: Vec<(&str, Vec<u8>)> = vec![
-        ("selfret-run.ron", text.into_bytes()),
+        ("selfret-run.ron", run_text),
         (EXPORT_MANIFEST, note_text.into_bytes()),
     ];
     // The docid tree (second retrieval mode) travels with the model when the run has one.

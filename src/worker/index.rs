@@ -89,6 +89,19 @@ pub struct RunManifest {
     pub git_commit: Option<String>,
 }
 
+impl RunManifest {
+    /// The file name in a run directory.
+    pub const FILE: &'static str = "run.ron";
+
+    /// Reads `run.ron` of a run directory; the error names the file and what is wrong.
+    pub fn read(run: &Path) -> Result<RunManifest> {
+        let path = run.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        ron::from_str(&text)
+            .map_err(|e| Error::bad_file(&path, format!("invalid run manifest: {e}")))
+    }
+}
+
 /// The events a run logged (`metrics.jsonl`); unreadable lines are skipped (a line cut short by
 /// a killed process must not hide the rest).
 pub fn read_history(run: &Path) -> Vec<TrainEvent> {
@@ -207,10 +220,7 @@ fn build_run_examples(
 /// `run.ron`'s recipe, its pseudo-queries and mined negatives, and the tokenizer of `bundle`
 /// (the run's checkpoint). Returns them with the run's corpus.
 pub fn saved_run_examples(run: &Path, bundle: &ModelBundle) -> Result<(Vec<Example>, Corpus)> {
-    let path = run.join("run.ron");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let manifest: RunManifest = ron::from_str(&text)
-        .map_err(|e| Error::bad_file(&path, format!("invalid run manifest: {e}")))?;
+    let manifest = RunManifest::read(run)?;
     let spec = manifest.spec;
     let corpus = load_path(&spec.corpus, &spec.load)?;
     if corpus.fingerprint() != manifest.corpus_fingerprint {
@@ -498,6 +508,18 @@ pub fn run_index(
             spec.train.steps
         )));
     }
+    if resume {
+        // The budget a resumed run was planned with, when the new one differs, is said
+        // (the schedule is stretched or shortened to the new one).
+        let planned = RunManifest::read(run).ok().map(|m| m.spec.train.steps);
+        if let Some(planned) = planned.filter(|&p| p != spec.train.steps) {
+            on_event(TrainEvent::BudgetChanged {
+                step: bundle.step as usize,
+                planned_steps: planned,
+                total_steps: spec.train.steps,
+            });
+        }
+    }
     let manifest = RunManifest {
         spec: spec.clone(),
         corpus_fingerprint: corpus.fingerprint(),
@@ -505,7 +527,7 @@ pub fn run_index(
     };
     let text = ron::ser::to_string_pretty(&manifest, ron::ser::PrettyConfig::default())
         .map_err(|e| Error::invalid(e.to_string()))?;
-    write_atomic(&run.join("run.ron"), text.as_bytes())?;
+    write_atomic(&run.join(RunManifest::FILE), text.as_bytes())?;
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)

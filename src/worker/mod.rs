@@ -155,6 +155,8 @@ pub struct SessionInfo {
     pub trie: crate::trie::corpus_trie::TrieStats,
     /// Whether the base model reads the query likelihood by default for this model.
     pub likelihood_base_default: bool,
+    /// The run folder the loaded model came from (`None`: untrained or an exported folder).
+    pub run: Option<PathBuf>,
 }
 
 impl SessionInfo {
@@ -169,6 +171,7 @@ impl SessionInfo {
             weight_bytes: cfg.parameter_count() * 4,
             trie: s.trie.stats(),
             likelihood_base_default: s.likelihood_base_default(),
+            run: s.run.clone(),
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct QuerySession {
     likelihood_base: Option<(std::path::PathBuf, crate::model::checkpoint::BaseRef)>,
     /// BM25 over the same corpus, built the first time a query is compared with it.
     bm25: std::sync::OnceLock<crate::eval::bm25::Bm25Index>,
+    /// The run folder the model was opened from (`None`: an untrained or exported model).
+    pub run: Option<std::path::PathBuf>,
 }
 
 impl QuerySession {
@@ -45,10 +47,7 @@ impl QuerySession {
     /// Opens a run directory with one of its checkpoint folders (a learning-curve snapshot,
     /// `checkpoint-30min`, say).
     pub fn open_run_at(run: &Path, checkpoint: &Path) -> Result<Self> {
-        let path = run.join("run.ron");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let manifest: RunManifest = ron::from_str(&text)
-            .map_err(|e| Error::bad_file(&path, format!("invalid run manifest: {e}")))?;
+        let manifest = RunManifest::read(run)?;
         let corpus = load_path(&manifest.spec.corpus, &manifest.spec.load)?;
         let bundle = ModelBundle::load_checkpoint(
             checkpoint,
@@ -57,6 +56,7 @@ impl QuerySession {
         )?;
         let mut session = Self::new(bundle, corpus)?;
         session.reads_questions = manifest.spec.trains_reading();
+        session.run = Some(run.to_path_buf());
         Ok(session)
     }
 
@@ -78,6 +78,7 @@ impl QuerySession {
             reads_language: bundle_reads_language,
             reads_questions: false,
             likelihood_base: None,
+            run: None,
         })
     }
 

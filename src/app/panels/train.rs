@@ -80,6 +80,8 @@ pub struct TrainView {
     pub checkpoints: Vec<(usize, String)>,
     pub running: bool,
     pub paused: bool,
+    /// Said when a resumed run goes on with a budget other than the one it was planned with.
+    pub budget_note: Option<String>,
 }
 
 impl TrainPanel {
@@ -334,6 +336,9 @@ impl TrainPanel {
             None => {
                 ui.label("not started");
             }
+        }
+        if let Some(note) = &self.view.budget_note {
+            ui.label(note);
         }
         ui.horizontal(|ui| {
             ui.label(format!("loss points: {}", self.view.losses.len()));

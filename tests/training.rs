@@ -561,23 +561,33 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = IndexSpec::new(root().join("corpora/ir_history.jsonl"), ModelSource::Tiny);
     spec.tiny = opts();
-    spec.train.steps = 40;
-    spec.train.lr = 1e12;
+    spec.train.steps = 3;
     spec.train.clip = None;
     spec.train.batch_tokens = 512;
     spec.train.checkpoint_every = 1;
     spec.pseudo = None;
     let run = dir.path().join("run");
-    let Err(e) = run_index(&spec, &run, false, &mut NoControl, &mut |_| {}, None) else {
+    run_index(&spec, &run, false, &mut NoControl, &mut |_| {}, None)
+        .expect("three ordinary steps train");
+    let ckpt = run.join("checkpoint");
+    let good = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+    // The same run resumed with a learning rate that blows the weights up.
+    spec.train.steps = 40;
+    spec.train.lr = 1e12;
+    let Err(e) = run_index(&spec, &run, true, &mut NoControl, &mut |_| {}, None) else {
         panic!("a learning rate of 1e12 must diverge");
     };
     let e = e.to_string();
     assert!(e.contains("non-finite") || e.contains("loss became"), "{e}");
-    let ckpt = run.join("checkpoint");
-    if ckpt.join("manifest.ron").is_file() {
-        let b = ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu)
-            .expect("the checkpoint left behind loads and verifies");
-        assert!(b.step < 40);
+    let b = ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu)
+        .expect("the checkpoint left behind loads and verifies");
+    assert!(b.step >= 3 && b.step < 40, "step {}", b.step);
+    if b.step == 3 {
+        assert_eq!(
+            std::fs::read(ckpt.join("model.safetensors")).unwrap(),
+            good,
+            "the good checkpoint is untouched"
+        );
     }
 }
 
@@ -750,7 +760,10 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
         vec!["--tau", "NaN"],
         vec!["--tau=-1"],
         vec!["--delta", "inf"],
+        vec!["--delta", "NaN"],
+        vec!["--delta=-5"],
         vec!["--titles", "0"],
+        vec!["--passages", "0"],
     ] {
         let mut args = vec!["query", "--run", run_s, "card catalogues"];
         args.extend(bad.iter().copied());
@@ -774,8 +787,37 @@ fn the_cli_refuses_budgets_and_parameters_that_cannot_work() {
             "eval {bad:?} must stop first: {err}"
         );
     }
-    let (ok, err) = selfret(&["query", "--run", run_s, "  "]);
-    assert!(!ok && err.contains("empty"), "{err}");
+    for blank in ["", "  "] {
+        let (ok, err) = selfret(&["query", "--run", run_s, blank]);
+        assert!(!ok && err.contains("empty"), "{blank:?}: {err}");
+    }
+    // The load report is kept with the run.
+    let report = std::fs::read_to_string(run.join("load_report.txt")).unwrap();
+    assert!(report.contains("loaded 105 passages"), "{report}");
+    // Flipped weight bytes: the command refuses the checkpoint by name and exits non-zero.
+    let copy = dir.path().join("copy");
+    copy_dir(&run.join("checkpoint"), &copy.join("checkpoint"));
+    std::fs::copy(run.join("run.ron"), copy.join("run.ron")).unwrap();
+    overwrite_tensor_bytes(&copy.join("checkpoint/model.safetensors"), 0x41);
+    let (ok, err) = selfret(&["query", "--run", copy.to_str().unwrap(), "card catalogues"]);
+    assert!(!ok && err.contains("model.safetensors"), "{err}");
+    // A garbage run.ron: resume refuses, naming it, and leaves it as it was.
+    std::fs::write(copy.join("run.ron"), "(spec: garbage").unwrap();
+    let (ok, err) = selfret(&[
+        "index",
+        "--corpus",
+        corpus_s,
+        "--out",
+        copy.to_str().unwrap(),
+        "--resume",
+        "--steps",
+        "6",
+    ]);
+    assert!(!ok && err.contains("run.ron"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(copy.join("run.ron")).unwrap(),
+        "(spec: garbage"
+    );
 }
 
 /// A resume with another budget says so (the schedule follows it), and trains to it.

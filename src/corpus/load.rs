@@ -423,6 +423,33 @@ mod tests {
         assert!(c.load_report(20).starts_with("loaded"));
     }
 
+    /// The case: a 10 MB passage on one line (2 million words, no sentence breaks) is
+    /// cut into passages of the usual size, as a text file and as a JSONL record.
+    #[test]
+    fn a_ten_megabyte_single_line_passage_is_chunked() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = "word ".repeat(2_000_000);
+        let txt = dir.path().join("one-line.txt");
+        std::fs::write(&txt, &line).unwrap();
+        let jsonl = dir.path().join("one-line.jsonl");
+        std::fs::write(
+            &jsonl,
+            format!("{{\"id\":\"big\",\"title\":\"B\",\"text\":\"{line}\"}}\n"),
+        )
+        .unwrap();
+        let max = LoadOptions::default().chunk.max_words;
+        for path in [&txt, &jsonl] {
+            let c = load_path(path, &LoadOptions::default()).unwrap();
+            assert_eq!(c.skipped_count(), 0, "{}", c.load_report(5));
+            assert!(
+                c.passages.len() >= 2_000_000 / max,
+                "{} passages",
+                c.passages.len()
+            );
+            assert!(c.passages.iter().all(|p| p.words() <= max));
+        }
+    }
+
     #[test]
     fn jsonl_bad_lines_are_skipped_and_named() {
         let dir = tempfile::tempdir().unwrap();

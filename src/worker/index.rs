@@ -511,7 +511,13 @@ pub fn run_index(
     if resume {
         // The budget a resumed run was planned with, when the new one differs, is said
         // (the schedule is stretched or shortened to the new one).
-        let planned = RunManifest::read(run).ok().map(|m| m.spec.train.steps);
+        // A garbage run.ron is refused rather than overwritten unread (it may be the only
+        // record of how the checkpoint was trained); a missing one is simply rewritten.
+        let planned = if run.join(RunManifest::FILE).is_file() {
+            Some(RunManifest::read(run)?.spec.train.steps)
+        } else {
+            None
+        };
         if let Some(planned) = planned.filter(|&p| p != spec.train.steps) {
             on_event(TrainEvent::BudgetChanged {
                 step: bundle.step as usize,

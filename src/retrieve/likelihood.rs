@@ -35,6 +35,16 @@ pub fn reading_prompt(tokenizer: &Tokenizer, title: &str, text: &str) -> Result<
     Ok(prompt.ids(len.min(prompt.len())))
 }
 
+/// Length of the token prefix all `rows` share.
+fn shared_prefix(rows: &[Vec<u32>]) -> usize {
+    let Some(first) = rows.first() else {
+        return 0;
+    };
+    rows[1..].iter().fold(first.len(), |n, r| {
+        n.min(r.iter().zip(first).take_while(|(a, b)| a == b).count())
+    })
+}
+
 impl Retriever<'_> {
     /// Mean log P(question token | question prompt over passage, earlier question tokens) under
     /// `reader` (the retriever's model or its base) for each passage index in `passages`, in
@@ -60,23 +70,41 @@ impl Retriever<'_> {
             rows.push(row);
         }
         let q = question.len();
+        // Every row opens with the same instruction: it is read once, and each batch continues
+        // from its cache (a fifth of a row's tokens on NQ). The shared part stops before a
+        // row's first question token, whose distribution is read from the position before it.
+        let shared =
+            shared_prefix(&rows).min(starts.iter().copied().min().unwrap_or(0).saturating_sub(1));
+        let mut prefix = reader.new_cache();
+        if shared > 0 {
+            let input = Tensor::from_vec(rows[0][..shared].to_vec(), (1, shared), reader.device())?;
+            reader.hidden(&input, Some(&mut prefix))?;
+            timings.count_pass(shared, 0);
+        }
         let mut out = vec![0.0; passages.len()];
         for group in length_batches(&rows, CALL_TOKENS, BATCH_ROWS) {
-            let max = group.iter().map(|&i| rows[i].len()).max().unwrap_or(0);
+            let max = group.iter().map(|&i| rows[i].len()).max().unwrap_or(0) - shared;
             let mut flat = Vec::with_capacity(group.len() * max);
             for &i in &group {
-                flat.extend_from_slice(&rows[i]);
-                flat.extend(std::iter::repeat_n(self.codec.eos, max - rows[i].len()));
+                let rest = &rows[i][shared..];
+                flat.extend_from_slice(rest);
+                flat.extend(std::iter::repeat_n(self.codec.eos, max - rest.len()));
             }
             let input = Tensor::from_vec(flat, (group.len(), max), reader.device())?;
-            let hidden = reader.hidden(&input, None)?;
+            let hidden = if shared > 0 {
+                let mut cache = prefix.select(&vec![0u32; group.len()])?;
+                reader.hidden(&input, Some(&mut cache))?
+            } else {
+                reader.hidden(&input, None)?
+            };
             let h = hidden.dim(2)?;
-            // The distribution before each question token: positions start-1 .. start+q-2.
+            // The distribution before each question token: positions start-1 .. start+q-2
+            // of the row, counted after the shared prefix.
             let picks: Vec<u32> = group
                 .iter()
                 .enumerate()
                 .flat_map(|(k, &i)| {
-                    let start = k * max + starts[i];
+                    let start = k * max + starts[i] - shared;
                     (0..q).map(move |j| (start + j - 1) as u32)
                 })
                 .collect();
@@ -96,5 +124,18 @@ impl Retriever<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_prefix;
+
+    #[test]
+    fn the_shared_prefix_is_the_longest_common_start() {
+        assert_eq!(shared_prefix(&[]), 0);
+        assert_eq!(shared_prefix(&[vec![1, 2, 3]]), 3);
+        assert_eq!(shared_prefix(&[vec![1, 2, 3], vec![1, 2, 4], vec![1, 2]]), 2);
+        assert_eq!(shared_prefix(&[vec![5, 2], vec![1, 2]]), 0);
     }
 }

@@ -114,7 +114,9 @@ impl QueryPanel {
         }
         ui.horizontal(|ui| {
             ui.add(
-                egui::Slider::new(&mut shared.project.retrieve.titles, 1..=20).text("Title beams"),
+                egui::Slider::new(&mut shared.project.retrieve.titles, 1..=200)
+                    .logarithmic(true)
+                    .text("Title beams"),
             )
             .on_hover_text(hints::TITLE_BEAMS);
             ui.add(

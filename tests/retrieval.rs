@@ -584,3 +584,72 @@ fn explaining_a_passage_reproduces_a_candidate_and_places_an_outsider() {
         .to_string();
     assert!(err.contains("no-such-id"), "{err}");
 }
+
+/// The budget's titles are searched exactly in one teacher-forced batch: the same passages,
+/// the same log-probabilities token by token and the same steps as a full beam search of each
+/// title's passage trie wide enough to hold all its passages (the other code path).
+#[test]
+fn exact_passage_batch_matches_a_full_beam_search() {
+    let corpus = demo_corpus();
+    let opts = TinyOptions {
+        vocab_size: 800,
+        hidden_size: 256,
+        layers: 2,
+        seed: 5,
+    };
+    let s = QuerySession::new(tiny_bundle(&corpus, &opts, TrainMode::Frozen), corpus).unwrap();
+    let budget = RetrieveOptions {
+        titles: 6,
+        likelihood: false,
+        answer: false,
+        ..Default::default()
+    };
+    let searched = RetrieveOptions {
+        candidates: 0,
+        passages: 100,
+        passage_beam: true,
+        ..budget.clone()
+    };
+    for q in [
+        "who invented the inverted index",
+        "card catalogues in libraries",
+    ] {
+        let a = s.query(q, &budget, &mut |_| {}).unwrap();
+        let b = s.query(q, &searched, &mut |_| {}).unwrap();
+        assert!(
+            a.candidates.len() > a.titles.len(),
+            "titles of several passages"
+        );
+        let key = |t: &selfret::retrieve::RetrievalTrace| {
+            type Key = (String, Vec<u32>, Vec<Option<f32>>, Vec<u32>, f64);
+            let mut v: Vec<Key> = t
+                .candidates
+                .iter()
+                .map(|c| {
+                    (
+                        c.passage_id.clone(),
+                        c.steps.iter().map(|st| st.token).collect(),
+                        c.steps.iter().map(|st| st.logprob).collect(),
+                        c.steps.iter().map(|st| st.alternatives).collect(),
+                        c.generated_logprob,
+                    )
+                })
+                .collect();
+            v.sort_by(|x, y| x.0.cmp(&y.0));
+            v
+        };
+        let (ka, kb) = (key(&a), key(&b));
+        assert_eq!(ka.len(), kb.len(), "{q}");
+        for (x, y) in ka.iter().zip(&kb) {
+            assert_eq!((&x.0, &x.1, &x.3), (&y.0, &y.1, &y.3), "{q}");
+            assert!((x.4 - y.4).abs() < 1e-3, "{q} {}: {} vs {}", x.0, x.4, y.4);
+            for (p, r) in x.2.iter().zip(&y.2) {
+                match (p, r) {
+                    (Some(p), Some(r)) => assert!((p - r).abs() < 1e-3, "{q} {}", x.0),
+                    (None, None) => {}
+                    _ => panic!("{q} {}: scored steps differ", x.0),
+                }
+            }
+        }
+    }
+}

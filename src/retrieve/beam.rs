@@ -106,26 +106,22 @@ impl Retriever<'_> {
         while !live.is_empty() && finished.len() < width {
             // Beam mode until the beam is full; then (passages) each beam follows its best token.
             let greedy = greedy_after_first && live.len() + finished.len() >= width;
-            // Expansions: (parent index, token, token logprob, alternatives, log of the
-            // probability mass the trie allowed there).
-            let mut expansions: Vec<(usize, u32, f32, u32, f32)> = Vec::new();
+            // Expansions: (parent index, token, token logprob, log of the probability mass
+            // the trie allowed there).
+            let mut expansions: Vec<(usize, u32, f32, f32)> = Vec::new();
             for (bi, beam) in live.iter().enumerate() {
                 let allowed = trie.allowed(beam.cursor);
                 let lp = &logprobs[beam.row];
-                let alts = allowed.len() as u32;
-                let mass = match allowed {
-                    [only] => lp[*only as usize],
-                    _ => score::log_sum_exp(allowed.iter().map(|&t| lp[t as usize] as f64)) as f32,
-                };
+                let mass = allowed_mass(allowed, lp);
                 if greedy {
                     if let Some(&best) = allowed
                         .iter()
                         .max_by(|&&a, &&b| lp[a as usize].total_cmp(&lp[b as usize]))
                     {
-                        expansions.push((bi, best, lp[best as usize], alts, mass));
+                        expansions.push((bi, best, lp[best as usize], mass));
                     }
                 } else {
-                    expansions.extend(allowed.iter().map(|&t| (bi, t, lp[t as usize], alts, mass)));
+                    expansions.extend(allowed.iter().map(|&t| (bi, t, lp[t as usize], mass)));
                 }
             }
             if !greedy {
@@ -138,7 +134,7 @@ impl Retriever<'_> {
             }
             let mut next_live: Vec<Beam> = Vec::new();
             let mut parent_rows: Vec<u32> = Vec::new();
-            for (bi, tok, lp, alts, mass) in expansions {
+            for (bi, tok, lp, mass) in expansions {
                 let parent = &live[bi];
                 let Some(cursor) = trie.advance(parent.cursor, tok) else {
                     continue;
@@ -151,23 +147,12 @@ impl Retriever<'_> {
                     row: 0,
                 };
                 beam.tokens.push(tok);
-                beam.steps.push(TokenStep {
-                    token: tok,
-                    piece: String::new(),
-                    kind: if alts > 1 {
-                        StepKind::Chosen
-                    } else {
-                        StepKind::Forced
-                    },
-                    logprob: Some(lp),
-                    alternatives: alts,
-                    trie_logprob: if alts > 1 { lp - mass } else { 0.0 },
-                    rivals: super::trace::rivals(
-                        trie.allowed(parent.cursor),
-                        &logprobs[parent.row],
-                        tok,
-                    ),
-                });
+                beam.steps.push(token_step(
+                    trie.allowed(parent.cursor),
+                    &logprobs[parent.row],
+                    tok,
+                    mass,
+                ));
                 if trie.unique_item(cursor).is_some() || trie.allowed(cursor).is_empty() {
                     finished.push(self.auto_complete(trie, beam));
                 } else {
@@ -191,5 +176,87 @@ impl Retriever<'_> {
         finished.truncate(width);
         self.fill_pieces(&mut finished);
         Ok(finished)
+    }
+}
+
+/// Log of the probability mass the trie allows at a position.
+fn allowed_mass(allowed: &[u32], lp: &[f32]) -> f32 {
+    match allowed {
+        [only] => lp[*only as usize],
+        _ => score::log_sum_exp(allowed.iter().map(|&t| lp[t as usize] as f64)) as f32,
+    }
+}
+
+/// The trace's record of choosing `token` among `allowed` under log-probabilities `lp`.
+fn token_step(allowed: &[u32], lp: &[f32], token: u32, mass: f32) -> TokenStep {
+    let alts = allowed.len() as u32;
+    let logprob = lp[token as usize];
+    TokenStep {
+        token,
+        piece: String::new(),
+        kind: if alts > 1 {
+            StepKind::Chosen
+        } else {
+            StepKind::Forced
+        },
+        logprob: Some(logprob),
+        alternatives: alts,
+        trie_logprob: if alts > 1 { logprob - mass } else { 0.0 },
+        rivals: super::trace::rivals(allowed, lp, token),
+    }
+}
+
+/// Each item of `trie` as the tokens (and the cursors they are chosen at) from the root to
+/// where the item becomes unique: what a search must read to tell the items apart.
+pub(super) fn item_paths(trie: &TokenTrie) -> Vec<Vec<(Cursor, u32)>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<(Cursor, Vec<(Cursor, u32)>)> = vec![(trie.root(), Vec::new())];
+    while let Some((cursor, path)) = stack.pop() {
+        if !path.is_empty()
+            && (trie.unique_item(cursor).is_some() || trie.allowed(cursor).is_empty())
+        {
+            out.push(path);
+            continue;
+        }
+        for &t in trie.allowed(cursor).iter().rev() {
+            if let Some(next) = trie.advance(cursor, t) {
+                let mut p = path.clone();
+                p.push((cursor, t));
+                stack.push((next, p));
+            }
+        }
+    }
+    out
+}
+
+impl Retriever<'_> {
+    /// The beams an exact search of `trie` finds (every item, scored by its sequence
+    /// log-probability), built from `dists[k]`, the distribution before the path's token k,
+    /// which one teacher-forced batch gives for many tries at once.
+    pub(super) fn beams_from_paths(
+        &self,
+        trie: &TokenTrie,
+        paths: &[Vec<(Cursor, u32)>],
+        dists: &[Vec<Vec<f32>>],
+    ) -> Vec<Beam> {
+        let mut beams: Vec<Beam> = paths
+            .iter()
+            .zip(dists)
+            .map(|(path, d)| {
+                let mut beam = Beam::at(trie.root());
+                for (&(cursor, tok), lp) in path.iter().zip(d) {
+                    let allowed = trie.allowed(cursor);
+                    beam.score += lp[tok as usize] as f64;
+                    beam.steps
+                        .push(token_step(allowed, lp, tok, allowed_mass(allowed, lp)));
+                    beam.tokens.push(tok);
+                    beam.cursor = trie.advance(cursor, tok).unwrap_or(beam.cursor);
+                }
+                self.auto_complete(trie, beam)
+            })
+            .collect();
+        beams.sort_by(|a, b| b.score.total_cmp(&a.score));
+        self.fill_pieces(&mut beams);
+        beams
     }
 }

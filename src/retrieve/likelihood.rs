@@ -135,7 +135,10 @@ mod tests {
     fn the_shared_prefix_is_the_longest_common_start() {
         assert_eq!(shared_prefix(&[]), 0);
         assert_eq!(shared_prefix(&[vec![1, 2, 3]]), 3);
-        assert_eq!(shared_prefix(&[vec![1, 2, 3], vec![1, 2, 4], vec![1, 2]]), 2);
+        assert_eq!(
+            shared_prefix(&[vec![1, 2, 3], vec![1, 2, 4], vec![1, 2]]),
+            2
+        );
         assert_eq!(shared_prefix(&[vec![5, 2], vec![1, 2]]), 0);
     }
 }

@@ -76,6 +76,14 @@ pub fn length_batches(rows: &[Vec<u32>], call_tokens: usize, max_rows: usize) ->
     batches
 }
 
+/// A row's next-token log-probabilities at the positions asked for.
+type RowDists = Vec<Vec<f32>>;
+
+/// What one more forward pass costs, in tokens of batch, when rows are grouped by length.
+const GROUP_CALL_TOKENS: usize = 48;
+/// Rows in one grouped batch at most.
+const GROUP_ROWS: usize = 64;
+
 /// A batch of rows that continued one cache, right-padded to the longest.
 struct RowBatch {
     cache: KvCache,
@@ -240,12 +248,68 @@ impl Retriever<'_> {
         let run_wanted: Vec<Vec<usize>> = run.iter().map(|&i| wanted[i].clone()).collect();
         let mut title_caches: Vec<Option<KvCache>> = vec![None; title_rows.len()];
         let mut dists: Vec<Vec<Vec<f32>>> = vec![Vec::new(); title_rows.len()];
+        // Titles whose every passage is a candidate (the budget's titles) are searched exactly
+        // and all at once: one teacher-forced batch from the query's cache reads each title
+        // and then each of its passages up to where the passage is unique, which scores every
+        // item as a beam search of the title's width would, without a search per title (NQ:
+        // a hundred titles of a few passages, each search several passes over the weights).
+        let exact: Vec<usize> = (0..trace.titles.len())
+            .filter(|&tr| opts.candidates > 0 && sizes[tr] > 1 && searches[tr].0 >= sizes[tr])
+            .collect();
         if !run.is_empty() {
-            let (batch, run_dists) =
-                self.continue_rows(&prefix_cache, &rows, &run_wanted, &mut trace.timings)?;
-            for (k, (&i, d)) in run.iter().zip(run_dists).enumerate() {
-                title_caches[i] = Some(batch.cut(k)?);
+            // Only a title searched on its own needs its cache kept.
+            let keep: Vec<bool> = run
+                .iter()
+                .map(|&i| searches[i].0 > 0 && sizes[i] > 1 && !exact.contains(&i))
+                .collect();
+            let (caches, run_dists) = self.continue_rows_grouped(
+                &prefix_cache,
+                &rows,
+                &run_wanted,
+                &keep,
+                &mut trace.timings,
+            )?;
+            for ((&i, c), d) in run.iter().zip(caches).zip(run_dists) {
+                title_caches[i] = c;
                 dists[i] = d;
+            }
+        }
+        let mut exact_beams: Vec<Option<Vec<Beam>>> =
+            (0..trace.titles.len()).map(|_| None).collect();
+        if !exact.is_empty() {
+            let paths: Vec<Vec<Vec<(crate::trie::Cursor, u32)>>> = exact
+                .iter()
+                .map(|&tr| beam::item_paths(&self.trie.passages[trace.titles[tr].title_index]))
+                .collect();
+            let mut rows: Vec<Vec<u32>> = Vec::new();
+            let mut row_wanted: Vec<Vec<usize>> = Vec::new();
+            for (&tr, title_paths) in exact.iter().zip(&paths) {
+                let title = &title_rows[tr];
+                for path in title_paths {
+                    let mut row = title.clone();
+                    row.extend(path[..path.len() - 1].iter().map(|&(_, t)| t));
+                    row_wanted.push((0..path.len()).map(|k| title.len() - 1 + k).collect());
+                    rows.push(row);
+                }
+            }
+            let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+            let no_caches = vec![false; refs.len()];
+            let (_, mut dists_all) = self.continue_rows_grouped(
+                &prefix_cache,
+                &refs,
+                &row_wanted,
+                &no_caches,
+                &mut trace.timings,
+            )?;
+            let mut next = 0;
+            for (&tr, title_paths) in exact.iter().zip(&paths) {
+                let d: Vec<Vec<Vec<f32>>> = dists_all[next..next + title_paths.len()]
+                    .iter_mut()
+                    .map(std::mem::take)
+                    .collect();
+                next += title_paths.len();
+                let ptrie = &self.trie.passages[trace.titles[tr].title_index];
+                exact_beams[tr] = Some(self.beams_from_paths(ptrie, title_paths, &d));
             }
         }
         for tr in 0..trace.titles.len() {
@@ -275,6 +339,7 @@ impl Retriever<'_> {
             let beams = match &title_caches[tr] {
                 // Left out by the candidate budget.
                 _ if width == 0 => Vec::new(),
+                _ if exact_beams[tr].is_some() => exact_beams[tr].take().unwrap_or_default(),
                 Some(cache) => {
                     let last = trace.titles[tr].steps.len().saturating_sub(1);
                     let first = at(last)
@@ -446,6 +511,34 @@ impl Retriever<'_> {
         }
         progress(&trace);
         Ok(trace)
+    }
+
+    /// [`Self::continue_rows`] in batches of rows of similar length (a hundred titles padded to
+    /// the longest cost about twice their tokens): each row's distributions, and the cache of
+    /// each row `keep` asks for.
+    fn continue_rows_grouped(
+        &self,
+        cache: &KvCache,
+        rows: &[&[u32]],
+        wanted: &[Vec<usize>],
+        keep: &[bool],
+        timings: &mut Timings,
+    ) -> Result<(Vec<Option<KvCache>>, Vec<RowDists>)> {
+        let owned: Vec<Vec<u32>> = rows.iter().map(|r| r.to_vec()).collect();
+        let mut caches: Vec<Option<KvCache>> = vec![None; rows.len()];
+        let mut dists: Vec<RowDists> = vec![Vec::new(); rows.len()];
+        for group in length_batches(&owned, GROUP_CALL_TOKENS, GROUP_ROWS) {
+            let g_rows: Vec<&[u32]> = group.iter().map(|&i| rows[i]).collect();
+            let g_wanted: Vec<Vec<usize>> = group.iter().map(|&i| wanted[i].clone()).collect();
+            let (batch, d) = self.continue_rows(cache, &g_rows, &g_wanted, timings)?;
+            for (k, (&i, d)) in group.iter().zip(d).enumerate() {
+                if keep[i] {
+                    caches[i] = Some(batch.cut(k)?);
+                }
+                dists[i] = d;
+            }
+        }
+        Ok((caches, dists))
     }
 
     /// Runs `rows` on from the one-row `cache` in one right-padded batch. Returns the batch's

@@ -16,6 +16,8 @@ pub const QUERY_PREFIX: &str = "Question: ";
 pub const TITLE_CUE: &str = "\n\n Related document title:";
 /// Ends the title segment; the passage follows.
 pub const CONTENT_CUE: &str = "\n Related document content:";
+/// Ends the query prompt of the docid mode; the `<retrieve>` marker and the docid follow.
+pub const DOCID_CUE: &str = "\n\n Related document id:";
 /// Asks the model to judge the passage (self-assessment).
 pub const ASSESS_CUE: &str = "\n\n Can the document answer the question?";
 /// Acceptance verdict; the answer follows it.
@@ -48,6 +50,12 @@ impl PromptCodec {
     /// `Question: {query}\n\n Related document title:`
     pub fn query(&self, tok: &Tokenizer, query: &str) -> Result<Vec<u32>> {
         encode(tok, &format!("{QUERY_PREFIX}{}{TITLE_CUE}", clean(query)))
+    }
+
+    /// `Question: {query}\n\n Related document id:` (the docid mode; the caller appends the
+    /// `<retrieve>` marker, which is not a base token).
+    pub fn docid_query(&self, tok: &Tokenizer, query: &str) -> Result<Vec<u32>> {
+        encode(tok, &format!("{QUERY_PREFIX}{}{DOCID_CUE}", clean(query)))
     }
 
     /// ` {title}\n Related document content:` (the title trie's items).

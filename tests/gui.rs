@@ -640,3 +640,68 @@ fn a_project_file_with_a_nan_tau_is_refused_and_the_open_project_kept() {
     assert_eq!(h.state().shared.project.retrieve.tau, 0.5);
     assert_ne!(h.state().shared.project.steps, 123);
 }
+
+#[test]
+fn a_docid_run_trains_from_the_train_panel_and_answers_with_docid_paths() {
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut h = app_with_demo_corpus();
+    h.get_by_role_and_label(Role::Button, "Train").click();
+    h.run_ok();
+    h.get_by_label("semantic docids (Retrieval as Reasoning)")
+        .click();
+    h.run_ok();
+    assert!(h.state().shared.project.retrieve_by_docids);
+    {
+        let app = h.state_mut();
+        let p = &mut app.shared.project;
+        p.model_source = "tiny".into();
+        p.queries_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpora/ir_history.queries.jsonl")
+            .display()
+            .to_string();
+        p.run_dir = run_dir.path().join("docids").display().to_string();
+        p.epochs = 0.0;
+        p.steps = 30;
+        p.lr = 1e-3;
+        p.pseudo_per_passage = 0;
+    }
+    h.get_by_role_and_label(Role::Button, "Start").click();
+    h.run_ok();
+    wait_until(&mut h, "the docid run and its model", 300, |a| {
+        !a.is_busy()
+            && a.shared
+                .session
+                .as_ref()
+                .is_some_and(|s| s.docid_tree.is_some())
+    });
+    assert!(run_dir.path().join("docids/docids.json").is_file());
+
+    // The Corpus panel browses the docid tree.
+    h.get_by_role_and_label(Role::Button, "Corpus").click();
+    h.run_ok();
+    h.get_by_label("Docid tree").click();
+    h.run_ok();
+    assert!(h.query_by_label_contains("passages in").is_some());
+
+    // The Query panel draws the docid beams as paths with their clusters' labels.
+    h.get_by_role_and_label(Role::Button, "Query").click();
+    h.run_ok();
+    h.get_by_label("Question").click();
+    h.run_ok();
+    h.get_by_label("Question")
+        .type_text("Who proposed inverse document frequency?");
+    h.run_ok();
+    h.get_by_role_and_label(Role::Button, "Search").click();
+    h.run_ok();
+    wait_until(&mut h, "the docid beams", 60, |a| {
+        a.panels.query.docid_trace.is_some()
+    });
+    let trace = h.state().panels.query.docid_trace.clone().unwrap();
+    assert_eq!(trace.beams.len(), 10);
+    assert!(h.query_by_label_contains("Docid beams for").is_some());
+    let first = &trace.beams[0];
+    assert!(h
+        .query_by_label_contains(&format!("1. {}  {}", first.docid, first.passage_id))
+        .is_some());
+    assert!(h.query_all_by_label_contains("level 0 index").count() >= 3);
+}

@@ -486,6 +486,7 @@ fn evaluation_runs_baselines_reader_and_self_retrieval_together() {
             ..Default::default()
         },
         dense_model: Default::default(),
+        docid_beams: 10,
     };
     let systems = run_eval(
         Some(&s),

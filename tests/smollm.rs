@@ -374,3 +374,113 @@ fn query_likelihood_of_the_untrained_model_prefers_the_gold_passage() {
     eprintln!("gold passage likeliest for {first}/{total} questions");
     assert!(first * 10 >= total * 6, "{first}/{total}");
 }
+
+/// The docid mode's pathway on the real model: closed, SmolLM2 is itself bit for bit (the
+/// docid tokens live in their own table, the tied embedding untouched); open, a pathway that
+/// adds something changes the next-token reading; and a docid checkpoint over the GGUF base
+/// references the base and restores the pathway exactly.
+#[test]
+fn a_closed_retrieval_pathway_leaves_smollm2_bit_for_bit() {
+    use selfret::model::retrieval::{RetrievalConfig, RetrievalPath};
+    let path = gguf_path();
+    let dev = Device::Cpu;
+    let w = load_gguf(&path, &dev).unwrap();
+    let ids = w.tokenizer.encode(CHAT, false).unwrap().get_ids().to_vec();
+    let mut bundle = ModelBundle::from_weights(
+        w,
+        ModelSource::Gguf(path.clone()),
+        TrainMode::Retrieval,
+        &dev,
+    )
+    .unwrap();
+    let input = Tensor::new(ids.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let read = |m: &selfret::model::Llama| -> Vec<f32> {
+        m.next_token_logprobs(&input, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let before = read(&bundle.inference().unwrap());
+    let cfg = RetrievalConfig::new(&bundle.model.config, 52);
+    assert_eq!(
+        cfg.heads_per_kv(&bundle.model.config),
+        2,
+        "4 heads over 3 kv heads: 6"
+    );
+    let mut weights: std::collections::HashMap<String, Tensor> =
+        RetrievalPath::initial_weights(&bundle.model, &cfg, &bundle.tokenizer, |t| t as u16, 1)
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (name, t) in weights.iter_mut() {
+        if name.ends_with("down_proj.weight") {
+            *t = (Tensor::ones(t.dims(), t.dtype(), &dev).unwrap() * 0.01).unwrap();
+        }
+    }
+    bundle.attach_retrieval(&cfg, weights).unwrap();
+    let model = bundle.inference().unwrap();
+    assert_eq!(read(&model), before, "closed: the base model bit for bit");
+    let open: Vec<f32> = model
+        .hidden_retrieving(&input, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let closed: Vec<f32> = model
+        .hidden(&input, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_ne!(open, closed, "open, the pathway adds to every layer");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("checkpoint");
+    bundle.save(&ckpt, None, Default::default()).unwrap();
+    assert!(
+        ckpt.join("base.ron").is_file(),
+        "the GGUF base is referenced"
+    );
+    assert!(!ckpt.join("model.safetensors").exists());
+    let loaded = ModelBundle::load_checkpoint(&ckpt, Some(TrainMode::Frozen), &dev).unwrap();
+    let docid = |m: &selfret::model::Llama| -> Vec<f32> {
+        m.docid_logprobs(&input, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let restored: std::collections::HashMap<String, Tensor> = loaded
+        .model
+        .retrieval
+        .as_ref()
+        .unwrap()
+        .named_weights()
+        .into_iter()
+        .collect();
+    for (name, t) in bundle.model.retrieval.as_ref().unwrap().named_weights() {
+        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = restored[&name].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b, "{name} restored exactly");
+    }
+    // The same weights read the same docid distribution (to the product kernels' rounding:
+    // a fresh copy packs its weights for the AMX tiles on first use).
+    let (a, b) = (docid(&loaded.inference().unwrap()), docid(&model));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff < 1e-3,
+        "docid log-probabilities after reload differ by {diff}"
+    );
+}

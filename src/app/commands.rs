@@ -154,6 +154,7 @@ impl SelfretApp {
                 self.shared.project.query_history.insert(0, q.clone());
                 self.shared.project.query_history.truncate(20);
                 self.panels.query.trace = None;
+                self.panels.query.docid_trace = None;
                 // "wrote trace.json", the explanation and BM25's list were about the previous
                 // question.
                 self.panels.query.export_status = None;
@@ -294,6 +295,7 @@ impl SelfretApp {
                     baselines,
                     retrieve: self.shared.project.retrieve.clone(),
                     dense_model: crate::eval::dense::default_dir(),
+                    docid_beams: 10,
                 };
                 // The previous results stay on show until this run's replace them: a run that
                 // fails leaves them. The notes are about the query file now being read.
@@ -437,6 +439,9 @@ impl SelfretApp {
                 ..Default::default()
             }),
         };
+        if self.shared.project.retrieve_by_docids {
+            spec.docids = Some(Default::default());
+        }
         spec.train.checkpoint_every = 50;
         spec.train.eval_every = 25;
         if !self.shared.project.queries_path.trim().is_empty() {

@@ -53,7 +53,14 @@ impl SelfretApp {
                     }
                     self.shared.session = Some(info);
                 }
+                Event::DocidTrace(trace) => {
+                    self.panels.corpus.question = Some(trace.query.clone());
+                    self.panels.query.trace = None;
+                    self.panels.query.trace_done = true;
+                    self.panels.query.docid_trace = Some(*trace);
+                }
                 Event::Trace { trace, done } => {
+                    self.panels.query.docid_trace = None;
                     if done {
                         self.panels.corpus.question = Some(trace.query.clone());
                     }
@@ -163,6 +170,7 @@ impl SelfretApp {
         q.trace_done = false;
         q.explanation = None;
         q.bm25 = None;
+        q.docid_trace = None;
         self.panels.corpus.question = None;
     }
 

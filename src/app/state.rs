@@ -82,6 +82,10 @@ pub struct Project {
     /// The getting-started strip was hidden (the side bar shows it again).
     #[serde(default)]
     pub guide_hidden: bool,
+    /// Train the second retrieval mode: docids through a retrieval pathway, instead of titles
+    /// and passages.
+    #[serde(default)]
+    pub retrieve_by_docids: bool,
 }
 
 /// Where a new run goes: `wanted` if nothing is there yet, else the first free `wanted-2`,
@@ -141,6 +145,7 @@ impl Project {
         };
         self.sentences_per_passage = spec.data.sentences_per_passage;
         self.pseudo_per_passage = spec.pseudo.as_ref().map(|p| p.per_passage).unwrap_or(0);
+        self.retrieve_by_docids = spec.docids.is_some();
     }
 }
 
@@ -198,6 +203,7 @@ impl Default for Project {
             pseudo_per_passage: 0,
             preset: None,
             guide_hidden: false,
+            retrieve_by_docids: false,
         };
         // The demo: SmolLM2 with the quick preset, trained on the demo's queries and evaluated
         // on its dev questions (never trained on).

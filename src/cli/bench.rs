@@ -580,6 +580,7 @@ fn bench_eval(a: &BenchArgs) -> Result<()> {
             ..Default::default()
         },
         dense_model: dense_dir,
+        docid_beams: 10,
     };
     println!(
         "\n## eval: first {} queries of nq_open_oracle/dev{}",

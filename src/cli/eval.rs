@@ -194,6 +194,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .dense_model
             .clone()
             .unwrap_or_else(crate::eval::dense::default_dir),
+        docid_beams: a.rank.docid_beams,
     };
     if let Some(s) = &session {
         if plan.retrieve.likelihood && !s.reads_language() {

@@ -91,6 +91,29 @@ pub struct IndexArgs {
     pub snapshot_minutes: Vec<f64>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How the model retrieves: `titles` (Self-Retrieval: titles then passages under a trie)
+    /// or `docids` (hierarchical semantic docids through a retrieval pathway: retrieval heads,
+    /// MLP' and a docid head; on a pretrained model the base stays frozen unless --lora is
+    /// given).
+    #[arg(long, value_enum, default_value_t = Retriever::Titles)]
+    pub retriever: Retriever,
+    /// Docid tree: clusters per level (k).
+    #[arg(long, default_value_t = 10)]
+    pub docid_k: usize,
+    /// Docid tree: a cluster with more passages than this is split again.
+    #[arg(long, default_value_t = 30)]
+    pub docid_leaf: usize,
+    /// Retrieval heads per layer in the docid mode (rounded up to a multiple of the model's
+    /// key/value heads).
+    #[arg(long, default_value_t = 4)]
+    pub retrieval_heads: usize,
+}
+
+/// The two retrieval modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Retriever {
+    Titles,
+    Docids,
 }
 
 fn parse_target(s: &str) -> Result<TargetLength> {
@@ -144,6 +167,22 @@ pub fn index(a: IndexArgs) -> Result<()> {
     }
     if a.full {
         spec.lora = None;
+    }
+    if a.retriever == Retriever::Docids {
+        let mut d = crate::worker::docid_run::DocidRun {
+            heads: a.retrieval_heads,
+            ..Default::default()
+        };
+        d.tree.k = a.docid_k;
+        d.tree.max_leaf = a.docid_leaf;
+        d.tree.check()?;
+        spec.docids = Some(d);
+        // Stage 1 (the warm-up): only the new pathway trains, unless adapters are asked for.
+        if a.lora.is_none() {
+            spec.lora = None;
+        }
+        // The pathway starts from nothing: a larger step than adapters take.
+        spec.train.lr = spec.train.lr.max(1e-3);
     }
     spec.queries = a.queries.clone();
     if let Some(lr) = a.lr {

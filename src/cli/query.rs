@@ -43,6 +43,9 @@ pub struct RankArgs {
     /// Run self-assessment (the paper's P(reject) for every candidate; off by default).
     #[arg(long)]
     pub assess: bool,
+    /// Docid beams (runs of the docid mode).
+    #[arg(long, default_value_t = 10)]
+    pub docid_beams: usize,
 }
 
 impl RankArgs {
@@ -103,6 +106,14 @@ pub struct QueryArgs {
 /// Runs `query`.
 pub fn query(a: QueryArgs) -> Result<()> {
     let session = a.source.open(false)?;
+    if let Some(r) = session.docid_retriever() {
+        if a.explain.is_some() {
+            anyhow::bail!(
+                "--explain scores a passage through titles and passages; this run retrieves by docid"
+            );
+        }
+        return query_docids(&a, &r);
+    }
     let opts = session.options_for_model(&a.rank.options_for(Some(&session)));
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
     let explanation = match &a.explain {
@@ -221,4 +232,40 @@ fn print_explanation(e: &crate::retrieve::Explanation, candidates: usize) {
             format!(" (not among the {candidates} candidates; placed with them)")
         }
     );
+}
+
+/// `query` on a run of the docid mode: the docid beams, each step's cluster and probability.
+fn query_docids(a: &QueryArgs, r: &crate::retrieve::docid::DocidRetriever) -> Result<()> {
+    let trace = r.retrieve(&a.question, a.rank.docid_beams)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&trace)?);
+        return Ok(());
+    }
+    println!("query: {}", trace.query);
+    println!(
+        "{:>4}  {:<10}  {:<10}  {:<14}  title",
+        "rank", "log P", "docid", "passage"
+    );
+    for (i, b) in trace.beams.iter().take(a.top).enumerate() {
+        println!(
+            "{:>4}  {:<10.4}  {:<10}  {:<14}  {}",
+            i + 1,
+            b.logprob,
+            b.docid,
+            b.passage_id,
+            b.title
+        );
+        for s in &b.steps {
+            let what = match s.label.is_empty() {
+                true => "(passage in its leaf)".to_string(),
+                false => s.label.join(", "),
+            };
+            println!(
+                "        level {} index {:<3} log P {:<8.4} {}",
+                s.level, s.index, s.logprob, what
+            );
+        }
+    }
+    println!("time: {:.0} ms", trace.ms);
+    Ok(())
 }

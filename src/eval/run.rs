@@ -18,6 +18,8 @@ pub struct EvalPlan {
     pub baselines: Vec<String>,
     pub retrieve: RetrieveOptions,
     pub dense_model: PathBuf,
+    /// Docid beams, for a run of the docid mode.
+    pub docid_beams: usize,
 }
 
 /// Progress: (system, queries done, queries in all).
@@ -143,6 +145,34 @@ pub fn run_eval(
             }
         }
         systems.push(score_with_titles(b, corpus, queries, results));
+    }
+    if let Some(r) = session.and_then(|s| s.docid_retriever()) {
+        // A docid run retrieves by docid; its base model never learned titles.
+        let mut results = Vec::with_capacity(n);
+        for (k, q) in queries.iter().enumerate() {
+            if cancel() {
+                return Err(Error::Cancelled);
+            }
+            if q.question.trim().is_empty() {
+                results.push(timed(q, || Ok((Vec::new(), None)))?);
+                continue;
+            }
+            results.push(timed(q, || {
+                let trace = r.retrieve(&q.question, plan.docid_beams)?;
+                Ok((
+                    trace.ranked_ids().into_iter().map(String::from).collect(),
+                    None,
+                ))
+            })?);
+            progress("semantic-docids", k + 1, n);
+        }
+        systems.push(score_with_titles(
+            "semantic-docids",
+            corpus,
+            queries,
+            results,
+        ));
+        return Ok(systems);
     }
     if let Some(s) = session {
         let mut results = Vec::with_capacity(n);

@@ -19,7 +19,8 @@ use std::collections::HashMap;
 
 /// Whether [`loss_and_grads`] handles this model (f32 weights on the CPU).
 pub fn supported(model: &Llama) -> bool {
-    crate::kernels::supported(&model.embed_tokens)
+    // The retrieval pathway's gradients come from autograd (see `retrieval`).
+    crate::kernels::supported(&model.embed_tokens) && model.retrieval.is_none()
 }
 
 /// Gradients keyed by the parameter they belong to, summed when a weight is used twice (tied

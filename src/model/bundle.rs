@@ -1,7 +1,8 @@
 //! A model ready to train or query: the network, its trainable parameters and tokenizer, built
 //! from loaded weights in a training mode, saved and loaded as checkpoint folders.
 
-use super::checkpoint::{self, Manifest, ADAPTER, BASE_REF, MANIFEST, OPTIMIZER, WEIGHTS};
+use super::checkpoint::{self, Manifest, ADAPTER, BASE_REF, DOCID, MANIFEST, OPTIMIZER, WEIGHTS};
+use super::retrieval::{RetrievalConfig, RetrievalPath};
 use super::source::{self, LoadedWeights, ModelSource};
 use super::{Llama, LoraConfig, SpecialTokens};
 use crate::error::{Error, Result};
@@ -22,6 +23,15 @@ pub enum TrainMode {
     Full,
     /// Only low-rank adapters; the base stays frozen.
     Lora(LoraConfig),
+    /// Only the retrieval pathway (a docid run's warm-up); the base stays frozen.
+    Retrieval,
+}
+
+impl TrainMode {
+    /// The base weights stay as loaded: a checkpoint references or copies them once.
+    pub fn base_frozen(&self) -> bool {
+        matches!(self, TrainMode::Lora(_) | TrainMode::Retrieval)
+    }
 }
 
 /// A model ready to train or query: the network, the trainable parameters, the tokenizer.
@@ -116,8 +126,10 @@ impl ModelBundle {
             corpus_fingerprint,
             hyperparameters,
             checksums: BTreeMap::new(),
+            retrieval: self.model.retrieval.as_ref().map(|p| p.config.clone()),
         };
         let previous_base = dir.join(WEIGHTS);
+        let lora = matches!(self.mode, TrainMode::Lora(_));
         checkpoint::write_dir_atomic(dir, |tmp| {
             std::fs::write(tmp.join("config.json"), self.model.config.to_json())
                 .map_err(|e| Error::io(tmp.join("config.json"), e))?;
@@ -126,16 +138,20 @@ impl ModelBundle {
                 .map_err(|e| Error::bad_file(tmp.join("tokenizer.json"), e.to_string()))?;
             match (&self.mode, &self.source) {
                 // A GGUF base is referenced, not copied: checkpoints hold the adapters alone.
-                (TrainMode::Lora(_), ModelSource::Gguf(path)) => {
+                (mode, ModelSource::Gguf(path)) if mode.base_frozen() => {
                     let base = checkpoint::BaseRef::of(path)?;
                     std::fs::write(tmp.join(checkpoint::BASE_REF), base.to_ron())
                         .map_err(|e| Error::io(tmp.join(checkpoint::BASE_REF), e))?;
-                    checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
+                    match lora {
+                        true => {
+                            checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
+                        }
+                        false => Ok(()),
+                    }
                 }
-                (TrainMode::Lora(_), _) => {
-                    let base_unchanged = Manifest::read(dir).is_ok_and(|m| {
-                        m.source == manifest.source && matches!(m.mode, TrainMode::Lora(_))
-                    });
+                (mode, _) if mode.base_frozen() => {
+                    let base_unchanged = Manifest::read(dir)
+                        .is_ok_and(|m| m.source == manifest.source && m.mode.base_frozen());
                     if base_unchanged && previous_base.is_file() {
                         std::fs::copy(&previous_base, tmp.join(WEIGHTS))
                             .map_err(|e| Error::io(&previous_base, e))?;
@@ -143,10 +159,18 @@ impl ModelBundle {
                         let base = self.model.without_lora();
                         checkpoint::save_tensors(&tmp.join(WEIGHTS), base.named_weights()?)?;
                     }
-                    checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
+                    match lora {
+                        true => {
+                            checkpoint::save_tensors(&tmp.join(ADAPTER), self.model.lora_weights())
+                        }
+                        false => Ok(()),
+                    }
                 }
                 _ => checkpoint::save_tensors(&tmp.join(WEIGHTS), self.model.named_weights()?),
             }?;
+            if let Some(path) = &self.model.retrieval {
+                checkpoint::save_tensors(&tmp.join(DOCID), path.named_weights())?;
+            }
             for (name, tensors) in extra {
                 checkpoint::save_tensors(&tmp.join(name), tensors)?;
             }
@@ -198,7 +222,7 @@ impl ModelBundle {
         };
         // Adapters, a base reference or optimiser state mark a selfret checkpoint: without its
         // manifest the training mode is unknown and the adapters would be dropped in silence.
-        let own_files = [ADAPTER, BASE_REF, OPTIMIZER];
+        let own_files = [ADAPTER, BASE_REF, OPTIMIZER, DOCID];
         if let (None, Some(found)) = (&manifest, own_files.iter().find(|f| dir.join(f).is_file())) {
             return Err(Error::bad_file(
                 dir.join(MANIFEST),
@@ -212,6 +236,7 @@ impl ModelBundle {
         if let Some(m) = &manifest {
             m.verify_file(dir, WEIGHTS)?;
             m.verify_file(dir, ADAPTER)?;
+            m.verify_file(dir, DOCID)?;
         }
         let w = Self::checkpoint_base(dir, device)?;
         let saved_mode = manifest
@@ -232,6 +257,16 @@ impl ModelBundle {
             _ => Self::from_weights(w, ModelSource::HfFolder(dir.to_path_buf()), mode, device)?,
         };
         bundle.source = ModelSource::HfFolder(dir.to_path_buf());
+        if let Some(cfg) = manifest.as_ref().and_then(|m| m.retrieval.as_ref()) {
+            let file = dir.join(DOCID);
+            let tensors = candle_core::safetensors::load(&file, device).map_err(|e| {
+                Error::bad_file(&file, format!("unreadable retrieval pathway: {e}"))
+            })?;
+            refuse_non_finite(&file, &tensors)?;
+            bundle
+                .attach_retrieval(cfg, tensors)
+                .map_err(|e| Error::bad_file(&file, e.to_string()))?;
+        }
         if let Some(m) = &manifest {
             bundle.step = m.step;
             if let Ok(src) = m.source.parse() {
@@ -280,6 +315,46 @@ impl ModelBundle {
             mode: mode.clone(),
             step: 0,
         })
+    }
+
+    /// Gives the model a fresh retrieval pathway (see [`RetrievalPath::initial_weights`]);
+    /// docid token `t` starts from the embedding of the number `docid_index(t)`.
+    pub fn open_retrieval(
+        &mut self,
+        cfg: &RetrievalConfig,
+        docid_index: impl Fn(usize) -> u16,
+        seed: u64,
+    ) -> Result<()> {
+        let weights =
+            RetrievalPath::initial_weights(&self.model, cfg, &self.tokenizer, docid_index, seed)?;
+        self.attach_retrieval(cfg, weights.into_iter().collect())
+    }
+
+    /// Attaches a retrieval pathway from its tensors: trainable (in the parameter store) unless
+    /// the bundle is frozen.
+    pub fn attach_retrieval(
+        &mut self,
+        cfg: &RetrievalConfig,
+        tensors: HashMap<String, candle_core::Tensor>,
+    ) -> Result<()> {
+        let device = self.model.device().clone();
+        let vb = if matches!(self.mode, TrainMode::Frozen) {
+            VarBuilder::from_tensors(tensors, DType::F32, &device)
+        } else {
+            {
+                let mut data = self
+                    .varmap
+                    .data()
+                    .lock()
+                    .map_err(|_| Error::invalid("parameter store poisoned"))?;
+                for (k, t) in &tensors {
+                    data.insert(k.clone(), Var::from_tensor(t)?);
+                }
+            }
+            VarBuilder::from_varmap(&self.varmap, DType::F32, &device)
+        };
+        self.model.retrieval = Some(RetrievalPath::load(vb, &self.model.config, cfg)?);
+        Ok(())
     }
 
     /// Number of trainable parameters.

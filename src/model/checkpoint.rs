@@ -18,6 +18,8 @@ pub const WEIGHTS: &str = "model.safetensors";
 pub const ADAPTER: &str = "adapter.safetensors";
 /// The optimiser's state in a training checkpoint, for resuming.
 pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// The retrieval pathway of a docid run (retrieval heads, MLP', docid embeddings and head).
+pub const DOCID: &str = "docid.safetensors";
 /// In place of [`WEIGHTS`] in a LoRA checkpoint over a GGUF file: where the unchanged base is.
 pub const BASE_REF: &str = "base.ron";
 
@@ -125,6 +127,9 @@ pub struct Manifest {
     /// Empty in checkpoints written before checksums were kept (loaded unverified).
     #[serde(default)]
     pub checksums: BTreeMap<String, String>,
+    /// The retrieval pathway's shape, when the model has one (its weights in [`DOCID`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<super::retrieval::RetrievalConfig>,
 }
 
 impl Manifest {

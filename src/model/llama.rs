@@ -9,6 +9,7 @@
 use super::config::Config;
 use super::kv_cache::KvCache;
 use super::lora::{LoraAdapter, LoraConfig, Projection};
+use super::retrieval::{LayerView, RetrievalPath};
 use crate::error::Result;
 use crate::kernels::{attention, elementwise, matmul};
 use candle_core::{DType, Device, Tensor};
@@ -255,6 +256,8 @@ impl Attention {
         })
     }
 
+    /// The attention output, and the layer's keys and values (cached ones included, rotated),
+    /// which the retrieval pathway's heads read too.
     fn forward(
         &self,
         x: &Tensor,
@@ -262,7 +265,7 @@ impl Attention {
         offset: usize,
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let (q, k, v) = self.project_qkv(x)?;
@@ -282,7 +285,7 @@ impl Attention {
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let y = attention::attention(&q, &k, &v, scale, t, mask)?;
-        self.o_proj.forward(&y)
+        Ok((self.o_proj.forward(&y)?, k, v))
     }
 
     /// Queries, keys and values for `x` (b, t, hidden).
@@ -407,6 +410,8 @@ pub struct Llama {
     pub(crate) rotary: Rotary,
     /// The output projection packed for AMX tiles, when it is frozen.
     pub(crate) head_packs: matmul::WeightPacks,
+    /// The second retrieval mode's pathway (docid runs); `None`: the base model alone.
+    pub retrieval: Option<RetrievalPath>,
 }
 
 impl Llama {
@@ -438,6 +443,7 @@ impl Llama {
             lm_head,
             rotary,
             head_packs: Default::default(),
+            retrieval: None,
         })
     }
 
@@ -449,16 +455,53 @@ impl Llama {
     /// Final-norm hidden states (batch, seq, hidden) for token ids (batch, seq). With a cache, the
     /// ids continue the cached sequences (all rows have the same cached length).
     pub fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        crate::kernels::on_pool(|| self.hidden_here(ids, cache))
+        crate::kernels::on_pool(|| self.hidden_here(ids, cache, None))
     }
 
-    fn hidden_here(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// [`Llama::hidden`] with the retrieval pathway open: every layer adds MLP'(Attn'(H)) to
+    /// its output, and ids from the base vocabulary's size on are docid tokens and markers.
+    /// A cache filled this way holds the open pathway's keys and values (not the base's).
+    pub fn hidden_retrieving(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let path = self
+            .retrieval
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::invalid("this model has no retrieval pathway"))?;
+        crate::kernels::on_pool(|| self.hidden_here(ids, cache, Some(path)))
+    }
+
+    /// Log-probabilities over the docid vocabulary after the last position of each row
+    /// (batch, docid tokens), the pathway open.
+    pub fn docid_logprobs(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.hidden_retrieving(ids, cache)?;
+        let t = h.dim(1)?;
+        let last = h.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let path = self
+            .retrieval
+            .as_ref()
+            .expect("checked by hidden_retrieving");
+        Ok(crate::kernels::loss::log_softmax(
+            &path.docid_logits(&last)?,
+        )?)
+    }
+
+    fn hidden_here(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        path: Option<&RetrievalPath>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
+        let flat = ids.flatten_all()?;
+        let mut x = match path {
+            None => self.embed_tokens.index_select(&flat, 0)?,
+            Some(p) => p.embed_mixed(
+                &self.embed_tokens,
+                &flat.to_vec1::<u32>()?,
+                self.config.vocab_size as u32,
+            )?,
+        }
+        .reshape((b, t, self.config.hidden_size))?;
         let mask = if t > 1 && attention::needs_mask(&x) {
             Some(attention::causal_mask(t, offset, self.device())?)
         } else {
@@ -467,12 +510,24 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let c = cache.as_deref_mut().map(|c| (c, i));
-            let a = layer
-                .self_attn
-                .forward(&h, &self.rotary, offset, mask.as_ref(), c)?;
+            let (a, keys, values) =
+                layer
+                    .self_attn
+                    .forward(&h, &self.rotary, offset, mask.as_ref(), c)?;
             x = elementwise::add(&x, &a)?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
-            x = elementwise::add(&x, &layer.mlp.forward(&h)?)?;
+            let h2 = layer.post_attention_layernorm.forward(&x)?;
+            x = elementwise::add(&x, &layer.mlp.forward(&h2)?)?;
+            if let Some(p) = path {
+                let view = LayerView {
+                    normed: &h,
+                    keys: &keys,
+                    values: &values,
+                    offset,
+                    mask: mask.as_ref(),
+                };
+                let r = p.layers[i].forward(&view, &self.rotary, &self.config, &p.config)?;
+                x = elementwise::add(&x, &r)?;
+            }
         }
         self.norm.forward(&x)
     }
@@ -589,6 +644,11 @@ impl Llama {
         m.embed_tokens = snapshot(&self.embed_tokens)?;
         m.lm_head = self.lm_head.as_ref().map(snapshot).transpose()?;
         m.head_packs = Default::default();
+        m.retrieval = self
+            .retrieval
+            .as_ref()
+            .map(|p| p.for_inference())
+            .transpose()?;
         m.norm.weight = self.norm.weight.detach();
         for layer in m.layers.iter_mut() {
             layer.input_layernorm.weight = layer.input_layernorm.weight.detach();

@@ -7,6 +7,7 @@
 //! - [`tokenizer`]: the tokenizer, its special tokens, and batch pre-tokenisation.
 //! - [`bundle`]: a model ready to train or query (network, trainable parameters, tokenizer),
 //!   and [`checkpoint`]: how it is saved and verified.
+//! - [`retrieval`]: the docid mode's retrieval pathway (heads, MLP', docid head).
 
 pub mod backward;
 pub mod bundle;
@@ -16,6 +17,7 @@ pub mod export;
 pub mod kv_cache;
 pub mod llama;
 pub mod lora;
+pub mod retrieval;
 pub mod source;
 pub mod tokenizer;
 

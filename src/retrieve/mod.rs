@@ -9,6 +9,7 @@
 
 pub mod assess;
 pub mod beam;
+pub mod docid;
 pub mod explain;
 pub mod likelihood;
 pub mod options;

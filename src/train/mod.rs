@@ -6,6 +6,7 @@
 
 pub mod beir;
 pub mod data;
+pub mod docid_data;
 pub mod optim;
 pub mod pseudo;
 
@@ -298,16 +299,34 @@ pub fn batch_loss(
     let PackedBatch {
         input,
         positions,
-        targets,
+        mut targets,
     } = pack_batch(model, examples, pad, max_len)?;
     let dev = model.device();
-    let hidden = model.hidden(&input, None)?;
+    // Docid examples (their targets are docid tokens, after the base vocabulary) are read with
+    // the retrieval pathway open and scored by the docid head.
+    let vocab = model.config.vocab_size as u32;
+    let retrieving = model.retrieval.is_some() && targets.iter().any(|&t| t >= vocab);
+    let hidden = match retrieving {
+        true => model.hidden_retrieving(&input, None)?,
+        false => model.hidden(&input, None)?,
+    };
     let h = hidden.dim(D::Minus1)?;
     let pos = Tensor::new(positions.as_slice(), dev)?;
     let picked = hidden
         .reshape((input.elem_count(), h))?
         .index_select(&pos, 0)?;
-    let logits = model.logits(&picked)?;
+    let logits = match (retrieving, &model.retrieval) {
+        (true, Some(path)) => {
+            if targets.iter().any(|&t| t < vocab) {
+                return Err(Error::invalid(
+                    "a batch mixes docid targets with word targets",
+                ));
+            }
+            targets.iter_mut().for_each(|t| *t -= vocab);
+            path.docid_logits(&picked)?
+        }
+        _ => model.logits(&picked)?,
+    };
     if crate::kernels::supported(&logits) {
         return Ok(crate::kernels::loss::cross_entropy(&logits, &targets)?);
     }

@@ -87,6 +87,14 @@ pub fn export_run(
         &crate::model::default_device(),
     )?;
     let ckpt_manifest = crate::model::checkpoint::Manifest::read(&ckpt)?;
+    if bundle.model.retrieval.is_some() {
+        // A Hugging Face folder has no place for the retrieval heads and docid head: exporting
+        // would drop them in silence.
+        return Err(Error::invalid(format!(
+            "{} is a docid run: its retrieval pathway has no Hugging Face form, so it cannot be              exported; query it with --run",
+            run.display()
+        )));
+    }
     let merged_lora = matches!(ckpt_manifest.mode, TrainMode::Lora(_));
     let note = ExportManifest {
         reads_language: manifest.spec.model != ModelSource::Tiny,
@@ -150,6 +158,7 @@ fn model_card(
                 .join(", ")
         ),
         TrainMode::Full => "full fine-tuning".into(),
+        TrainMode::Retrieval => "the retrieval pathway only (the base unchanged)".into(),
         TrainMode::Frozen => "no training".into(),
     };
     let (budget, mix_is) = match spec.train.epochs {

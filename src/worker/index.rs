@@ -37,6 +37,10 @@ pub struct IndexSpec {
     pub pseudo: Option<crate::train::pseudo::PseudoOptions>,
     pub data: DataOptions,
     pub train: TrainConfig,
+    /// The second retrieval mode: docids generated through a retrieval pathway (see
+    /// [`super::docid_run`]); `None`: titles and passages (Self-Retrieval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docids: Option<super::docid_run::DocidRun>,
 }
 
 /// Where a run keeps the questions its starting model wrote.
@@ -77,6 +81,7 @@ impl IndexSpec {
                 lr: if pretrained { 2e-4 } else { 1e-3 },
                 ..Default::default()
             },
+            docids: None,
         }
     }
 }
@@ -138,9 +143,12 @@ pub fn load_base(
     device: &Device,
     progress: Option<DownloadProgress<'_>>,
 ) -> Result<ModelBundle> {
-    let mode = match &spec.lora {
-        Some(l) => TrainMode::Lora(l.clone()),
-        None => TrainMode::Full,
+    let mode = match (&spec.lora, &spec.docids, &spec.model) {
+        (Some(l), _, _) => TrainMode::Lora(l.clone()),
+        // A docid run on a pretrained model without LoRA warms up the pathway alone; the tiny
+        // model knows nothing yet and learns with it.
+        (None, Some(_), m) if *m != ModelSource::Tiny => TrainMode::Retrieval,
+        (None, _, _) => TrainMode::Full,
     };
     let weights = match &spec.model {
         ModelSource::Tiny => tiny::build(corpus.texts(), &spec.tiny, device)?,
@@ -222,6 +230,13 @@ fn build_run_examples(
 pub fn saved_run_examples(run: &Path, bundle: &ModelBundle) -> Result<(Vec<Example>, Corpus)> {
     let manifest = RunManifest::read(run)?;
     let spec = manifest.spec;
+    if spec.docids.is_some() {
+        return Err(Error::invalid(format!(
+            "{} is a docid run: its targets are docid tokens, which have no text in the \
+             tokenizer, so its examples cannot be written as prompt/completion text",
+            run.display()
+        )));
+    }
     let corpus = load_path(&spec.corpus, &spec.load)?;
     if corpus.fingerprint() != manifest.corpus_fingerprint {
         return Err(Error::bad_file(
@@ -472,7 +487,20 @@ pub fn run_index(
     // Negatives are mined once, by the model the run starts from, and kept in the run so a
     // resumed run sees exactly the same examples.
     let mined_path = run.join(MINED_FILE);
-    let mined: HashMap<String, Vec<String>> = if let Some(m) = read_mined(&mined_path)? {
+    let docid_tree = match &spec.docids {
+        Some(settings) => {
+            let tree = super::docid_run::run_tree(run, settings, &corpus, &bundle)?;
+            if bundle.model.retrieval.is_none() {
+                super::docid_run::open_pathway(&mut bundle, settings, &tree, spec.data.seed)?;
+            }
+            Some(tree)
+        }
+        None => None,
+    };
+    let mined: HashMap<String, Vec<String>> = if docid_tree.is_some() {
+        // The docid mode has no self-assessment to train.
+        HashMap::new()
+    } else if let Some(m) = read_mined(&mined_path)? {
         m
     } else if spec.data.mine_queries > 0
         && !train_queries.is_empty()
@@ -485,14 +513,21 @@ pub fn run_index(
     } else {
         HashMap::new()
     };
-    let examples = build_run_examples(
-        spec,
-        &corpus,
-        &bundle,
-        &train_queries,
-        &mined,
-        &pseudo_queries,
-    )?;
+    let examples = match &docid_tree {
+        Some(tree) => {
+            let mut queries = train_queries.clone();
+            queries.extend(pseudo_queries.iter().cloned());
+            super::docid_run::docid_examples(&bundle, &corpus, tree, &spec.data, &queries)?
+        }
+        None => build_run_examples(
+            spec,
+            &corpus,
+            &bundle,
+            &train_queries,
+            &mined,
+            &pseudo_queries,
+        )?,
+    };
     let mut spec = spec.clone();
     if let Some(e) = spec.train.epochs {
         let per_epoch = crate::train::batches_per_epoch(&examples, &spec.train).max(1);
@@ -549,7 +584,11 @@ pub fn run_index(
     let mut probe = RetrievalProbe {
         inner: control,
         corpus: &corpus,
-        queries: held_queries,
+        // The probe asks through titles and passages, which a docid run does not train.
+        queries: match docid_tree {
+            Some(_) => Vec::new(),
+            None => held_queries,
+        },
         trie: None,
     };
     train(

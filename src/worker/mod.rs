@@ -4,6 +4,7 @@
 //! The jobs themselves: [`index`] (the training pipeline into a run directory), [`session`]
 //! (a model opened for querying), [`preset`] (the training recipes).
 
+pub mod docid_run;
 pub mod export;
 pub mod index;
 pub mod preset;
@@ -18,6 +19,9 @@ use index::IndexSpec;
 use session::QuerySession;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Docid beams of a question asked in the app.
+const DOCID_BEAMS: usize = 10;
 
 /// A job for the worker.
 #[derive(Debug, Clone)]
@@ -99,6 +103,8 @@ pub enum Event {
         trace: RetrievalTrace,
         done: bool,
     },
+    /// A docid run's answer to a question: its docid beams.
+    DocidTrace(Box<crate::retrieve::docid::DocidTrace>),
     EvalProgress {
         system: String,
         done: usize,
@@ -157,6 +163,8 @@ pub struct SessionInfo {
     pub likelihood_base_default: bool,
     /// The run folder the loaded model came from (`None`: untrained or an exported folder).
     pub run: Option<PathBuf>,
+    /// A docid run's tree (the session retrieves by docid).
+    pub docid_tree: Option<Arc<crate::docids::DocidTree>>,
 }
 
 impl SessionInfo {
@@ -172,6 +180,7 @@ impl SessionInfo {
             trie: s.trie.stats(),
             likelihood_base_default: s.likelihood_base_default(),
             run: s.run.clone(),
+            docid_tree: s.docids.as_ref().map(|d| Arc::new(d.tree.clone())),
         }
     }
 }
@@ -384,6 +393,11 @@ fn run_job(
         Job::Query { text, opts } => {
             send(Event::Started(format!("query: {text}")));
             let s = loaded(session)?;
+            if let Some(r) = s.docid_retriever() {
+                let trace = r.retrieve(&text, DOCID_BEAMS)?;
+                send(Event::DocidTrace(Box::new(trace)));
+                return Ok(());
+            }
             let opts = s.options_for_model(&opts);
             let trace = s.query(&text, &opts, &mut |t| {
                 send(Event::Trace {

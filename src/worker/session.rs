@@ -36,6 +36,16 @@ pub struct QuerySession {
     bm25: std::sync::OnceLock<crate::eval::bm25::Bm25Index>,
     /// The run folder the model was opened from (`None`: an untrained or exported model).
     pub run: Option<std::path::PathBuf>,
+    /// A docid run's tree, trie and token ids: the session retrieves by docid.
+    pub docids: Option<DocidParts>,
+}
+
+/// What a docid run's session retrieves with.
+pub struct DocidParts {
+    pub tree: crate::docids::DocidTree,
+    /// Over docid token offsets, item `i` being passage `i`.
+    pub trie: crate::trie::TokenTrie,
+    pub ids: crate::train::docid_data::DocidIds,
 }
 
 impl QuerySession {
@@ -54,9 +64,23 @@ impl QuerySession {
             Some(TrainMode::Frozen),
             &crate::model::default_device(),
         )?;
+        let docids = match &manifest.spec.docids {
+            Some(_) => {
+                let tree =
+                    crate::docids::DocidTree::load(&run.join(crate::docids::FILE_NAME), &corpus)?;
+                let ids = super::docid_run::docid_ids(&bundle, &tree)?;
+                Some(DocidParts {
+                    trie: tree.trie(0),
+                    tree,
+                    ids,
+                })
+            }
+            None => None,
+        };
         let mut session = Self::new(bundle, corpus)?;
         session.reads_questions = manifest.spec.trains_reading();
         session.run = Some(run.to_path_buf());
+        session.docids = docids;
         Ok(session)
     }
 
@@ -79,6 +103,7 @@ impl QuerySession {
             reads_questions: false,
             likelihood_base: None,
             run: None,
+            docids: None,
         })
     }
 
@@ -115,6 +140,20 @@ impl QuerySession {
             }
         }
         Ok(session)
+    }
+
+    /// The docid retriever of a docid run's session.
+    pub fn docid_retriever(&self) -> Option<crate::retrieve::docid::DocidRetriever<'_>> {
+        let d = self.docids.as_ref()?;
+        Some(crate::retrieve::docid::DocidRetriever {
+            model: &self.model,
+            tokenizer: &self.bundle.tokenizer,
+            codec: &self.codec,
+            corpus: &self.corpus,
+            tree: &d.tree,
+            trie: &d.trie,
+            ids: d.ids,
+        })
     }
 
     /// A retriever over this session's model, corpus and trie.

@@ -132,6 +132,15 @@ impl CorpusPanel {
                 t.bytes_per_token()
             ));
         }
+        if let Some(tree) = shared
+            .session
+            .as_ref()
+            .and_then(|s| s.docid_tree.as_deref())
+        {
+            egui::CollapsingHeader::new("Docid tree").show(ui, |ui| {
+                super::docids::docid_tree_ui(ui, tree, &corpus);
+            });
+        }
         egui::CollapsingHeader::new("Files")
             .default_open(corpus.skipped_count() > 0)
             .show(ui, |ui| {

@@ -83,3 +83,6 @@ pub const CANDIDATE_BUDGET: &str = "How many passages the model reads per questi
     articles of dozens of passages one or two. 0: the paper's passage beams per title instead.";
 pub const PASSAGE_BEAMS_UNUSED: &str = "Used when the candidate budget is 0 (the paper's search): \
     with a budget, every passage of each title read is a candidate.";
+
+pub const RETRIEVER_TITLES: &str = "The model retrieves by writing a passage's title and then its text, each constrained by a token trie, and ranks the candidates by its own scores (Self-Retrieval).";
+pub const RETRIEVER_DOCIDS: &str = "The model retrieves by writing a hierarchical docid (a path down a k-means tree of the passages) through extra retrieval heads, an MLP and a docid head added to every layer. Without LoRA only those new parts train and the base model stays as it is; the tiny model trains whole.";

@@ -3,6 +3,7 @@
 //! [`AppCommand`], never as a direct call on the worker.
 
 mod corpus;
+mod docids;
 mod evaluate;
 mod hints;
 mod inspect;

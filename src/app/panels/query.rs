@@ -54,6 +54,8 @@ pub struct QueryPanel {
     pub show_bm25: bool,
     /// BM25's top passages for a question: (question, hits).
     pub bm25: Option<(String, Vec<crate::worker::Bm25Hit>)>,
+    /// The last question's docid beams (a run of the docid mode).
+    pub docid_trace: Option<crate::retrieve::docid::DocidTrace>,
 }
 
 impl Default for QueryPanel {
@@ -71,6 +73,7 @@ impl Default for QueryPanel {
             asked_with: None,
             show_bm25: false,
             bm25: None,
+            docid_trace: None,
         }
     }
 }
@@ -196,6 +199,11 @@ impl QueryPanel {
                 .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights, the default for a run trained with the reading task, whose own weights learned the corpus's questions.");
         });
         let weights = shared.project.retrieve.weights();
+        if let Some(d) = &self.docid_trace {
+            ui.separator();
+            super::docids::docid_beams_ui(ui, d, shared.corpus.as_deref());
+            return;
+        }
         let Some(trace) = self.trace.as_mut() else {
             return;
         };

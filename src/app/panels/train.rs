@@ -233,6 +233,14 @@ impl TrainPanel {
                 hints::LORA_RANK
             ));
         });
+        ui.horizontal(|ui| {
+            ui.label("Retriever");
+            let docids = &mut shared.project.retrieve_by_docids;
+            ui.radio_value(docids, false, "titles and passages (Self-Retrieval)")
+                .on_hover_text(hints::RETRIEVER_TITLES);
+            ui.radio_value(docids, true, "semantic docids (Retrieval as Reasoning)")
+                .on_hover_text(hints::RETRIEVER_DOCIDS);
+        });
         ui.add(
             egui::Slider::new(&mut shared.project.lr, 1e-5..=1e-2)
                 .logarithmic(true)

@@ -1,0 +1,281 @@
+//! The docid mode's model side (issue 18) on tiny models built in the test: the retrieval
+//! pathway closed is the base model bit for bit, a fresh one adds nothing, its weights survive a
+//! checkpoint exactly (and corrupt ones are refused), and a tiny model trained with
+//! `--retriever docids` names the docids of its training questions through the trie.
+
+use candle_core::{Device, Tensor};
+use selfret::corpus::{load_path, Corpus, LoadOptions};
+use selfret::docids::DocidTree;
+use selfret::model::retrieval::RetrievalConfig;
+use selfret::model::source::tiny::{self, TinyOptions};
+use selfret::model::{ModelBundle, ModelSource, TrainMode};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn demo_corpus() -> Corpus {
+    load_path(
+        &root().join("corpora/ir_history.jsonl"),
+        &LoadOptions::default(),
+    )
+    .expect("demo corpus loads")
+}
+
+fn tiny_bundle(corpus: &Corpus, mode: TrainMode) -> ModelBundle {
+    let opts = TinyOptions {
+        vocab_size: 600,
+        hidden_size: 128,
+        layers: 2,
+        seed: 3,
+    };
+    let w = tiny::build(corpus.texts(), &opts, &Device::Cpu).unwrap();
+    ModelBundle::from_weights(w, ModelSource::Tiny, mode, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn ids(bundle: &ModelBundle, text: &str) -> Tensor {
+    let ids = bundle
+        .tokenizer
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+/// A pathway whose MLP' down projection is not zero (a trained one adds something).
+fn busy_pathway(bundle: &ModelBundle, cfg: &RetrievalConfig) -> HashMap<String, Tensor> {
+    let mut w: HashMap<String, Tensor> = selfret::model::retrieval::RetrievalPath::initial_weights(
+        &bundle.model,
+        cfg,
+        &bundle.tokenizer,
+        |t| t as u16,
+        5,
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    for (name, t) in w.iter_mut() {
+        if name.ends_with("down_proj.weight") {
+            *t = (Tensor::ones(t.dims(), t.dtype(), t.device()).unwrap() * 0.05).unwrap();
+        }
+    }
+    w
+}
+
+#[test]
+fn a_closed_pathway_is_the_base_model_bit_for_bit_and_a_fresh_one_adds_nothing() {
+    let corpus = demo_corpus();
+    let mut bundle = tiny_bundle(&corpus, TrainMode::Frozen);
+    let input = ids(&bundle, "who proposed inverse document frequency");
+    let base_logits = values(&bundle.model.forward(&input, None).unwrap());
+    let base_inference = values(&bundle.inference().unwrap().forward(&input, None).unwrap());
+    let cfg = RetrievalConfig::new(&bundle.model.config, 40);
+
+    // A fresh pathway (MLP' down is zero) adds exactly nothing, even open.
+    bundle.open_retrieval(&cfg, |t| t as u16, 5).unwrap();
+    let open_fresh = values(&bundle.model.hidden_retrieving(&input, None).unwrap());
+    let closed = values(&bundle.model.hidden(&input, None).unwrap());
+    assert_eq!(open_fresh, closed, "a fresh pathway changes nothing");
+
+    // A pathway that adds something: open differs, closed is still the base bit for bit.
+    let busy = busy_pathway(&bundle, &cfg);
+    bundle.attach_retrieval(&cfg, busy).unwrap();
+    let open = values(&bundle.model.hidden_retrieving(&input, None).unwrap());
+    assert_ne!(
+        open, closed,
+        "the open pathway reads the question its own way"
+    );
+    assert_eq!(
+        values(&bundle.model.forward(&input, None).unwrap()),
+        base_logits,
+        "closed: the base model's logits exactly"
+    );
+    assert_eq!(
+        values(&bundle.inference().unwrap().forward(&input, None).unwrap()),
+        base_inference,
+        "closed, inference copy: the base model's logits exactly"
+    );
+    // Open, the inference copy (fused kernels, KV cache) agrees with the training forward.
+    let model = bundle.inference().unwrap();
+    let mut cache = model.new_cache();
+    let t = input.dim(1).unwrap();
+    let head = input.narrow(1, 0, t - 1).unwrap();
+    let last = input.narrow(1, t - 1, 1).unwrap();
+    model.docid_logprobs(&head, Some(&mut cache)).unwrap();
+    let cached = values(&model.docid_logprobs(&last, Some(&mut cache)).unwrap());
+    let whole = values(&bundle.model.docid_logprobs(&input, None).unwrap());
+    let diff = cached
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "cached open decoding vs full forward: {diff}");
+}
+
+#[test]
+fn a_docid_checkpoint_restores_the_pathway_exactly_and_refuses_a_corrupt_one() {
+    let corpus = demo_corpus();
+    let mut bundle = tiny_bundle(&corpus, TrainMode::Full);
+    let cfg = RetrievalConfig::new(&bundle.model.config, 40);
+    let busy = busy_pathway(&bundle, &cfg);
+    bundle.attach_retrieval(&cfg, busy).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("checkpoint");
+    bundle.save(&ckpt, None, Default::default()).unwrap();
+    let loaded = ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu).unwrap();
+    let path = loaded
+        .model
+        .retrieval
+        .as_ref()
+        .expect("the pathway is loaded");
+    assert_eq!(path.config, cfg);
+    let saved = bundle.model.retrieval.as_ref().unwrap().named_weights();
+    let restored: HashMap<String, Tensor> = path.named_weights().into_iter().collect();
+    assert_eq!(saved.len(), restored.len());
+    for (name, t) in &saved {
+        assert_eq!(values(t), values(&restored[name]), "{name}");
+    }
+    // Loaded to train, the pathway's tensors are parameters again.
+    assert!(loaded.varmap.all_vars().len() > saved.len());
+    let input = ids(&bundle, "the card catalogue");
+    assert_eq!(
+        values(&loaded.model.docid_logprobs(&input, None).unwrap()),
+        values(&bundle.model.docid_logprobs(&input, None).unwrap())
+    );
+
+    // Flipped bytes in the pathway's file: refused, naming it.
+    let file = ckpt.join("docid.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n - 64..] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let err = ModelBundle::load_checkpoint(&ckpt, None, &Device::Cpu)
+        .err()
+        .expect("corrupt pathway refused")
+        .to_string();
+    assert!(err.contains("docid.safetensors"), "{err}");
+}
+
+fn selfret(args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_selfret"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// The row of `system` in an eval table: its numbers in column order.
+fn row(table: &str, system: &str) -> Vec<f64> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {system} |")))
+        .unwrap_or_else(|| panic!("no {system} row in\n{table}"));
+    line.split('|')
+        .skip(2)
+        .filter_map(|c| c.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_tiny_model_trained_with_docids_names_its_training_questions_docids() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let queries = "corpora/ir_history.queries.jsonl";
+    let (ok, _, stderr) = selfret(&[
+        "index",
+        "--corpus",
+        "corpora/ir_history.jsonl",
+        "--model",
+        "tiny",
+        "--queries",
+        queries,
+        "--out",
+        run_s,
+        "--retriever",
+        "docids",
+        "--steps",
+        "50",
+        "--checkpoint-every",
+        "25",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(run.join("docids.json").is_file());
+    assert!(run.join("checkpoint/docid.safetensors").is_file());
+
+    // Most training questions get their gold docid first (chance: 1 in 105).
+    let (ok, table, stderr) = selfret(&[
+        "eval",
+        "--run",
+        run_s,
+        "--queries",
+        queries,
+        "--baselines",
+        "",
+        "--no-answer",
+    ]);
+    assert!(ok, "{stderr}");
+    let hits_at_1 = row(&table, "semantic-docids")[0];
+    assert!(hits_at_1 > 0.5, "hits@1 {hits_at_1}\n{table}");
+
+    // Every decoded docid is a real passage's, and each step is labelled from the tree.
+    let corpus = demo_corpus();
+    let tree = DocidTree::load(&run.join("docids.json"), &corpus).unwrap();
+    let (ok, json, stderr) = selfret(&[
+        "query",
+        "--run",
+        run_s,
+        "--json",
+        "--docid-beams",
+        "20",
+        "Which system did Gerard Salton build at Cornell?",
+    ]);
+    assert!(ok, "{stderr}");
+    let trace: selfret::retrieve::docid::DocidTrace = serde_json::from_str(&json).unwrap();
+    assert_eq!(trace.beams.len(), 20);
+    for b in &trace.beams {
+        let i = corpus.index_of(&b.passage_id).expect("a corpus passage");
+        assert_eq!(b.docid, selfret::docids::show(&tree.passages[i].path));
+        assert_eq!(b.steps.len(), tree.passages[i].path.len());
+        assert!(
+            !b.steps[0].label.is_empty(),
+            "the top level names its cluster"
+        );
+    }
+    let scores: Vec<f64> = trace.beams.iter().map(|b| b.logprob).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first");
+
+    // Resuming goes on from the checkpoint's pathway (not a fresh one).
+    let before = std::fs::read(run.join("checkpoint/docid.safetensors")).unwrap();
+    let (ok, _, stderr) = selfret(&[
+        "index", "--corpus", "x", "--out", run_s, "--resume", "--steps", "52",
+    ]);
+    assert!(ok, "{stderr}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"start_step\":50"),
+        "resumed at step 50: {metrics}"
+    );
+    assert_ne!(
+        std::fs::read(run.join("checkpoint/docid.safetensors")).unwrap(),
+        before,
+        "two more steps moved the pathway"
+    );
+}

@@ -279,3 +279,64 @@ fn a_tiny_model_trained_with_docids_names_its_training_questions_docids() {
         "two more steps moved the pathway"
     );
 }
+
+#[test]
+fn a_wide_docid_search_reaches_every_passage_even_one_alone_in_its_cluster() {
+    use selfret::docids::DocidOptions;
+    use selfret::prompts::PromptCodec;
+    use selfret::retrieve::docid::DocidRetriever;
+    use selfret::train::docid_data::DocidIds;
+    let corpus = demo_corpus();
+    // Passage 0 far from the rest: k-means gives it a cluster of its own, whose docid becomes
+    // unique after its first token.
+    let rows: Vec<Vec<f32>> = (0..corpus.len())
+        .map(|i| match i {
+            0 => vec![1.0, 0.0, 0.0],
+            _ => {
+                let e = (i as f32 * 0.37).sin() * 0.05;
+                let v = [0.0, 1.0, e];
+                let n = (1.0 + e * e).sqrt();
+                v.iter().map(|x| x / n).collect()
+            }
+        })
+        .collect();
+    let opts = DocidOptions {
+        k: 2,
+        max_leaf: 60,
+        ..Default::default()
+    };
+    let tree = DocidTree::build(&corpus, &rows, "test", opts).unwrap();
+    let alone = &tree.passages[0].path;
+    let size = tree.cluster(&alone[..1]).unwrap().size;
+    assert_eq!(size, 1, "passage 0 has a cluster of its own: {alone:?}");
+
+    let mut bundle = tiny_bundle(&corpus, TrainMode::Frozen);
+    let vocab = tree.vocab();
+    let cfg = RetrievalConfig::new(&bundle.model.config, vocab.len());
+    bundle
+        .open_retrieval(&cfg, |t| vocab.split(t as u32).1, 2)
+        .unwrap();
+    let model = bundle.inference().unwrap();
+    let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos).unwrap();
+    let trie = tree.trie(0);
+    let mc = &bundle.model.config;
+    let r = DocidRetriever {
+        model: &model,
+        tokenizer: &bundle.tokenizer,
+        codec: &codec,
+        corpus: &corpus,
+        tree: &tree,
+        trie: &trie,
+        ids: DocidIds {
+            vocab,
+            first: cfg.first_docid(mc),
+            retrieve: cfg.retrieve_marker(mc),
+        },
+    };
+    let trace = r.retrieve("anything at all", corpus.len()).unwrap();
+    let mut found: Vec<&str> = trace.ranked_ids();
+    found.sort();
+    found.dedup();
+    assert_eq!(found.len(), corpus.len(), "every passage is reachable");
+    assert!(trace.ranked_ids().contains(&corpus.passages[0].id.as_str()));
+}

@@ -173,6 +173,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
             heads: a.retrieval_heads,
             ..Default::default()
         };
+        d.full = a.full;
         d.tree.k = a.docid_k;
         d.tree.max_leaf = a.docid_leaf;
         d.tree.check()?;

@@ -74,7 +74,10 @@ impl RetrievalConfig {
                 self.heads, self.mlp_dim, self.docid_tokens
             )));
         }
-        if !model.num_attention_heads.is_multiple_of(model.num_kv_heads()) {
+        if !model
+            .num_attention_heads
+            .is_multiple_of(model.num_kv_heads())
+        {
             return Err(Error::invalid(
                 "query heads must be a multiple of key/value heads",
             ));

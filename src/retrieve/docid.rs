@@ -101,7 +101,16 @@ impl DocidRetriever<'_> {
             // for the `beams` places.
             let mut grown: Vec<(Option<u32>, Partial)> = Vec::new();
             for beam in &active {
-                for &offset in self.trie.allowed(beam.cursor) {
+                // Below the point where a prefix names one passage the trie keeps no
+                // children: the passage's own next token is the only continuation.
+                let next: &[u32] = match self.trie.unique_item(beam.cursor) {
+                    Some(_) => {
+                        let rest = self.trie.completion(beam.cursor);
+                        &rest[..rest.len().min(1)]
+                    }
+                    None => self.trie.allowed(beam.cursor),
+                };
+                for &offset in next {
                     let Some(cursor) = self.trie.advance(beam.cursor, offset) else {
                         continue;
                     };

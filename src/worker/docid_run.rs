@@ -23,6 +23,10 @@ pub struct DocidRun {
     pub heads: usize,
     /// Embed passages with the dense baseline's MiniLM when it is installed (else the model).
     pub minilm: bool,
+    /// Train every weight of a pretrained model with the pathway (otherwise its base stays
+    /// frozen unless LoRA is asked for; the tiny model always trains whole).
+    #[serde(default)]
+    pub full: bool,
 }
 
 impl Default for DocidRun {
@@ -31,6 +35,7 @@ impl Default for DocidRun {
             tree: DocidOptions::default(),
             heads: 4,
             minilm: true,
+            full: false,
         }
     }
 }
@@ -46,7 +51,18 @@ pub fn run_tree(
 ) -> Result<DocidTree> {
     let path = run.join(docids::FILE_NAME);
     if path.is_file() {
-        return DocidTree::load(&path, corpus);
+        let tree = DocidTree::load(&path, corpus)?;
+        if tree.options != settings.tree {
+            return Err(Error::bad_file(
+                &path,
+                format!(
+                    "built with k {} and leaves of {}, not the k {} and leaves of {} asked for: \
+                     remove it to build the tree again, or ask for its settings",
+                    tree.options.k, tree.options.max_leaf, settings.tree.k, settings.tree.max_leaf
+                ),
+            ));
+        }
+        return Ok(tree);
     }
     let minilm = crate::eval::dense::default_dir();
     let (rows, embedder) = if settings.minilm && minilm.join("config.json").is_file() {

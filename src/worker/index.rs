@@ -147,7 +147,7 @@ pub fn load_base(
         (Some(l), _, _) => TrainMode::Lora(l.clone()),
         // A docid run on a pretrained model without LoRA warms up the pathway alone; the tiny
         // model knows nothing yet and learns with it.
-        (None, Some(_), m) if *m != ModelSource::Tiny => TrainMode::Retrieval,
+        (None, Some(d), m) if *m != ModelSource::Tiny && !d.full => TrainMode::Retrieval,
         (None, _, _) => TrainMode::Full,
     };
     let weights = match &spec.model {

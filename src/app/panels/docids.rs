@@ -69,7 +69,21 @@ pub fn docid_tree_ui(ui: &mut egui::Ui, tree: &DocidTree, corpus: &Corpus) {
         tree.depth(),
         tree.embedder
     ));
-    children_ui(ui, tree, corpus, &[]);
+    let same_corpus = tree.passages.len() == corpus.len()
+        && tree
+            .passages
+            .iter()
+            .zip(&corpus.passages)
+            .all(|(t, p)| t.id == p.id);
+    if !same_corpus {
+        ui.weak("The tree belongs to the loaded run's corpus, not the one shown: load that corpus to browse it.");
+        return;
+    }
+    match tree.cluster(&[]) {
+        // The whole corpus in one leaf.
+        Some(root) if root.leaf => leaf_ui(ui, tree, corpus, &[]),
+        _ => children_ui(ui, tree, corpus, &[]),
+    }
 }
 
 fn children_ui(ui: &mut egui::Ui, tree: &DocidTree, corpus: &Corpus, parent: &[u16]) {

@@ -238,8 +238,14 @@ impl TrainPanel {
             let docids = &mut shared.project.retrieve_by_docids;
             ui.radio_value(docids, false, "titles and passages (Self-Retrieval)")
                 .on_hover_text(hints::RETRIEVER_TITLES);
-            ui.radio_value(docids, true, "semantic docids (Retrieval as Reasoning)")
+            let picked = ui
+                .radio_value(docids, true, "semantic docids (Retrieval as Reasoning)")
                 .on_hover_text(hints::RETRIEVER_DOCIDS);
+            if picked.clicked() {
+                // The pathway starts from nothing: a larger step than adapters take (the
+                // command line does the same).
+                shared.project.lr = shared.project.lr.max(1e-3);
+            }
         });
         ui.add(
             egui::Slider::new(&mut shared.project.lr, 1e-5..=1e-2)

@@ -106,13 +106,16 @@ pub struct QueryArgs {
 /// Runs `query`.
 pub fn query(a: QueryArgs) -> Result<()> {
     let session = a.source.open(false)?;
-    if let Some(r) = session.docid_retriever() {
+    if session.docids.is_some() {
         if a.explain.is_some() {
             anyhow::bail!(
                 "--explain scores a passage through titles and passages; this run retrieves by docid"
             );
         }
-        return query_docids(&a, &r);
+        let max = RetrieveOptions::default().max_answer_tokens;
+        if let Some(trace) = session.docid_query(&a.question, a.rank.docid_beams, Some(max)) {
+            return print_docids(&a, &trace?);
+        }
     }
     let opts = session.options_for_model(&a.rank.options_for(Some(&session)));
     let trace = session.query(&a.question, &opts, &mut |_| {})?;
@@ -235,8 +238,7 @@ fn print_explanation(e: &crate::retrieve::Explanation, candidates: usize) {
 }
 
 /// `query` on a run of the docid mode: the docid beams, each step's cluster and probability.
-fn query_docids(a: &QueryArgs, r: &crate::retrieve::docid::DocidRetriever) -> Result<()> {
-    let trace = r.retrieve(&a.question, a.rank.docid_beams)?;
+fn print_docids(a: &QueryArgs, trace: &crate::retrieve::docid::DocidTrace) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&trace)?);
         return Ok(());
@@ -265,6 +267,9 @@ fn query_docids(a: &QueryArgs, r: &crate::retrieve::docid::DocidRetriever) -> Re
                 s.level, s.index, s.logprob, what
             );
         }
+    }
+    if let Some(ans) = &trace.answer {
+        println!("answer: {} [{}]", ans.text, ans.passage_id);
     }
     println!("time: {:.0} ms", trace.ms);
     Ok(())

@@ -146,7 +146,7 @@ pub fn run_eval(
         }
         systems.push(score_with_titles(b, corpus, queries, results));
     }
-    if let Some(r) = session.and_then(|s| s.docid_retriever()) {
+    if let Some(s) = session.filter(|s| s.docids.is_some()) {
         // A docid run retrieves by docid; its base model never learned titles.
         let mut results = Vec::with_capacity(n);
         for (k, q) in queries.iter().enumerate() {
@@ -157,11 +157,17 @@ pub fn run_eval(
                 results.push(timed(q, || Ok((Vec::new(), None)))?);
                 continue;
             }
+            let answer = plan
+                .retrieve
+                .answer
+                .then_some(plan.retrieve.max_answer_tokens);
             results.push(timed(q, || {
-                let trace = r.retrieve(&q.question, plan.docid_beams)?;
+                let trace = s
+                    .docid_query(&q.question, plan.docid_beams, answer)
+                    .ok_or_else(|| Error::invalid("not a docid run"))??;
                 Ok((
                     trace.ranked_ids().into_iter().map(String::from).collect(),
-                    None,
+                    trace.answer.map(|a| a.text),
                 ))
             })?);
             progress("semantic-docids", k + 1, n);

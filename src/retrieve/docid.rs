@@ -43,6 +43,16 @@ pub struct DocidTrace {
     pub query: String,
     pub beams: Vec<DocidBeam>,
     pub ms: f64,
+    /// The answer read from the top passage (with the pathway closed: the model's own reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<DocidAnswer>,
+}
+
+/// An answer and the passage it cites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocidAnswer {
+    pub text: String,
+    pub passage_id: String,
 }
 
 impl DocidTrace {
@@ -166,6 +176,7 @@ impl DocidRetriever<'_> {
             query: query.to_string(),
             beams,
             ms: started.elapsed().as_secs_f64() * 1e3,
+            answer: None,
         })
     }
 

@@ -393,9 +393,9 @@ fn run_job(
         Job::Query { text, opts } => {
             send(Event::Started(format!("query: {text}")));
             let s = loaded(session)?;
-            if let Some(r) = s.docid_retriever() {
-                let trace = r.retrieve(&text, DOCID_BEAMS)?;
-                send(Event::DocidTrace(Box::new(trace)));
+            let answer = opts.answer.then_some(opts.max_answer_tokens);
+            if let Some(trace) = s.docid_query(&text, DOCID_BEAMS, answer) {
+                send(Event::DocidTrace(Box::new(trace?)));
                 return Ok(());
             }
             let opts = s.options_for_model(&opts);

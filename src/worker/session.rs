@@ -156,6 +156,34 @@ impl QuerySession {
         })
     }
 
+    /// A docid run's answer to `query`: its `beams` best docids and, when the model reads
+    /// language and `answer_tokens` is given, an answer read from the top passage with the
+    /// pathway closed. `None` when the session is not a docid run.
+    pub fn docid_query(
+        &self,
+        query: &str,
+        beams: usize,
+        answer_tokens: Option<usize>,
+    ) -> Option<Result<crate::retrieve::docid::DocidTrace>> {
+        let r = self.docid_retriever()?;
+        Some((|| {
+            let started = std::time::Instant::now();
+            let mut trace = r.retrieve(query, beams)?;
+            let top = trace
+                .beams
+                .first()
+                .and_then(|b| self.corpus.index_of(&b.passage_id));
+            if let (Some(max), Some(p), true) = (answer_tokens, top, self.reads_language) {
+                trace.answer = Some(crate::retrieve::docid::DocidAnswer {
+                    text: self.retriever().answer_from(query, p, max)?,
+                    passage_id: self.corpus.passages[p].id.clone(),
+                });
+            }
+            trace.ms = started.elapsed().as_secs_f64() * 1e3;
+            Ok(trace)
+        })())
+    }
+
     /// A retriever over this session's model, corpus and trie.
     pub fn retriever(&self) -> Retriever<'_> {
         Retriever {

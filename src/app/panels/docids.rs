@@ -20,6 +20,13 @@ pub fn docid_beams_ui(ui: &mut egui::Ui, trace: &DocidTrace, corpus: Option<&Cor
         trace.beams.len(),
         trace.ms
     ));
+    if let Some(ans) = &trace.answer {
+        ui.horizontal(|ui| {
+            ui.strong("Answer:");
+            ui.label(&ans.text);
+            ui.weak(format!("[{}]", ans.passage_id));
+        });
+    }
     for (rank, beam) in trace.beams.iter().enumerate() {
         let header = format!(
             "{}. {}  {}  \u{2014} {}   (log P {:.3}, P {:.3})",

@@ -286,6 +286,7 @@ mod tests {
             "pseudo_per_passage",
             "preset",
             "guide_hidden",
+            "retrieve_by_docids",
         ];
         names.sort_unstable();
         expected.sort_unstable();

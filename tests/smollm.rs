@@ -375,12 +375,12 @@ fn query_likelihood_of_the_untrained_model_prefers_the_gold_passage() {
     assert!(first * 10 >= total * 6, "{first}/{total}");
 }
 
-/// The docid mode's pathway on the real model: closed, SmolLM2 is itself bit for bit (the
-/// docid tokens live in their own table, the tied embedding untouched); open, a pathway that
+/// The docid mode's pathway on the real model: closed, SmolLM2 reads as before (the docid
+/// tokens live in their own table, the tied embedding untouched); open, a pathway that
 /// adds something changes the next-token reading; and a docid checkpoint over the GGUF base
 /// references the base and restores the pathway exactly.
 #[test]
-fn a_closed_retrieval_pathway_leaves_smollm2_bit_for_bit() {
+fn a_closed_retrieval_pathway_leaves_smollm2_as_it_was() {
     use selfret::model::retrieval::{RetrievalConfig, RetrievalPath};
     let path = gguf_path();
     let dev = Device::Cpu;
@@ -424,7 +424,20 @@ fn a_closed_retrieval_pathway_leaves_smollm2_bit_for_bit() {
     }
     bundle.attach_retrieval(&cfg, weights).unwrap();
     let model = bundle.inference().unwrap();
-    assert_eq!(read(&model), before, "closed: the base model bit for bit");
+    // Closed, the pass runs the base model's code alone. Two inference passes of the real
+    // model can differ in the last bits (the CPU kernels share the work among threads as they
+    // free up), so this compares within float rounding; the tiny model's test checks bit
+    // equality through the training pass.
+    let closed_logprobs = read(&model);
+    let drift = closed_logprobs
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        drift < 1e-4,
+        "closed: the base model's reading (max diff {drift})"
+    );
     let open: Vec<f32> = model
         .hidden_retrieving(&input, None)
         .unwrap()

@@ -159,6 +159,25 @@ impl Default for DataOptions {
     }
 }
 
+impl DataOptions {
+    /// The sentences of `text` that index its passage: those of the allowed length, shuffled
+    /// by `rng`, all of them or the sample size asked for.
+    pub fn indexing_sentences(&self, text: &str, rng: &mut StdRng) -> Vec<String> {
+        let mut sentences: Vec<String> = split_sentences(text)
+            .into_iter()
+            .filter(|s| {
+                let n = s.split_whitespace().count();
+                n >= self.min_sentence_words && n <= self.max_sentence_words
+            })
+            .collect();
+        sentences.shuffle(rng);
+        if self.sentences_per_passage > 0 {
+            sentences.truncate(self.sentences_per_passage);
+        }
+        sentences
+    }
+}
+
 /// Builds examples with one tokenizer and codec.
 pub struct DataBuilder<'a> {
     pub tokenizer: &'a Tokenizer,
@@ -202,19 +221,7 @@ impl DataBuilder<'_> {
         for pidx in 0..self.corpus.len() {
             let p = &self.corpus.passages[pidx];
             let target = self.passage_target(pidx)?;
-            let mut sentences: Vec<String> = split_sentences(&p.text)
-                .into_iter()
-                .filter(|s| {
-                    let n = s.split_whitespace().count();
-                    n >= self.opts.min_sentence_words && n <= self.opts.max_sentence_words
-                })
-                .collect();
-            sentences.shuffle(&mut rng);
-            let n = match self.opts.sentences_per_passage {
-                0 => sentences.len(),
-                n => n,
-            };
-            for s in sentences.iter().take(n) {
+            for s in &self.opts.indexing_sentences(&p.text, &mut rng) {
                 out.push(self.example(
                     Task::Indexing,
                     self.codec.query(self.tokenizer, s)?,

@@ -3,13 +3,11 @@
 //! the loss on the docid. The same prompt is what [`crate::retrieve::docid`] decodes from.
 
 use super::data::{DataOptions, Example, Query, Task};
-use crate::corpus::sentences::split_sentences;
 use crate::corpus::Corpus;
 use crate::docids::{DocidTree, DocidVocab};
 use crate::error::Result;
 use crate::prompts::PromptCodec;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::Tokenizer;
 
@@ -65,19 +63,7 @@ impl DocidData<'_> {
         let mut rng = StdRng::seed_from_u64(self.opts.seed);
         let mut out = Vec::new();
         for (pidx, p) in self.corpus.passages.iter().enumerate() {
-            let mut sentences: Vec<String> = split_sentences(&p.text)
-                .into_iter()
-                .filter(|s| {
-                    let n = s.split_whitespace().count();
-                    n >= self.opts.min_sentence_words && n <= self.opts.max_sentence_words
-                })
-                .collect();
-            sentences.shuffle(&mut rng);
-            let n = match self.opts.sentences_per_passage {
-                0 => sentences.len(),
-                n => n,
-            };
-            for s in sentences.iter().take(n) {
+            for s in &self.opts.indexing_sentences(&p.text, &mut rng) {
                 out.push(self.example(Task::Indexing, s, pidx)?);
             }
             if self.opts.title_items {

@@ -43,6 +43,11 @@ pub struct EvalArgs {
     /// (query files are often grouped by document).
     #[arg(long, requires = "limit")]
     pub spread: bool,
+    /// With --spread, shift every pick this many queries further: with fewer than half the
+    /// file taken, offsets 0 and 1 give disjoint samples (one to fit the ranking on, one to
+    /// check it on).
+    #[arg(long, requires = "spread", default_value_t = 0)]
+    pub spread_offset: usize,
     /// Write systems, metrics and per-query results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -67,22 +72,38 @@ pub struct EvalArgs {
 /// Arguments of `tune`.
 #[derive(Debug, clap::Args)]
 pub struct TuneArgs {
-    /// Rank records written by `eval --traces`.
+    /// Rank records written by `eval --traces`; repeat it to fit one setting to several sets
+    /// (the grid is ordered by their mean MRR@5).
+    #[arg(long, required = true)]
+    pub traces: Vec<PathBuf>,
+    /// Records to check the settings on without fitting to them (e.g. `eval --spread
+    /// --spread-offset 1` on the same dev file): shown beside the fitted sets, never used to
+    /// order the grid.
     #[arg(long)]
-    pub traces: PathBuf,
+    pub check: Vec<PathBuf>,
     /// Settings to print, best first.
     #[arg(long, default_value_t = 15)]
     pub top: usize,
 }
 
-/// Runs `tune`: every setting of the grid scored by MRR@5, the paper's formula and the
-/// current defaults beside the best.
+/// Runs `tune`: every setting of the grid scored by its mean MRR@5 over the fitted sets, the
+/// paper's formula and the current defaults beside the best, each also on the check sets.
 pub fn tune(a: TuneArgs) -> Result<()> {
-    use crate::eval::tune::{evaluate, grid, read_records, Setting, TitleTerm};
-    let records = read_records(&a.traces)?;
-    if records.is_empty() {
-        bail!("{}: no records", a.traces.display());
-    }
+    use crate::eval::tune::{evaluate, grid, read_records, Setting, TitleTerm, TuneMetrics};
+    let read = |paths: &[PathBuf]| -> Result<Vec<(String, Vec<crate::eval::tune::RankRecord>)>> {
+        paths
+            .iter()
+            .map(|p| {
+                let records = read_records(p)?;
+                if records.is_empty() {
+                    bail!("{}: no records", p.display());
+                }
+                Ok((p.display().to_string(), records))
+            })
+            .collect()
+    };
+    let fitted = read(&a.traces)?;
+    let checked = read(&a.check)?;
     let defaults = RetrieveOptions::default();
     let named = [
         (
@@ -107,39 +128,60 @@ pub fn tune(a: TuneArgs) -> Result<()> {
             },
         ),
     ];
-    let mut scored: Vec<(Setting, crate::eval::tune::TuneMetrics)> = grid()
-        .into_iter()
-        .map(|s| (s, evaluate(&records, &s)))
+    let mean_mrr = |s: &Setting| {
+        fitted.iter().map(|(_, r)| evaluate(r, s).mrr5).sum::<f64>() / fitted.len() as f64
+    };
+    let mut scored: Vec<(Setting, f64)> = grid().into_iter().map(|s| (s, mean_mrr(&s))).collect();
+    scored.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let sets: Vec<(&str, &str, &[crate::eval::tune::RankRecord])> = fitted
+        .iter()
+        .map(|(n, r)| ("fit", n.as_str(), r.as_slice()))
+        .chain(
+            checked
+                .iter()
+                .map(|(n, r)| ("check", n.as_str(), r.as_slice())),
+        )
         .collect();
-    scored.sort_by(|a, b| {
-        b.1.mrr5
-            .total_cmp(&a.1.mrr5)
-            .then(b.1.hits1.total_cmp(&a.1.hits1))
-    });
-    println!("{} queries from {}", records.len(), a.traces.display());
-    println!("| setting | title term | tau | delta | passage weight | query weight | global assessment | hits@1 | hits@5 | mrr@5 | title@1 | gold in candidates |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let row = |name: &str, s: &Setting, m: &crate::eval::tune::TuneMetrics| {
+    for (k, (role, name, records)) in sets.iter().enumerate() {
+        let gold = evaluate(records, &named[1].1).in_candidates;
         println!(
-            "| {name} | {:?} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "set {} ({role}): {} queries from {name}, gold in candidates {gold:.3}",
+            k + 1,
+            records.len()
+        );
+    }
+    let set_headers: String = (1..=sets.len())
+        .map(|k| format!(" set {k} hits@1 | set {k} mrr@5 | set {k} title@1 |"))
+        .collect();
+    println!(
+        "| setting | title term | tau | delta | passage weight | query weight | global assessment |{set_headers} mean mrr@5 (fit) |"
+    );
+    println!(
+        "|---|---|---|---|---|---|---|{}---|",
+        "---|".repeat(3 * sets.len())
+    );
+    let row = |name: &str, s: &Setting| {
+        let per_set: Vec<TuneMetrics> = sets.iter().map(|(_, _, r)| evaluate(r, s)).collect();
+        let cells: String = per_set
+            .iter()
+            .map(|m| format!(" {:.3} | {:.3} | {:.3} |", m.hits1, m.mrr5, m.title1))
+            .collect();
+        println!(
+            "| {name} | {:?} | {} | {} | {} | {} | {} |{cells} {:.3} |",
             s.title_term,
             s.weights.tau,
             s.weights.delta,
             s.weights.passage_weight,
             s.weights.query_weight,
             s.global_assessment,
-            m.hits1,
-            m.hits5,
-            m.mrr5,
-            m.title1,
-            m.in_candidates
+            mean_mrr(s)
         )
     };
     for (name, s) in &named {
-        row(name, s, &evaluate(&records, s));
+        row(name, s);
     }
-    for (k, (s, m)) in scored.iter().take(a.top).enumerate() {
-        row(&format!("grid #{}", k + 1), s, m);
+    for (k, (s, _)) in scored.iter().take(a.top).enumerate() {
+        row(&format!("grid #{}", k + 1), s);
     }
     Ok(())
 }
@@ -151,7 +193,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let mut queries = crate::train::data::load_queries_split(&a.queries, &a.split)?;
     if let Some(n) = a.limit {
         queries = if a.spread {
-            crate::eval::spread_sample(queries, n)
+            crate::eval::spread_sample(queries, n, a.spread_offset)
         } else {
             queries.into_iter().take(n).collect()
         };

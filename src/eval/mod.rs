@@ -336,14 +336,18 @@ pub fn table(systems: &[SystemResult]) -> String {
     s
 }
 
-/// `n` items spread evenly over `items` (the first, then every len/n-th), in order: a
-/// representative slice of a query file that lists queries document by document.
-pub fn spread_sample<T>(items: Vec<T>, n: usize) -> Vec<T> {
+/// `n` items spread evenly over `items` (the `offset`-th, then every len/n-th after it), in
+/// order: a representative slice of a query file that lists queries document by document.
+/// Picks past the end are dropped; while `offset` is below len/n, different offsets pick
+/// disjoint items.
+pub fn spread_sample<T>(items: Vec<T>, n: usize, offset: usize) -> Vec<T> {
     let len = items.len();
-    if n >= len {
+    if n >= len && offset == 0 {
         return items;
     }
-    let mut picks = (0..n).map(|k| k * len / n).peekable();
+    let mut picks = (0..n.min(len))
+        .map(|k| k * len / n.min(len).max(1) + offset)
+        .peekable();
     items
         .into_iter()
         .enumerate()
@@ -438,10 +442,22 @@ mod tests {
 
     #[test]
     fn spread_sample_takes_evenly_spaced_items_in_order() {
-        assert_eq!(super::spread_sample((0..10).collect(), 3), vec![0, 3, 6]);
-        assert_eq!(super::spread_sample((0..10).collect(), 4), vec![0, 2, 5, 7]);
-        assert_eq!(super::spread_sample((0..3).collect(), 5), vec![0, 1, 2]);
-        assert!(super::spread_sample((0..3).collect::<Vec<i32>>(), 0).is_empty());
+        assert_eq!(super::spread_sample((0..10).collect(), 3, 0), vec![0, 3, 6]);
+        assert_eq!(
+            super::spread_sample((0..10).collect(), 4, 0),
+            vec![0, 2, 5, 7]
+        );
+        assert_eq!(super::spread_sample((0..3).collect(), 5, 0), vec![0, 1, 2]);
+        assert!(super::spread_sample((0..3).collect::<Vec<i32>>(), 0, 0).is_empty());
+        // An offset shifts every pick; below len/n the samples share nothing.
+        assert_eq!(super::spread_sample((0..10).collect(), 3, 1), vec![1, 4, 7]);
+        assert_eq!(super::spread_sample((0..10).collect(), 3, 2), vec![2, 5, 8]);
+        let fit: Vec<usize> = super::spread_sample((0..381).collect(), 120, 0);
+        let check: Vec<usize> = super::spread_sample((0..381).collect(), 120, 1);
+        assert_eq!((fit.len(), check.len()), (120, 120));
+        assert!(fit.iter().all(|i| !check.contains(i)));
+        // Past the end, picks are dropped rather than wrapped.
+        assert_eq!(super::spread_sample((0..3).collect(), 3, 1), vec![1, 2]);
     }
 
     /// Gold ids the corpus lacks are dropped; a query left with none, or without a question,

@@ -426,8 +426,10 @@ fn a_closed_retrieval_pathway_leaves_smollm2_as_it_was() {
     let model = bundle.inference().unwrap();
     // Closed, the pass runs the base model's code alone. Two inference passes of the real
     // model can differ in the last bits (the CPU kernels share the work among threads as they
-    // free up), so this compares within float rounding; the tiny model's test checks bit
-    // equality through the training pass.
+    // free up; measured up to 1.9e-4 on log-probs of magnitude ~30 with other work on the
+    // cores), so this compares within float rounding, a hundredth of what opening the pathway
+    // moves (checked below); the tiny model's test checks bit equality through the training
+    // pass.
     let closed_logprobs = read(&model);
     let drift = closed_logprobs
         .iter()
@@ -435,7 +437,7 @@ fn a_closed_retrieval_pathway_leaves_smollm2_as_it_was() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(
-        drift < 1e-4,
+        drift < 1e-3,
         "closed: the base model's reading (max diff {drift})"
     );
     let open: Vec<f32> = model
@@ -452,7 +454,15 @@ fn a_closed_retrieval_pathway_leaves_smollm2_as_it_was() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert_ne!(open, closed, "open, the pathway adds to every layer");
+    let opened = open
+        .iter()
+        .zip(&closed)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        opened > 0.1,
+        "open, the pathway adds to every layer (max change {opened})"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("checkpoint");

@@ -431,11 +431,13 @@ fn a_closed_retrieval_pathway_leaves_smollm2_as_it_was() {
     // moves (checked below); the tiny model's test checks bit equality through the training
     // pass.
     let closed_logprobs = read(&model);
-    let drift = closed_logprobs
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let max_abs_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let drift = max_abs_diff(&closed_logprobs, &before);
     assert!(
         drift < 1e-3,
         "closed: the base model's reading (max diff {drift})"
@@ -454,11 +456,7 @@ fn a_closed_retrieval_pathway_leaves_smollm2_as_it_was() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let opened = open
-        .iter()
-        .zip(&closed)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let opened = max_abs_diff(&open, &closed);
     assert!(
         opened > 0.1,
         "open, the pathway adds to every layer (max change {opened})"

@@ -341,13 +341,8 @@ pub fn table(systems: &[SystemResult]) -> String {
 /// Picks past the end are dropped; while `offset` is below len/n, different offsets pick
 /// disjoint items.
 pub fn spread_sample<T>(items: Vec<T>, n: usize, offset: usize) -> Vec<T> {
-    let len = items.len();
-    if n >= len && offset == 0 {
-        return items;
-    }
-    let mut picks = (0..n.min(len))
-        .map(|k| k * len / n.min(len).max(1) + offset)
-        .peekable();
+    let (len, n) = (items.len(), n.min(items.len()));
+    let mut picks = (0..n).map(|k| k * len / n + offset).peekable();
     items
         .into_iter()
         .enumerate()

@@ -129,8 +129,13 @@ fn corpus_train_cancel_query_and_rerank() {
 
     // Pause: the top bar and the Train panel say paused (no ETA), and no step is taken until
     // Continue.
+    // The step in flight when Pause arrives still finishes (the top bar says so), then the
+    // worker confirms the pause, and after that no step is taken.
     h.get_by_role_and_label(Role::Button, "Pause").click();
     h.run_ok();
+    wait_until(&mut h, "the worker to confirm the pause", 120, |a| {
+        a.panels.train.view.pause_taken
+    });
     assert!(
         h.query_by_label_contains("paused at step").is_some(),
         "the top bar does not say paused"
@@ -139,12 +144,6 @@ fn corpus_train_cancel_query_and_rerank() {
         .query_by_label_contains("paused (Continue to go on)")
         .is_some());
     assert!(h.query_by_label_contains("tokens/s  ETA").is_none());
-    // The step in flight when Pause arrived may still finish; after that, none.
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_millis(1500) {
-        h.step();
-        std::thread::sleep(Duration::from_millis(30));
-    }
     let while_paused = h.state().panels.train.view.losses.len();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(1500) {
@@ -667,7 +666,7 @@ fn a_docid_run_trains_from_the_train_panel_and_answers_with_docid_paths() {
     }
     h.get_by_role_and_label(Role::Button, "Start").click();
     h.run_ok();
-    wait_until(&mut h, "the docid run and its model", 300, |a| {
+    wait_until(&mut h, "the docid run and its model", 900, |a| {
         !a.is_busy()
             && a.shared
                 .session

@@ -926,3 +926,86 @@ fn a_stopped_run_keeps_the_loaded_model_and_says_so() {
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0].run.as_deref(), Some(run.as_path()));
 }
+
+/// Pauses after `pause_after` steps, asks for a checkpoint while paused, then goes on.
+struct PauseAndSave {
+    pause_after: usize,
+    calls: usize,
+    paused: bool,
+    save: bool,
+}
+impl TrainControl for PauseAndSave {
+    fn should_cancel(&mut self) -> bool {
+        self.calls += 1;
+        if self.calls == self.pause_after + 1 {
+            // Paused, with "Save now" pressed meanwhile: return to let the trainer save.
+            (self.paused, self.save) = (true, true);
+        } else if self.paused {
+            // The next call: Continue.
+            self.paused = false;
+        }
+        false
+    }
+    fn save_requested(&mut self) -> bool {
+        std::mem::take(&mut self.save)
+    }
+    fn is_paused(&self) -> bool {
+        self.paused
+    }
+}
+
+#[test]
+fn a_checkpoint_asked_for_while_paused_is_written_before_the_next_step() {
+    let corpus = demo_corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
+    let mut b =
+        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let ex = examples(&corpus, &b);
+    let cfg = TrainConfig {
+        steps: 6,
+        lr: 2e-3,
+        batch_tokens: 512,
+        checkpoint_every: 0,
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    let mut control = PauseAndSave {
+        pause_after: 3,
+        calls: 0,
+        paused: false,
+        save: false,
+    };
+    train(
+        &mut b,
+        &ex,
+        &cfg,
+        Some(&dir.path().join("run")),
+        &mut control,
+        &mut |e| events.push(e),
+    )
+    .unwrap();
+    let order: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step { step, .. } => Some(format!("step {step}")),
+            TrainEvent::Checkpoint { step, .. } => Some(format!("checkpoint {step}")),
+            _ => None,
+        })
+        .collect();
+    // Paused after step 3: its checkpoint comes before step 4, and the run then goes on to the
+    // end (and saves there, as every run does).
+    assert_eq!(
+        order,
+        [
+            "step 1",
+            "step 2",
+            "step 3",
+            "checkpoint 3",
+            "step 4",
+            "step 5",
+            "step 6",
+            "checkpoint 6"
+        ]
+    );
+}

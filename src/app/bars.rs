@@ -51,7 +51,9 @@ impl SelfretApp {
                     };
                     // A paused run says so, not "training": its progress and ETA stand still.
                     let view = &self.panels.train.view;
-                    let text = if view.paused && view.running {
+                    let text = if view.paused && view.running && !view.pause_taken {
+                        format!("{label}: pausing after the step in flight")
+                    } else if view.paused && view.running {
                         match &view.last {
                             Some(TrainEvent::Step { step, .. }) => {
                                 format!("paused at step {step} of {}", view.total_steps)

@@ -117,7 +117,10 @@ impl SelfretApp {
             AppCommand::Control(c) => {
                 match c {
                     Control::Pause => self.panels.train.view.paused = true,
-                    Control::Resume => self.panels.train.view.paused = false,
+                    Control::Resume => {
+                        self.panels.train.view.paused = false;
+                        self.panels.train.view.pause_taken = false;
+                    }
                     _ => {}
                 }
                 self.worker.control(c);

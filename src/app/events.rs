@@ -23,6 +23,7 @@ impl SelfretApp {
                         self.shared.errors.dismiss(job.place());
                     }
                 }
+                Event::Paused => self.panels.train.view.pause_taken = true,
                 Event::CorpusLoaded(c) => {
                     self.forget_question();
                     self.shared.untitled = c.untitled().len();
@@ -157,6 +158,7 @@ impl SelfretApp {
                     }
                     self.panels.train.view.running = false;
                     self.panels.train.view.paused = false;
+                    self.panels.train.view.pause_taken = false;
                 }
             }
         }

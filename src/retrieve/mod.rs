@@ -242,9 +242,12 @@ impl Retriever<'_> {
             .map(|t| self.corpus.by_title[t.title_index].len())
             .collect();
         let searches = opts.passage_searches(&sizes);
-        // A title the budget leaves out still goes through the batch (a few tokens), so its
-        // scores cover all its tokens like every other title's.
-        let run: Vec<usize> = (0..title_rows.len()).filter(|&i| !deferred[i]).collect();
+        // A title the candidate budget leaves out has no candidate to rank, so it skips the
+        // batch: its scores stay those of the tokens the beam search read (a wide title search,
+        // every title of a corpus, would otherwise read every title again).
+        let run: Vec<usize> = (0..title_rows.len())
+            .filter(|&i| !deferred[i] && searches[i].0 > 0)
+            .collect();
         let rows: Vec<&[u32]> = run.iter().map(|&i| title_rows[i].as_slice()).collect();
         let run_wanted: Vec<Vec<usize>> = run.iter().map(|&i| wanted[i].clone()).collect();
         let mut title_caches: Vec<Option<KvCache>> = vec![None; title_rows.len()];

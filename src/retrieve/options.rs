@@ -62,18 +62,27 @@ fn default_passage_weight() -> f64 {
 
 /// The query likelihood's weight unless set (measured on the dev sets: docs/benchmarks.md).
 pub const DEFAULT_QUERY_WEIGHT: f64 = 8.0;
-/// Title beams unless set: a hundred. The query likelihood reorders across titles, so every
-/// title beam is a chance for the gold passage, and the candidate budget (not this width)
-/// bounds a query's cost: a title search of width 100 takes about as long as one of width 10
-/// (batched rows, a few steps), and a corpus of long articles (SQuAD) fills the budget from
-/// its first titles either way. NQ dev, 120 questions: gold in candidates 0.733 / 0.783 /
-/// 0.867 and MRR@5 0.704 / 0.750 / 0.821 at 10 / 30 / 100 titles (docs/benchmarks.md); a
-/// narrow beam prunes titles whose first token is unlikely though their whole title is not.
-pub const DEFAULT_TITLES: usize = 100;
+/// Title beams unless set: 2,500, so that on a corpus of up to that many titles every title is
+/// scored (a beam at least as wide as the title trie has leaves prunes nothing), and the
+/// candidate budget takes the likeliest. A narrower beam prunes titles whose first token is
+/// unlikely though their whole title is not: NQ's "who was the bad guy in silence of the
+/// lambs" needs " Ted" (log-probability -9.6, behind a hundred other first tokens) for Ted
+/// Levine, whose passage the query likelihood then ranks first. The query likelihood reorders
+/// across titles, so every title read is a chance for the gold passage; the candidate budget,
+/// not this width, bounds most of a query's cost (NQ, 2,467 titles: about 1.5 s of title
+/// search against 0.5 s at width 100). NQ dev, 120 questions at a budget of 100: gold in
+/// candidates 0.733 / 0.783 / 0.867 at 10 / 30 / 100 titles (session 16), and on 120 other
+/// questions 0.883 at 100 titles against 0.900 with every title (MRR@5 0.844 against 0.863;
+/// docs/benchmarks.md, session 19).
+pub const DEFAULT_TITLES: usize = 2500;
 /// The title temperature unless set (the paper's is 0.4; tuned with the query likelihood).
 pub const DEFAULT_TAU: f64 = 0.2;
 
-/// The candidate budget unless set (see [`RetrieveOptions::candidates`]).
+/// The candidate budget unless set (see [`RetrieveOptions::candidates`]): 100. NQ dev, 120
+/// questions with every title scored: MRR@5 0.863 at 100 and 0.882 at 200 (BM25 0.842) for
+/// one run, but 0.847 and 0.842 for another (four written questions a passage), while 200
+/// doubles the query likelihood's reading (about 17 s a query against 9 s here;
+/// docs/benchmarks.md, session 19).
 pub const DEFAULT_CANDIDATES: usize = 100;
 
 fn default_candidates() -> usize {

@@ -78,7 +78,8 @@ pub struct TitleCandidate {
     pub title_index: usize,
     pub title: String,
     pub steps: Vec<TokenStep>,
-    /// log P(title segment | query), summed over all its tokens.
+    /// log P(title segment | query), summed over its tokens (over those the beam search read
+    /// for a title the candidate budget leaves out: its auto-completed tail is never read).
     pub logprob: f64,
     /// exp(mean token log-probability): the length-normalised sequence probability.
     pub norm_prob: f64,

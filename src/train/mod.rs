@@ -474,6 +474,11 @@ pub trait TrainControl {
     fn save_requested(&mut self) -> bool {
         false
     }
+    /// True while the run is paused: [`Self::should_cancel`] returned only to let a checkpoint
+    /// asked for meanwhile be written, and no step may run yet.
+    fn is_paused(&self) -> bool {
+        false
+    }
     /// Extra metrics at each evaluation (e.g. Hits@1 through the retrieval path), measured on
     /// the model as it is now.
     fn evaluate(&mut self, _bundle: &ModelBundle) -> Result<BTreeMap<String, f64>> {
@@ -583,7 +588,19 @@ pub fn train(
         };
     let mut cancelled = false;
     for step in start..cfg.steps {
-        if control.should_cancel() {
+        // While paused, a checkpoint asked for is written at once, not after the next step.
+        let cancel = loop {
+            if control.should_cancel() {
+                break true;
+            }
+            if !control.is_paused() {
+                break false;
+            }
+            if control.save_requested() {
+                save(bundle, &opt, on_event)?;
+            }
+        };
+        if cancel {
             cancelled = true;
             break;
         }

@@ -362,6 +362,9 @@ impl TrainControl for RetrievalProbe<'_> {
     fn save_requested(&mut self) -> bool {
         self.inner.save_requested()
     }
+    fn is_paused(&self) -> bool {
+        self.inner.is_paused()
+    }
     fn evaluate(&mut self, bundle: &ModelBundle) -> Result<BTreeMap<String, f64>> {
         let mut out = self.inner.evaluate(bundle)?;
         if self.queries.is_empty() {

@@ -94,6 +94,9 @@ pub enum Control {
 pub enum Event {
     /// A job started (its label, for the status bar).
     Started(String),
+    /// The running job has taken a pause: the step in flight when Pause arrived is done and
+    /// nothing more runs until Resume.
+    Paused,
     CorpusLoaded(Arc<Corpus>),
     Train(TrainEvent),
     /// A model is loaded and queryable.
@@ -192,14 +195,19 @@ pub struct Worker {
     events: Receiver<Event>,
 }
 
-struct ChannelControl {
+struct ChannelControl<'a> {
     rx: Receiver<Control>,
     paused: bool,
     save: bool,
+    /// Tells the front end a pause has taken hold (no work in flight any more).
+    announce: &'a dyn Fn(Event),
 }
 
-impl ChannelControl {
-    fn drain(&mut self) -> bool {
+impl ChannelControl<'_> {
+    /// True when the job should stop. While paused it blocks, returning only to stop, to go
+    /// on, or (`wake_to_save`, training) to let a checkpoint asked for meanwhile be written,
+    /// still paused.
+    fn drain(&mut self, wake_to_save: bool) -> bool {
         loop {
             match self.rx.try_recv() {
                 Ok(Control::Cancel) => return true,
@@ -207,10 +215,12 @@ impl ChannelControl {
                 Ok(Control::Resume) => self.paused = false,
                 Ok(Control::SaveNow) => self.save = true,
                 Err(TryRecvError::Empty) => {
-                    if !self.paused {
+                    if !self.paused || (wake_to_save && self.save) {
                         return false;
                     }
-                    // Paused: wait for the next control message instead of spinning.
+                    // Paused: say so, then wait for the next control message instead of
+                    // spinning.
+                    (self.announce)(Event::Paused);
                     match self.rx.recv() {
                         Ok(Control::Cancel) | Err(_) => return true,
                         Ok(Control::Resume) => self.paused = false,
@@ -224,12 +234,15 @@ impl ChannelControl {
     }
 }
 
-impl TrainControl for ChannelControl {
+impl TrainControl for ChannelControl<'_> {
     fn should_cancel(&mut self) -> bool {
-        self.drain()
+        self.drain(true)
     }
     fn save_requested(&mut self) -> bool {
         std::mem::take(&mut self.save)
+    }
+    fn is_paused(&self) -> bool {
+        self.paused
     }
 }
 
@@ -251,11 +264,13 @@ impl Worker {
                     rx: ctl_rx,
                     paused: false,
                     save: false,
+                    announce: &send,
                 };
                 for job in job_rx {
                     // Stale control messages from an earlier job must not cancel this one.
                     while control.rx.try_recv().is_ok() {}
                     control.paused = false;
+                    control.save = false;
                     run_job(job, &mut session, &mut control, &send);
                     send(Event::Finished);
                 }
@@ -490,7 +505,7 @@ fn run_job(
                         })
                     }
                 },
-                &mut || control.drain(),
+                &mut || control.drain(false),
                 &mut |_, _| {},
             )?;
             send(Event::EvalDone(systems));
@@ -509,7 +524,7 @@ fn run_job(
                     done,
                     total,
                 });
-                control.drain()
+                control.drain(false)
             })?;
             send(Event::PseudoQueries(qs));
             Ok(())
@@ -525,7 +540,7 @@ fn run_job(
                     done,
                     total,
                 });
-                control.drain()
+                control.drain(false)
             })?;
             send(Event::TitledCorpus {
                 path: out,

@@ -12,8 +12,10 @@ pub const PASSAGE_WEIGHT: &str = "How much it counts how readily the model wrote
     ranking the passages under one title. 0 is the paper's formula.";
 pub const QUERY_WEIGHT: &str = "How much it counts how probable the model finds the question \
     after reading each passage (the query likelihood). 0 leaves it out.";
-pub const TITLE_BEAMS: &str = "How many titles the model writes for a question. More titles find \
-    more candidate passages (up to the candidate budget), and take longer.";
+pub const TITLE_BEAMS: &str = "How many titles the model writes for a question. At least as many \
+    as the corpus has titles scores every title (nothing is pruned); fewer is faster on a large \
+    corpus but can miss a title whose first word is unlikely. The candidate budget then reads the \
+    likeliest.";
 pub const PASSAGE_BEAMS: &str = "How many passages the model writes under each title. More find \
     more candidates, and take longer.";
 
@@ -79,8 +81,10 @@ pub const KEEP_TOP: &str = "A written question is kept when retrieval ranks its 
     this many results.";
 pub const CANDIDATE_BUDGET: &str = "How many passages the model reads per question at most. Every \
     passage of each title beam is a candidate, titles in order of likelihood while their \
-    passages fit (the most likely title always). Corpora of many short titles read ten titles; \
-    articles of dozens of passages one or two. 0: the paper's passage beams per title instead.";
+    passages fit (the most likely title always): a corpus of one-passage titles reads as many \
+    titles as the budget, one of long articles a few. More finds the gold passage more often \
+    and takes longer: the model reads each candidate again for the query likelihood. 0: the \
+    paper's passage beams per title instead.";
 pub const PASSAGE_BEAMS_UNUSED: &str = "Used when the candidate budget is 0 (the paper's search): \
     with a budget, every passage of each title read is a candidate.";
 

@@ -117,13 +117,13 @@ impl QueryPanel {
         }
         ui.horizontal(|ui| {
             ui.add(
-                egui::Slider::new(&mut shared.project.retrieve.titles, 1..=200)
+                egui::Slider::new(&mut shared.project.retrieve.titles, 1..=5000)
                     .logarithmic(true)
                     .text("Title beams"),
             )
             .on_hover_text(hints::TITLE_BEAMS);
             ui.add(
-                egui::Slider::new(&mut shared.project.retrieve.candidates, 0..=200)
+                egui::Slider::new(&mut shared.project.retrieve.candidates, 0..=500)
                     .text("Candidate budget"),
             )
             .on_hover_text(hints::CANDIDATE_BUDGET);

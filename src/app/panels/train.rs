@@ -80,6 +80,8 @@ pub struct TrainView {
     pub checkpoints: Vec<(usize, String)>,
     pub running: bool,
     pub paused: bool,
+    /// The worker confirmed the pause: the step in flight when Pause was pressed is done.
+    pub pause_taken: bool,
     /// Said when a resumed run goes on with a budget other than the one it was planned with.
     pub budget_note: Option<String>,
 }

@@ -34,6 +34,12 @@ fn opts() -> TinyOptions {
     }
 }
 
+/// A fresh tiny model built from the corpus, trained whole.
+fn tiny_bundle(corpus: &Corpus) -> ModelBundle {
+    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
+    ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap()
+}
+
 fn examples(corpus: &Corpus, b: &ModelBundle) -> Vec<Example> {
     let codec = PromptCodec::new(&b.tokenizer, b.special.eos).unwrap();
     let builder = DataBuilder {
@@ -69,9 +75,7 @@ fn losses_of(events: &[TrainEvent]) -> Vec<(usize, Task, f64)> {
 #[test]
 fn loss_falls_on_every_task() {
     let corpus = demo_corpus();
-    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let mut b =
-        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let mut b = tiny_bundle(&corpus);
     let ex = examples(&corpus, &b);
     let cfg = TrainConfig {
         steps: 220,
@@ -105,8 +109,7 @@ fn loss_falls_on_every_task() {
 fn reading_examples_are_the_rows_the_query_likelihood_reads() {
     use selfret::retrieve::likelihood::{question_ids, reading_prompt};
     let corpus = demo_corpus();
-    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let b = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let b = tiny_bundle(&corpus);
     let queries = load_queries(&root().join("corpora/ir_history.queries.jsonl")).unwrap();
     let reading: Vec<Example> = examples(&corpus, &b)
         .into_iter()
@@ -146,9 +149,7 @@ fn cancel_then_resume_matches_an_uninterrupted_run() {
     let corpus = demo_corpus();
     let dir = tempfile::tempdir().unwrap();
     // One initial model, saved, so both runs start from identical weights and tokenizer.
-    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let b0 =
-        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let b0 = tiny_bundle(&corpus);
     let init = dir.path().join("init");
     b0.save(&init, None, Default::default()).unwrap();
     let ex = examples(&corpus, &b0);
@@ -231,9 +232,7 @@ fn cancel_then_resume_matches_an_uninterrupted_run() {
 fn interrupted_checkpoint_write_leaves_the_run_loadable() {
     let corpus = demo_corpus();
     let dir = tempfile::tempdir().unwrap();
-    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let mut b =
-        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let mut b = tiny_bundle(&corpus);
     let ckpt = dir.path().join("checkpoint");
     b.step = 7;
     b.save(&ckpt, None, Default::default()).unwrap();
@@ -325,9 +324,7 @@ fn run_mines_negatives_and_reports_hits_during_training() {
 #[test]
 fn examples_without_target_inside_max_len_are_skipped() {
     let corpus = demo_corpus();
-    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let mut b =
-        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let mut b = tiny_bundle(&corpus);
     let mut ex: Vec<Example> = examples(&corpus, &b).into_iter().take(20).collect();
     for k in 0..30u32 {
         ex.push(Example {
@@ -363,8 +360,7 @@ fn corrupt_checkpoints_and_empty_resumes_are_refused() {
     use selfret::worker::index::{run_index, IndexSpec};
     let corpus = demo_corpus();
     let dir = tempfile::tempdir().unwrap();
-    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let b = ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let b = tiny_bundle(&corpus);
     let good = dir.path().join("good");
     b.save(&good, None, Default::default()).unwrap();
 
@@ -958,9 +954,7 @@ impl TrainControl for PauseAndSave {
 fn a_checkpoint_asked_for_while_paused_is_written_before_the_next_step() {
     let corpus = demo_corpus();
     let dir = tempfile::tempdir().unwrap();
-    let w = tiny::build(corpus.texts(), &opts(), &Device::Cpu).unwrap();
-    let mut b =
-        ModelBundle::from_weights(w, ModelSource::Tiny, TrainMode::Full, &Device::Cpu).unwrap();
+    let mut b = tiny_bundle(&corpus);
     let ex = examples(&corpus, &b);
     let cfg = TrainConfig {
         steps: 6,

@@ -6,7 +6,7 @@ use selfret::corpus::{load_path, Corpus, LoadOptions};
 use selfret::model::source::tiny::{self, TinyOptions};
 use selfret::model::{ModelBundle, ModelSource, TrainMode};
 use selfret::prompts::PromptCodec;
-use selfret::retrieve::{RetrieveOptions, StepKind};
+use selfret::retrieve::{AnswerReader, RetrieveOptions, StepKind};
 use selfret::train::data::TargetLength;
 use selfret::train::{train, DataBuilder, DataOptions, NoControl, TrainConfig, TrainEvent};
 use selfret::worker::session::QuerySession;
@@ -454,13 +454,32 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
         }
         let top = &trace.ranking[0].passage_id;
         let pidx = corpus.passages.iter().position(|p| &p.id == top).unwrap();
+        // A model built from the corpus answers in the trained format unless told otherwise.
+        assert_eq!(
+            s.answer_reader(AnswerReader::Auto).unwrap(),
+            AnswerReader::Trained
+        );
         let alone = s
             .retriever()
-            .answer_from(q, pidx, opts.max_answer_tokens)
+            .answer_from(q, pidx, AnswerReader::Trained, opts.max_answer_tokens)
             .unwrap();
         let answer = trace.answer.unwrap();
         assert_eq!(answer.cited, vec![top.clone()]);
         assert_eq!(answer.text, alone);
+        // The instructed answer reads its own prompt, not the verdict's cache: the pipeline's
+        // answer is the one read from the passage alone.
+        let instructed = RetrieveOptions {
+            answer_reader: AnswerReader::Base,
+            ..opts.clone()
+        };
+        let trace = s.query(q, &instructed, &mut |_| {}).unwrap();
+        let top = &trace.ranking[0].passage_id;
+        let pidx = corpus.passages.iter().position(|p| &p.id == top).unwrap();
+        let alone = s
+            .retriever()
+            .answer_from(q, pidx, AnswerReader::Base, opts.max_answer_tokens)
+            .unwrap();
+        assert_eq!(trace.answer.unwrap().text, alone);
     }
 }
 

@@ -127,6 +127,30 @@ pub fn tune(a: TuneArgs) -> Result<()> {
                 global_assessment: 0.0,
             },
         ),
+        // Ablations of the defaults, exact on the same candidates: neither term changes which
+        // passages become candidates, only their order.
+        (
+            "defaults without the passage term",
+            Setting {
+                weights: crate::retrieve::score::RankWeights {
+                    passage_weight: 0.0,
+                    ..defaults.weights()
+                },
+                title_term: TitleTerm::NormProb,
+                global_assessment: 0.0,
+            },
+        ),
+        (
+            "defaults without the query likelihood",
+            Setting {
+                weights: crate::retrieve::score::RankWeights {
+                    query_weight: 0.0,
+                    ..defaults.weights()
+                },
+                title_term: TitleTerm::NormProb,
+                global_assessment: 0.0,
+            },
+        ),
     ];
     let mean_mrr = |s: &Setting| {
         fitted.iter().map(|(_, r)| evaluate(r, s).mrr5).sum::<f64>() / fitted.len() as f64

@@ -2,7 +2,7 @@
 //! the beam and ranking flags that `query` and `eval` share.
 
 use super::ModelChoice;
-use crate::retrieve::RetrieveOptions;
+use crate::retrieve::{AnswerReader, RetrieveOptions};
 use anyhow::Result;
 
 /// Beams and ranking weights, shared by `query` and `eval`.
@@ -46,6 +46,29 @@ pub struct RankArgs {
     /// Docid beams (runs of the docid mode).
     #[arg(long, default_value_t = 10)]
     pub docid_beams: usize,
+    /// Who reads the answer: `auto` (the run's own weights when it trained answers, the base
+    /// model otherwise), `trained` (the self-assessment format) or `base` (the base model,
+    /// asked in its instruction format).
+    #[arg(long, value_enum, default_value_t = AnswerReaderArg::Auto)]
+    pub answer_reader: AnswerReaderArg,
+}
+
+/// `--answer-reader` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnswerReaderArg {
+    Auto,
+    Trained,
+    Base,
+}
+
+impl From<AnswerReaderArg> for AnswerReader {
+    fn from(a: AnswerReaderArg) -> Self {
+        match a {
+            AnswerReaderArg::Auto => AnswerReader::Auto,
+            AnswerReaderArg::Trained => AnswerReader::Trained,
+            AnswerReaderArg::Base => AnswerReader::Base,
+        }
+    }
 }
 
 impl RankArgs {
@@ -77,6 +100,7 @@ impl RankArgs {
             likelihood: !self.no_likelihood,
             likelihood_base: !self.likelihood_tuned,
             assess: self.assess,
+            answer_reader: self.answer_reader.into(),
             ..Default::default()
         }
     }
@@ -162,7 +186,12 @@ pub fn query(a: QueryArgs) -> Result<()> {
         );
     }
     if let Some(ans) = &trace.answer {
-        println!("answer: {} [{}]", ans.text, ans.cited.join(", "));
+        println!(
+            "answer ({}): {} [{}]",
+            ans.reader.label(),
+            ans.text,
+            ans.cited.join(", ")
+        );
     }
     let t = &trace.timings;
     println!(

@@ -118,6 +118,7 @@ pub fn run_eval(
                     Error::invalid("the bm25+reader baseline needs a model (--run)")
                 })?;
                 let index = super::bm25::Bm25Index::new(corpus, 0.9, 0.4);
+                let reader = s.answer_reader(plan.retrieve.answer_reader)?;
                 let r = s.retriever();
                 for (k, q) in queries.iter().enumerate() {
                     if cancel() {
@@ -129,6 +130,7 @@ pub fn run_eval(
                             Some(&p) => Some(r.answer_from(
                                 &q.question,
                                 p,
+                                reader,
                                 plan.retrieve.max_answer_tokens,
                             )?),
                             None => None,

@@ -1,5 +1,5 @@
 //! Self-assessment: the model reads each candidate with the query and says whether it can answer
-//! (P(reject)), batched over candidates; and the answer it then writes, citing the passage.
+//! (P(reject)), batched over candidates (the answer it then writes: [`super::answer`]).
 
 use super::trace::{PassageCandidate, Timings};
 use super::{length_batches, Retriever};
@@ -107,51 +107,5 @@ impl Retriever<'_> {
             }
         }
         Ok(out)
-    }
-
-    /// The model's answer to `query` read from one given passage, in the same format as the
-    /// answer stage: for the retriever + reader baseline (another retriever picks the passage).
-    pub fn answer_from(&self, query: &str, pidx: usize, max_tokens: usize) -> Result<String> {
-        let p = &self.corpus.passages[pidx];
-        let mut ids = self.codec.query(self.tokenizer, query)?;
-        ids.extend(self.codec.title(self.tokenizer, &p.title)?);
-        ids.extend(self.codec.passage(self.tokenizer, &p.text)?);
-        ids.extend_from_slice(&self.codec.assess_cue);
-        ids.extend_from_slice(&self.codec.accept);
-        let mut cache = self.model.new_cache();
-        self.greedy(&ids, &mut cache, max_tokens, &mut Timings::default())
-    }
-
-    /// Greedy decoding after `ids` until end-of-text, a newline or `max_tokens`.
-    pub(super) fn greedy(
-        &self,
-        ids: &[u32],
-        cache: &mut KvCache,
-        max_tokens: usize,
-        timings: &mut Timings,
-    ) -> Result<String> {
-        let mut out: Vec<u32> = Vec::new();
-        let mut lp = self
-            .forward_last(&[ids.to_vec()], cache, timings)?
-            .remove(0);
-        for _ in 0..max_tokens {
-            let next = lp
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as u32)
-                .unwrap_or(self.codec.eos);
-            if next == self.codec.eos {
-                break;
-            }
-            out.push(next);
-            // A newline ends the answer; only the new token can have brought one.
-            if self.tokenizer.decode(&[next], true)?.contains('\n') {
-                break;
-            }
-            lp = self.forward_last(&[vec![next]], cache, timings)?.remove(0);
-        }
-        let text = self.tokenizer.decode(&out, true)?;
-        Ok(text.lines().next().unwrap_or("").trim().to_string())
     }
 }

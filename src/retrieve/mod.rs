@@ -3,10 +3,11 @@
 //! reranking, and an answer. Everything is recorded in a [`RetrievalTrace`].
 //!
 //! Here the [`Retriever`] and its pipeline ([`Retriever::retrieve`]); its stages in [`beam`]
-//! (constrained beam search), [`assess`] (self-assessment and the answer), [`likelihood`] (the
+//! (constrained beam search), [`assess`] (self-assessment), [`answer`] (the answer), [`likelihood`] (the
 //! query likelihood), [`score`] (the ranking), [`explain`] ("why not this passage?");
 //! [`options`] says how a query runs and [`trace`] what it did.
 
+pub mod answer;
 pub mod assess;
 pub mod beam;
 pub mod docid;
@@ -16,6 +17,7 @@ pub mod options;
 pub mod score;
 pub mod trace;
 
+pub use answer::AnswerReader;
 pub use explain::Explanation;
 pub use options::{
     RetrieveOptions, DEFAULT_CANDIDATES, DEFAULT_PASSAGE_WEIGHT, DEFAULT_QUERY_WEIGHT, DEFAULT_TAU,
@@ -474,7 +476,8 @@ impl Retriever<'_> {
             progress(&trace);
         }
 
-        // Stage 4: answer from the top passage, continuing its acceptance verdict.
+        // Stage 4: answer from the top passage: by the base model, instructed, or in the
+        // trained format continuing the passage's acceptance verdict.
         if opts.answer {
             let t3 = Instant::now();
             if let Some(best) = trace.ranking.first().map(|r| r.passage_id.clone()) {
@@ -484,31 +487,46 @@ impl Retriever<'_> {
                     .position(|c| c.passage_id == best)
                     .unwrap_or(0);
                 let c = &trace.candidates[ci];
-                let (ids, mut cache) = match best_rows[c.title_rank].take() {
-                    // The verdict row already holds passage + cue + the shared verdict prefix.
-                    Some((k, cache)) if k == ci => (
-                        self.codec.accept[self.codec.verdict_split()..].to_vec(),
-                        cache,
-                    ),
-                    _ => {
-                        let mut ids = self.verdict_row(c);
-                        ids.extend_from_slice(&self.codec.accept[self.codec.verdict_split()..]);
-                        match &title_caches[c.title_rank] {
-                            Some(cache) => (ids, cache.clone()),
-                            // A deferred title has no cache of its own: read it again.
-                            None => {
-                                let mut with_title = title_rows[c.title_rank].clone();
-                                with_title.extend(ids);
-                                (with_title, prefix_cache.clone())
+                let text = if opts.answer_reader == AnswerReader::Base {
+                    self.instructed_answer(
+                        query,
+                        c.passage_index,
+                        opts.max_answer_tokens,
+                        &mut trace.timings,
+                    )?
+                } else {
+                    let (ids, mut cache) = match best_rows[c.title_rank].take() {
+                        // The verdict row already holds passage + cue + the shared verdict prefix.
+                        Some((k, cache)) if k == ci => (
+                            self.codec.accept[self.codec.verdict_split()..].to_vec(),
+                            cache,
+                        ),
+                        _ => {
+                            let mut ids = self.verdict_row(c);
+                            ids.extend_from_slice(&self.codec.accept[self.codec.verdict_split()..]);
+                            match &title_caches[c.title_rank] {
+                                Some(cache) => (ids, cache.clone()),
+                                // A deferred title has no cache of its own: read it again.
+                                None => {
+                                    let mut with_title = title_rows[c.title_rank].clone();
+                                    with_title.extend(ids);
+                                    (with_title, prefix_cache.clone())
+                                }
                             }
                         }
-                    }
+                    };
+                    self.greedy(
+                        self.model,
+                        &ids,
+                        &mut cache,
+                        opts.max_answer_tokens,
+                        &mut trace.timings,
+                    )?
                 };
-                let text =
-                    self.greedy(&ids, &mut cache, opts.max_answer_tokens, &mut trace.timings)?;
                 trace.answer = Some(Answer {
                     text,
                     cited: vec![best],
+                    reader: opts.answer_reader,
                 });
             }
             trace.timings.answer_ms = t3.elapsed().as_secs_f64() * 1e3;

@@ -1,6 +1,7 @@
 //! How a query is run: beam widths, the ranking's weights (tau, delta, the passage term, the
 //! query likelihood), self-assessment and answers, with the defaults measured best on dev.
 
+use super::answer::AnswerReader;
 use super::score;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,9 @@ pub struct RetrieveOptions {
     /// Generate an answer from the top passage.
     pub answer: bool,
     pub max_answer_tokens: usize,
+    /// Who reads the answer (see [`AnswerReader`]).
+    #[serde(default)]
+    pub answer_reader: AnswerReader,
 }
 
 /// The passage term's weight unless set (measured on the dev sets: docs/benchmarks.md).
@@ -195,6 +199,7 @@ impl Default for RetrieveOptions {
             assess: false,
             answer: true,
             max_answer_tokens: 24,
+            answer_reader: AnswerReader::Auto,
         }
     }
 }

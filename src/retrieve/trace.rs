@@ -142,6 +142,9 @@ pub struct RankedPassage {
 pub struct Answer {
     pub text: String,
     pub cited: Vec<String>,
+    /// Who read it: the trained format or the base model ([`super::AnswerReader`]).
+    #[serde(default)]
+    pub reader: super::AnswerReader,
 }
 
 /// The size of one batched forward pass, so a benchmark can replay a query's matrix work.

@@ -26,8 +26,16 @@ pub struct ExportManifest {
     /// The run trained the reading task: its own weights read the query likelihood by default.
     #[serde(default)]
     pub reads_questions: bool,
+    /// The run trained the answer (self-assessment on answered questions): its own weights
+    /// answer by default, the base model otherwise (exports from before this field: true).
+    #[serde(default = "yes")]
+    pub trains_answers: bool,
     /// The corpus the model was trained on.
     pub corpus_fingerprint: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ExportManifest {
@@ -106,6 +114,7 @@ pub fn export_run(
             _ => None,
         },
         reads_questions: manifest.spec.trains_reading(),
+        trains_answers: manifest.spec.trains_answers(),
         corpus_fingerprint: manifest.corpus_fingerprint.clone(),
     };
     let card = model_card(run, &manifest, &ckpt_manifest, &bundle, &note);

@@ -58,6 +58,13 @@ impl IndexSpec {
                 .is_some_and(|q| q.file_name() != Some(std::ffi::OsStr::new(PSEUDO_FILE)))
     }
 
+    /// Whether the run trains the answer: self-assessment with a weight, on supplied or written
+    /// questions (their answer strings follow the acceptance verdict). A docid run trains no
+    /// answer.
+    pub fn trains_answers(&self) -> bool {
+        self.train.mix.assessment > 0.0 && self.queries.is_some() && self.docids.is_none()
+    }
+
     /// Defaults for a corpus and a model source: full training for the tiny model, LoRA otherwise.
     pub fn new(corpus: PathBuf, model: ModelSource) -> Self {
         let pretrained = model != ModelSource::Tiny;

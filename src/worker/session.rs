@@ -8,7 +8,7 @@ use crate::model::checkpoint::write_atomic;
 use crate::model::source::DownloadProgress;
 use crate::model::{ModelBundle, ModelSource, TrainMode};
 use crate::prompts::PromptCodec;
-use crate::retrieve::{RetrievalTrace, RetrieveOptions, Retriever};
+use crate::retrieve::{AnswerReader, RetrievalTrace, RetrieveOptions, Retriever};
 use crate::trie::CorpusTrie;
 use std::collections::HashMap;
 use std::io::Write;
@@ -29,6 +29,8 @@ pub struct QuerySession {
     /// The run trained the reading task (passage -> question), so its own weights read the
     /// query likelihood better than the base model's (see [`Self::likelihood_base_default`]).
     reads_questions: bool,
+    /// The model learned to answer in the trained format (see [`Self::answer_reader`]).
+    trains_answers: bool,
     /// Where the base model for the query likelihood comes from when the bundle has no
     /// adapters to take off: an exported folder's base file (the folder, its reference).
     likelihood_base: Option<(std::path::PathBuf, crate::model::checkpoint::BaseRef)>,
@@ -79,6 +81,7 @@ impl QuerySession {
         };
         let mut session = Self::new(bundle, corpus)?;
         session.reads_questions = manifest.spec.trains_reading();
+        session.trains_answers = manifest.spec.trains_answers();
         session.run = Some(run.to_path_buf());
         session.docids = docids;
         Ok(session)
@@ -101,6 +104,9 @@ impl QuerySession {
             bm25: Default::default(),
             reads_language: bundle_reads_language,
             reads_questions: false,
+            // A model built from the corpus only answers in the format it trains; an
+            // untrained language model is asked in its own.
+            trains_answers: !bundle_reads_language,
             likelihood_base: None,
             run: None,
             docids: None,
@@ -136,6 +142,7 @@ impl QuerySession {
                 }
                 session.reads_language = note.reads_language;
                 session.reads_questions = note.reads_questions;
+                session.trains_answers = note.trains_answers;
                 session.likelihood_base = note.likelihood_base.map(|b| (dir.clone(), b));
             }
         }
@@ -174,8 +181,9 @@ impl QuerySession {
                 .first()
                 .and_then(|b| self.corpus.index_of(&b.passage_id));
             if let (Some(max), Some(p), true) = (answer_tokens, top, self.reads_language) {
+                let reader = self.answer_reader(AnswerReader::Auto)?;
                 trace.answer = Some(crate::retrieve::docid::DocidAnswer {
-                    text: self.retriever().answer_from(query, p, max)?,
+                    text: self.retriever().answer_from(query, p, reader, max)?,
                     passage_id: self.corpus.passages[p].id.clone(),
                 });
             }
@@ -257,7 +265,30 @@ impl QuerySession {
         if opts.likelihood && opts.likelihood_base {
             self.base_model()?;
         }
-        self.retriever().retrieve(q, opts, progress)
+        let opts = RetrieveOptions {
+            answer_reader: self.answer_reader(opts.answer_reader)?,
+            ..opts.clone()
+        };
+        self.retriever().retrieve(q, &opts, progress)
+    }
+
+    /// Who reads answers for a choice of `reader`: `Auto` becomes the trained format when the
+    /// model learned it (or reads no language: a model built from the corpus knows no other),
+    /// the base model otherwise. A run that trained no answer repeats the question in the
+    /// trained format (NQ's recipe), while the instruction-tuned base model reads the passage.
+    /// Makes the base model when it will be needed.
+    pub fn answer_reader(&self, reader: AnswerReader) -> Result<AnswerReader> {
+        let resolved = match reader {
+            AnswerReader::Auto if self.trains_answers || !self.reads_language => {
+                AnswerReader::Trained
+            }
+            AnswerReader::Auto => AnswerReader::Base,
+            other => other,
+        };
+        if resolved == AnswerReader::Base {
+            self.base_model()?;
+        }
+        Ok(resolved)
     }
 
     /// How the model scores the passage `passage_id` for the query of `trace` (run with

@@ -4,7 +4,7 @@
 use super::hints;
 use crate::app::dialogs::{browse_button, Dialogs, PathField};
 use crate::app::{AppCommand, Shared};
-use crate::retrieve::{RetrievalTrace, StepKind};
+use crate::retrieve::{AnswerReader, RetrievalTrace, StepKind};
 
 const CHOSEN: egui::Color32 = egui::Color32::from_rgb(40, 110, 200);
 const FORCED: egui::Color32 = egui::Color32::from_rgb(130, 130, 130);
@@ -197,6 +197,15 @@ impl QueryPanel {
                 .on_hover_text("Read how probable the question is after each candidate (one more pass over the candidates; applies to the next question). A tiny model built from the corpus reads no language and never uses it.");
             ui.checkbox(&mut r.likelihood_base, "with the base model")
                 .on_hover_text("Read the query likelihood with the model as it was before fine-tuning (LoRA runs; about as much memory again). Off: with the fine-tuned weights, the default for a run trained with the reading task, whose own weights learned the corpus's questions.");
+            egui::ComboBox::from_label("answer read by")
+                .selected_text(r.answer_reader.label())
+                .show_ui(ui, |ui| {
+                    for choice in AnswerReader::ALL {
+                        ui.selectable_value(&mut r.answer_reader, choice, choice.label());
+                    }
+                })
+                .response
+                .on_hover_text("Who reads the answer out of the top passage (applies to the next question). As the run was trained: its own weights when it trained answers (self-assessment on answered questions), otherwise the base model, asked to answer from the passage in its instruction format; a run that never trained answers repeats the question in the trained format.");
         });
         let weights = shared.project.retrieve.weights();
         if let Some(d) = &self.docid_trace {
@@ -222,7 +231,8 @@ impl QueryPanel {
         if let Some(ans) = &trace.answer {
             ui.horizontal(|ui| {
                 ui.strong("Answer:");
-                ui.label(&ans.text);
+                ui.label(&ans.text)
+                    .on_hover_text(format!("read by: {}", ans.reader.label()));
                 for id in &ans.cited {
                     if ui
                         .link(format!("[{id}]"))

@@ -1,0 +1,242 @@
+//! The answer read from a passage: either in the format the self-assessment task trains (the
+//! query, title and passage, then "Yes, it can answer the question. Answer:"), or by the base
+//! model asked in its own instruction format. A run that never trained the answer (NQ's recipe
+//! trains no self-assessment) has only seen that format in retrieval training, where a
+//! question is followed by a title: asked for an answer there it repeats the question, while the
+//! instruction-tuned base model reads the passage and answers (see [`AnswerReader`]).
+
+use super::trace::Timings;
+use super::{rows_to_vecs, Retriever};
+use crate::error::Result;
+use crate::generate::instruction_prompt;
+use crate::model::tokenizer::encode;
+use crate::model::{KvCache, Llama};
+use crate::prompts::clean;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Who reads the answer out of the top passage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AnswerReader {
+    /// The trained format when the run trained answers (self-assessment on questions with
+    /// answer strings), the base model otherwise; the session decides (`QuerySession`).
+    #[default]
+    Auto,
+    /// The model, in the self-assessment task's format: after the acceptance verdict.
+    Trained,
+    /// The base model before fine-tuning (the model itself when it has no adapters), asked in
+    /// its instruction format.
+    Base,
+}
+
+impl AnswerReader {
+    /// Every choice, in the order the Query panel lists them.
+    pub const ALL: [AnswerReader; 3] = [
+        AnswerReader::Auto,
+        AnswerReader::Trained,
+        AnswerReader::Base,
+    ];
+
+    /// A short label for menus and traces.
+    pub fn label(self) -> &'static str {
+        match self {
+            AnswerReader::Auto => "as the run was trained",
+            AnswerReader::Trained => "trained verdict format",
+            AnswerReader::Base => "base model, instructed",
+        }
+    }
+}
+
+/// Passage tokens the instructed answer reads at most (passages are ~100-200 words).
+const ANSWER_EXCERPT: usize = 384;
+/// What the base model is asked. Demo dev, 48 questions, BM25's top passage read by
+/// SmolLM2-135M-Instruct: answer EM 0.062 for "answer the question from the passage in a few
+/// words", 0.125 for this (free or constrained to a span of the passage), 0.104 with a worked
+/// example added, 0.000 without the "Answer:" lead (docs/benchmarks.md, session 21).
+const ANSWER_INSTRUCTION: &str = "Read the passage, then answer the question with a short \
+phrase copied from the passage: a name, a date, a number or a few words. Do not write a sentence.";
+
+impl Retriever<'_> {
+    /// The answer to `query` read from passage `pidx` by `reader`: the base model in its
+    /// instruction format (`AnswerReader::Base`), or the model in the trained format
+    /// (otherwise). The retriever + reader baseline and the docid mode answer through this.
+    pub fn answer_from(
+        &self,
+        query: &str,
+        pidx: usize,
+        reader: AnswerReader,
+        max_tokens: usize,
+    ) -> Result<String> {
+        let mut timings = Timings::default();
+        match reader {
+            AnswerReader::Base => self.instructed_answer(query, pidx, max_tokens, &mut timings),
+            AnswerReader::Auto | AnswerReader::Trained => {
+                let p = &self.corpus.passages[pidx];
+                let mut ids = self.codec.query(self.tokenizer, query)?;
+                ids.extend(self.codec.title(self.tokenizer, &p.title)?);
+                ids.extend(self.codec.passage(self.tokenizer, &p.text)?);
+                ids.extend_from_slice(&self.codec.assess_cue);
+                ids.extend_from_slice(&self.codec.accept);
+                let mut cache = self.model.new_cache();
+                self.greedy(self.model, &ids, &mut cache, max_tokens, &mut timings)
+            }
+        }
+    }
+
+    /// The base model's answer (the model itself when there is no base): "answer the question
+    /// from the passage in a few words", in the model's chat format.
+    pub(super) fn instructed_answer(
+        &self,
+        query: &str,
+        pidx: usize,
+        max_tokens: usize,
+        timings: &mut Timings,
+    ) -> Result<String> {
+        let (ids, passage) = self.answer_prompt(query, pidx)?;
+        let reader = self.base.unwrap_or(self.model);
+        let mut cache = reader.new_cache();
+        self.extract(reader, &ids, &passage, &mut cache, max_tokens, timings)
+    }
+
+    /// The instruction the base model answers (title, passage excerpt, question) and the
+    /// excerpt's tokens as they appear in it.
+    pub fn answer_prompt(&self, query: &str, pidx: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+        const MARK: &str = "\u{1}PASSAGE\u{1}";
+        let p = &self.corpus.passages[pidx];
+        let prompt = instruction_prompt(
+            self.tokenizer,
+            &format!(
+                "{ANSWER_INSTRUCTION}\n\nTitle: {}\nPassage:{MARK}\n\nQuestion: {}",
+                clean(&p.title),
+                clean(query)
+            ),
+            "Answer:",
+        );
+        let (head, tail) = prompt.split_once(MARK).unwrap_or((prompt.as_str(), ""));
+        let mut body = encode(self.tokenizer, &format!(" {}", p.text.trim()))?;
+        body.truncate(ANSWER_EXCERPT);
+        let mut ids = encode(self.tokenizer, head)?;
+        ids.extend_from_slice(&body);
+        ids.extend(encode(self.tokenizer, tail)?);
+        Ok((ids, body))
+    }
+
+    /// Greedy decoding by `reader` after `ids` constrained to a span of `passage` (token ids):
+    /// the answer is always words of the cited passage, as the answers of extractive QA are.
+    /// Each step takes the likeliest token that continues some occurrence of the span so far;
+    /// the span ends when the likeliest way to end it (end of text or of turn, a newline or
+    /// punctuation, among the model's top choices) beats every continuation.
+    pub(super) fn extract(
+        &self,
+        reader: &Llama,
+        ids: &[u32],
+        passage: &[u32],
+        cache: &mut KvCache,
+        max_tokens: usize,
+        timings: &mut Timings,
+    ) -> Result<String> {
+        /// How many of the model's top tokens are checked for a way to end the span.
+        const END_CHOICES: usize = 20;
+        let end_of_turn = self.tokenizer.token_to_id("<|im_end|>");
+        let ends = |t: u32| -> Result<bool> {
+            if t == self.codec.eos || Some(t) == end_of_turn {
+                return Ok(true);
+            }
+            let piece = self.tokenizer.decode(&[t], true)?;
+            let piece = piece.trim_start_matches(' ');
+            Ok(piece.is_empty()
+                || piece.contains('\n')
+                || piece.starts_with(['.', ',', ';', ':', '!', '?', ')']))
+        };
+        // Positions where an occurrence of the span so far starts.
+        let mut starts: Vec<usize> = (0..passage.len()).collect();
+        let mut out: Vec<u32> = Vec::new();
+        let mut lp = last_logprobs(reader, ids, cache, timings)?;
+        while out.len() < max_tokens {
+            let k = out.len();
+            let best_next = starts
+                .iter()
+                .filter_map(|&s| passage.get(s + k).copied())
+                .filter(|&t| !(k == 0 && ends(t).unwrap_or(true)))
+                .max_by(|&a, &b| lp[a as usize].total_cmp(&lp[b as usize]).then(b.cmp(&a)));
+            let Some(next) = best_next else {
+                break;
+            };
+            if k > 0 {
+                // Punctuation inside the passage ends the span too: answers are phrases.
+                if ends(next)? {
+                    break;
+                }
+                let mut order: Vec<usize> = (0..lp.len()).collect();
+                let top = END_CHOICES.min(order.len());
+                order.select_nth_unstable_by(top.saturating_sub(1), |&a, &b| {
+                    lp[b].total_cmp(&lp[a])
+                });
+                let mut best_end = f32::NEG_INFINITY;
+                for &t in &order[..top] {
+                    if lp[t] > best_end && ends(t as u32)? {
+                        best_end = lp[t];
+                    }
+                }
+                if best_end > lp[next as usize] {
+                    break;
+                }
+            }
+            out.push(next);
+            starts.retain(|&s| passage.get(s + k) == Some(&next));
+            lp = last_logprobs(reader, &[next], cache, timings)?;
+        }
+        let text = self.tokenizer.decode(&out, true)?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Greedy decoding by `reader` after `ids` until end-of-text (or the chat format's end of
+    /// turn), a newline or `max_tokens`.
+    pub(super) fn greedy(
+        &self,
+        reader: &Llama,
+        ids: &[u32],
+        cache: &mut KvCache,
+        max_tokens: usize,
+        timings: &mut Timings,
+    ) -> Result<String> {
+        let end_of_turn = self.tokenizer.token_to_id("<|im_end|>");
+        let mut out: Vec<u32> = Vec::new();
+        let mut lp = last_logprobs(reader, ids, cache, timings)?;
+        for _ in 0..max_tokens {
+            let next = lp
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as u32)
+                .unwrap_or(self.codec.eos);
+            if next == self.codec.eos || Some(next) == end_of_turn {
+                break;
+            }
+            out.push(next);
+            // A newline ends the answer; only the new token can have brought one.
+            if self.tokenizer.decode(&[next], true)?.contains('\n') {
+                break;
+            }
+            lp = last_logprobs(reader, &[next], cache, timings)?;
+        }
+        let text = self.tokenizer.decode(&out, true)?;
+        Ok(text.lines().next().unwrap_or("").trim().to_string())
+    }
+}
+
+/// The next-token log-probabilities after `ids`, continuing `cache`.
+fn last_logprobs(
+    reader: &Llama,
+    ids: &[u32],
+    cache: &mut KvCache,
+    timings: &mut Timings,
+) -> Result<Vec<f32>> {
+    let input = Tensor::from_vec(ids.to_vec(), (1, ids.len()), reader.device())?;
+    timings.count_pass(ids.len(), 1);
+    Ok(
+        rows_to_vecs(&reader.next_token_logprobs(&input, Some(cache))?)?
+            .pop()
+            .unwrap_or_default(),
+    )
+}

@@ -480,6 +480,12 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
             .answer_from(q, pidx, AnswerReader::Base, opts.max_answer_tokens)
             .unwrap();
         assert_eq!(trace.answer.unwrap().text, alone);
+        // It is words of the cited passage: decoding is constrained to the passage's spans.
+        assert!(
+            corpus.passages[pidx].text.contains(&alone),
+            "{alone:?} is not in {}",
+            corpus.passages[pidx].id
+        );
     }
 }
 

@@ -49,26 +49,8 @@ pub struct RankArgs {
     /// Who reads the answer: `auto` (the run's own weights when it trained answers, the base
     /// model otherwise), `trained` (the self-assessment format) or `base` (the base model,
     /// asked in its instruction format).
-    #[arg(long, value_enum, default_value_t = AnswerReaderArg::Auto)]
-    pub answer_reader: AnswerReaderArg,
-}
-
-/// `--answer-reader` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AnswerReaderArg {
-    Auto,
-    Trained,
-    Base,
-}
-
-impl From<AnswerReaderArg> for AnswerReader {
-    fn from(a: AnswerReaderArg) -> Self {
-        match a {
-            AnswerReaderArg::Auto => AnswerReader::Auto,
-            AnswerReaderArg::Trained => AnswerReader::Trained,
-            AnswerReaderArg::Base => AnswerReader::Base,
-        }
-    }
+    #[arg(long, value_enum, default_value_t = AnswerReader::Auto)]
+    pub answer_reader: AnswerReader,
 }
 
 impl RankArgs {
@@ -100,7 +82,7 @@ impl RankArgs {
             likelihood: !self.no_likelihood,
             likelihood_base: !self.likelihood_tuned,
             assess: self.assess,
-            answer_reader: self.answer_reader.into(),
+            answer_reader: self.answer_reader,
             ..Default::default()
         }
     }

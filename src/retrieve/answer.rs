@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// Who reads the answer out of the top passage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum AnswerReader {
     /// The trained format when the run trained answers (self-assessment on questions with
     /// answer strings), the base model otherwise; the session decides (`QuerySession`).
@@ -83,8 +83,8 @@ impl Retriever<'_> {
         }
     }
 
-    /// The base model's answer (the model itself when there is no base): "answer the question
-    /// from the passage in a few words", in the model's chat format.
+    /// The base model's answer (the model itself when there is no base), asked
+    /// [`ANSWER_INSTRUCTION`] in the model's chat format and read as a span of the passage.
     pub(super) fn instructed_answer(
         &self,
         query: &str,
@@ -148,26 +148,36 @@ impl Retriever<'_> {
                 || piece.contains('\n')
                 || piece.starts_with(['.', ',', ';', ':', '!', '?', ')']))
         };
-        // Positions where an occurrence of the span so far starts.
-        let mut starts: Vec<usize> = (0..passage.len()).collect();
+        // Whether each passage token ends a span (it is known per position, once).
+        let passage_ends: Vec<bool> = passage.iter().map(|&t| ends(t)).collect::<Result<_>>()?;
+        // Positions where an occurrence of the span so far starts (none at an ending token).
+        let mut starts: Vec<usize> = (0..passage.len()).filter(|&s| !passage_ends[s]).collect();
         let mut out: Vec<u32> = Vec::new();
+        let mut order: Vec<usize> = Vec::new();
         let mut lp = last_logprobs(reader, ids, cache, timings)?;
         while out.len() < max_tokens {
             let k = out.len();
             let best_next = starts
                 .iter()
-                .filter_map(|&s| passage.get(s + k).copied())
-                .filter(|&t| !(k == 0 && ends(t).unwrap_or(true)))
-                .max_by(|&a, &b| lp[a as usize].total_cmp(&lp[b as usize]).then(b.cmp(&a)));
-            let Some(next) = best_next else {
+                .map(|&s| s + k)
+                .filter(|&at| at < passage.len())
+                .max_by(|&a, &b| {
+                    let (ta, tb) = (passage[a], passage[b]);
+                    lp[ta as usize]
+                        .total_cmp(&lp[tb as usize])
+                        .then(tb.cmp(&ta))
+                });
+            let Some(at) = best_next else {
                 break;
             };
+            // Punctuation inside the passage ends the span too: answers are phrases.
+            if passage_ends[at] {
+                break;
+            }
+            let next = passage[at];
             if k > 0 {
-                // Punctuation inside the passage ends the span too: answers are phrases.
-                if ends(next)? {
-                    break;
-                }
-                let mut order: Vec<usize> = (0..lp.len()).collect();
+                order.clear();
+                order.extend(0..lp.len());
                 let top = END_CHOICES.min(order.len());
                 order.select_nth_unstable_by(top.saturating_sub(1), |&a, &b| {
                     lp[b].total_cmp(&lp[a])

@@ -104,9 +104,7 @@ impl QuerySession {
             bm25: Default::default(),
             reads_language: bundle_reads_language,
             reads_questions: false,
-            // A model built from the corpus only answers in the format it trains; an
-            // untrained language model is asked in its own.
-            trains_answers: !bundle_reads_language,
+            trains_answers: false,
             likelihood_base: None,
             run: None,
             docids: None,
@@ -265,6 +263,11 @@ impl QuerySession {
         if opts.likelihood && opts.likelihood_base {
             self.base_model()?;
         }
+        if !opts.answer {
+            return self.retriever().retrieve(q, opts, progress);
+        }
+        // Resolved only when an answer is asked for: the base model it may need is a second
+        // copy of the weights.
         let opts = RetrieveOptions {
             answer_reader: self.answer_reader(opts.answer_reader)?,
             ..opts.clone()

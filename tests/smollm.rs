@@ -505,3 +505,69 @@ fn a_closed_retrieval_pathway_leaves_smollm2_as_it_was() {
         "docid log-probabilities after reload differ by {diff}"
     );
 }
+
+/// A LoRA run on SmolLM2, exported as a Hugging Face folder (adapters merged, GGUF's q/k
+/// layout undone) and opened as a plain model over the same corpus, ranks and scores as the run.
+#[test]
+fn an_exported_smollm2_run_ranks_as_its_run() {
+    use selfret::retrieve::RetrieveOptions;
+    use selfret::worker::index::{run_index, IndexSpec};
+    use selfret::worker::session::QuerySession;
+    let dir = tempfile::tempdir().unwrap();
+    // A dozen demo passages keep the trie and the query likelihood small.
+    let demo = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpora/ir_history.jsonl"),
+    )
+    .unwrap();
+    let corpus = dir.path().join("corpus.jsonl");
+    let lines: Vec<&str> = demo.lines().take(12).collect();
+    std::fs::write(&corpus, lines.join("\n") + "\n").unwrap();
+    let mut spec = IndexSpec::new(corpus.clone(), ModelSource::Gguf(gguf_path()));
+    spec.lora = Some(selfret::model::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    });
+    spec.train.steps = 2;
+    spec.train.batch_tokens = 512;
+    spec.train.lr = 1e-3;
+    spec.pseudo = None;
+    let run = dir.path().join("run");
+    run_index(
+        &spec,
+        &run,
+        false,
+        &mut selfret::train::NoControl,
+        &mut |_| {},
+        None,
+    )
+    .unwrap();
+    let out = dir.path().join("hf");
+    let summary = selfret::worker::export::export_run(&run, "checkpoint", &out, false).unwrap();
+    assert!(summary.merged_lora);
+
+    let from_run = QuerySession::open_run(&run).unwrap();
+    let from_folder =
+        QuerySession::open_untrained(&ModelSource::HfFolder(out), &corpus, None).unwrap();
+    let opts = RetrieveOptions {
+        answer: false,
+        titles: 4,
+        candidates: 6,
+        ..Default::default()
+    };
+    let q = "What did the first library card catalogues look like?";
+    let a = from_run
+        .query(q, &from_run.options_for_model(&opts), &mut |_| {})
+        .unwrap();
+    let b = from_folder
+        .query(q, &from_folder.options_for_model(&opts), &mut |_| {})
+        .unwrap();
+    assert!(a.ranking.len() >= 2, "{} candidates", a.ranking.len());
+    let ids = |t: &selfret::retrieve::RetrievalTrace| -> Vec<String> {
+        t.ranking.iter().map(|r| r.passage_id.clone()).collect()
+    };
+    assert_eq!(ids(&a), ids(&b));
+    for (x, y) in a.ranking.iter().zip(&b.ranking) {
+        assert!((x.s - y.s).abs() < 1e-6, "{}: S {} against {}", x.passage_id, x.s, y.s);
+    }
+}

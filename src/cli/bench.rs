@@ -23,6 +23,9 @@ pub enum BenchKind {
     Query,
     Train,
     Eval,
+    /// A run exported as a Hugging Face folder, read by selfret and by transformers (needs
+    /// --run; not part of `all`).
+    Export,
     All,
 }
 
@@ -41,7 +44,8 @@ pub struct BenchArgs {
     /// bench/setup-reference.sh) on the same shapes and print the ratio.
     #[arg(long)]
     pub reference: bool,
-    /// Run directory for the query bench (default: the un-fine-tuned model over the NQ corpus).
+    /// Run directory for the query bench (default: the un-fine-tuned model over the NQ corpus)
+    /// and the export bench.
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Queries timed by the query bench.
@@ -65,6 +69,20 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Resident memory now, MB (Linux; None elsewhere).
+fn rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Starts the peak-memory mark afresh from the current resident memory (Linux: writing 5 to
+/// clear_refs resets VmHWM), so one stage's own peak can be read after it.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -107,6 +125,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if matches!(a.kind, BenchKind::Eval | BenchKind::All) {
         bench_eval(&a)?;
+    }
+    if a.kind == BenchKind::Export {
+        super::bench_export::bench_export(&a)?;
     }
     Ok(())
 }
@@ -237,7 +258,7 @@ fn bench_query(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn reference_python() -> Result<String> {
+pub(super) fn reference_python() -> Result<String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let setup = std::process::Command::new("bash")
         .arg(root.join("bench/setup-reference.sh"))
@@ -650,6 +671,9 @@ fn scaled_corpus(sources: &[Corpus], n: usize) -> Corpus {
     Corpus::from_passages(passages, vec![])
 }
 
+/// Corpora larger than this skip the `tokenizers` crate comparison column of `bench trie`.
+const CRATE_COMPARISON_MAX: usize = 100_000;
+
 fn bench_trie(a: &BenchArgs) -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut corpora: Vec<(String, Corpus)> = vec![(
@@ -690,25 +714,42 @@ fn bench_trie(a: &BenchArgs) -> Result<()> {
     };
     let codec = PromptCodec::new(&tok, eos)?;
     println!("\n## trie (tokenizer of {source})");
-    println!("| corpus | passages | titles | corpus tokens | nodes | bytes | bytes/token | x(4 B/token) | build s | tokenizers crate alone s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| corpus | passages | titles | corpus tokens | nodes | bytes | bytes/token | x(4 B/token) | build s | build peak MB | tokenizers crate alone s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    // The peak over the whole bench, kept across the per-build resets below.
+    let mut whole_peak = 0.0f64;
     for (name, c) in &corpora {
-        // For comparison: the passages tokenized by the `tokenizers` crate's own batch encoder
-        // (the build uses the word-cached fast path, same ids). Each measurement gets a fresh
-        // clone: the BPE word cache must start empty.
-        let t0 = Instant::now();
-        let texts: Vec<String> = c.passages.iter().map(|p| format!(" {}", p.text)).collect();
-        tok.clone()
-            .encode_batch_fast(texts, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let tokenizing = t0.elapsed().as_secs_f64();
         let tok = tok.clone();
+        whole_peak = whole_peak.max(peak_rss_mb().unwrap_or(0.0));
+        // The build's own peak: the mark restarts from what is resident now (the corpora).
+        let before = rss_mb().filter(|_| reset_peak_rss());
         let t0 = Instant::now();
         let trie = CorpusTrie::build(c, &tok, &codec)?;
         let secs = t0.elapsed().as_secs_f64();
+        let build_peak = match (before, peak_rss_mb()) {
+            (Some(b), Some(p)) => format!("{:.0}", p - b),
+            _ => "-".into(),
+        };
         let s = trie.stats();
+        drop(trie);
+        // For comparison: the passages tokenized by the `tokenizers` crate's own batch encoder
+        // (the build uses the word-cached fast path, same ids), with a fresh clone (the BPE word
+        // cache must start empty). It keeps a full `Encoding` of every passage at once: past
+        // `CRATE_COMPARISON_MAX` passages it is not run (at 1M it ran for over ten minutes).
+        let tokenizing = if c.passages.len() <= CRATE_COMPARISON_MAX {
+            let t0 = Instant::now();
+            let texts: Vec<String> = c.passages.iter().map(|p| format!(" {}", p.text)).collect();
+            tok.clone()
+                .encode_batch_fast(texts, false)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let secs = t0.elapsed().as_secs_f64();
+            whole_peak = whole_peak.max(peak_rss_mb().unwrap_or(0.0));
+            format!("{secs:.2}")
+        } else {
+            "not run".into()
+        };
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {secs:.2} | {tokenizing:.2} |",
+            "| {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {secs:.2} | {build_peak} | {tokenizing} |",
             s.passages,
             s.titles,
             s.corpus_tokens,
@@ -723,7 +764,7 @@ fn bench_trie(a: &BenchArgs) -> Result<()> {
         "\nThe synthetic corpus as a {} MB JSONL file loads in {secs:.2} s (`corpus::load_path`); \
          peak memory of the whole bench {:.0} MB.",
         bytes / 1_000_000,
-        peak_rss_mb().unwrap_or(f64::NAN)
+        whole_peak.max(peak_rss_mb().unwrap_or(0.0))
     );
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The headless command line: the same jobs as the GUI, for scripts, CI and bigger machines.
 //! One file per command family: [`mod@index`], [`mod@query`], [`mod@eval`] (and `tune`),
-//! [`writing`] (pseudo-queries, titles), [`mod@docids`], [`export`] (training data out), [`mod@bench`]; here the parser and what they share.
+//! [`writing`] (pseudo-queries, titles), [`mod@docids`], [`export`] (training data out), [`mod@bench`] (with `bench_export`, the export checked against transformers); here the parser and what they share.
 
 pub mod bench;
+mod bench_export;
 pub mod docids;
 pub mod eval;
 pub mod export;

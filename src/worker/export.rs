@@ -99,7 +99,8 @@ pub fn export_run(
         // A Hugging Face folder has no place for the retrieval heads and docid head: exporting
         // would drop them in silence.
         return Err(Error::invalid(format!(
-            "{} is a docid run: its retrieval pathway has no Hugging Face form, so it cannot be              exported; query it with --run",
+            "{} is a docid run: its retrieval pathway has no Hugging Face form, so it cannot be \
+             exported; query it with --run",
             run.display()
         )));
     }

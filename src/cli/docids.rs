@@ -94,13 +94,13 @@ pub fn docids(a: DocidsArgs) -> Result<()> {
         let spec = crate::worker::index::IndexSpec::new(a.corpus.clone(), source.clone());
         let device = crate::model::default_device();
         let bundle = crate::worker::index::load_base(&spec, &corpus, &device, None)?;
-        let bar = indicatif::ProgressBar::new(corpus.len() as u64);
+        let mut bar = super::progress::Progress::new(corpus.len() as u64, "{bar:30} {pos}/{len} {msg}");
         let rows = embed::with_model(
             &bundle.model,
             &bundle.tokenizer,
             bundle.special.pad,
             &corpus,
-            &mut |done, _| bar.set_position(done as u64),
+            &mut |done, total| bar.update("passages embedded", done as u64, total as u64, ""),
         )?;
         bar.finish_and_clear();
         (rows, format!("mean-pooled hidden states of {source}"))

@@ -267,7 +267,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             eprintln!("a tiny model reads no language: ranking without the query likelihood");
         }
     }
-    let bar = indicatif::ProgressBar::new(queries.len() as u64);
+    let mut bar = super::progress::Progress::new(queries.len() as u64, "{bar:30} {pos}/{len} {msg}");
     let mut records = String::new();
     let systems = crate::eval::run::run_eval(
         session.as_ref(),
@@ -275,9 +275,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         &queries,
         &plan,
         &mut |system, done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(system.to_string());
+            bar.update(&format!("{system}: queries"), done as u64, total as u64, "");
         },
         &mut || false,
         &mut |q, trace| {

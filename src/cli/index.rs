@@ -258,11 +258,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
     } else if let Some(e) = a.epochs {
         spec.train.epochs = Some(e);
     }
-    let bar = indicatif::ProgressBar::new(spec.train.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let mut bar = super::progress::Progress::new(spec.train.steps as u64, "{bar:30} {pos}/{len} {msg}");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     struct CtrlC(std::sync::Arc<std::sync::atomic::AtomicBool>);
     impl crate::train::TrainControl for CtrlC {
@@ -281,6 +277,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
     }
     drop(corpus);
     let started = std::time::Instant::now();
+    let mut total_steps_seen = spec.train.steps as u64;
     let mut dl = download_bar();
     run_index(
         &spec,
@@ -293,11 +290,11 @@ pub fn index(a: IndexArgs) -> Result<()> {
                 examples,
                 total_steps,
             } => {
-                bar.set_length(total_steps as u64);
-                bar.set_position(start_step as u64);
+                total_steps_seen = total_steps as u64;
                 bar.println(format!(
-                    "{examples} training examples, starting at step {start_step}"
+                    "{examples} training examples, {total_steps} steps, starting at step {start_step}"
                 ));
+                bar.update("step", start_step as u64, total_steps_seen, "");
             }
             TrainEvent::Step {
                 step,
@@ -308,12 +305,16 @@ pub fn index(a: IndexArgs) -> Result<()> {
                 lr,
                 ..
             } => {
-                bar.set_position(step as u64);
-                bar.set_message(format!(
-                    "{:<10} loss {loss:.3} lr {lr:.1e} {tokens_per_s:.0} tok/s ETA {:.0}s",
-                    task.name(),
-                    eta_s
-                ));
+                bar.update(
+                    "step",
+                    step as u64,
+                    total_steps_seen,
+                    format!(
+                        "{:<10} loss {loss:.3} lr {lr:.1e} {tokens_per_s:.0} tok/s ETA {:.0}s",
+                        task.name(),
+                        eta_s
+                    ),
+                );
             }
             TrainEvent::Eval {
                 step,
@@ -335,9 +336,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
                 bar.println(format!("checkpoint at step {step}: {}", path.display()))
             }
             TrainEvent::Preparing { stage, done, total } => {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-                bar.set_message(stage);
+                bar.update(&stage, done as u64, total as u64, "")
             }
             TrainEvent::BudgetChanged {
                 step,

@@ -8,6 +8,7 @@ pub mod docids;
 pub mod eval;
 pub mod export;
 pub mod index;
+mod progress;
 pub mod query;
 pub mod writing;
 

@@ -45,10 +45,9 @@ pub fn pseudo_queries(a: PseudoArgs) -> Result<()> {
         keep_top: a.keep_top,
         ..Default::default()
     };
-    let bar = indicatif::ProgressBar::new(0);
+    let mut bar = super::progress::Progress::new(0, "{bar:30} {pos}/{len} {msg}");
     let qs = session.pseudo_queries(&opts, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        bar.update("passages read", done as u64, total as u64, "");
         false
     })?;
     bar.finish();
@@ -75,9 +74,9 @@ pub fn pseudo_queries(a: PseudoArgs) -> Result<()> {
 pub fn titles(a: TitlesArgs) -> Result<()> {
     let session = a.model.open(true)?;
     let untitled = session.corpus.untitled().len();
-    let bar = indicatif::ProgressBar::new(untitled as u64);
-    let n = session.write_titled_corpus(&a.out, &mut |done, _| {
-        bar.set_position(done as u64);
+    let mut bar = super::progress::Progress::new(untitled as u64, "{bar:30} {pos}/{len} {msg}");
+    let n = session.write_titled_corpus(&a.out, &mut |done, total| {
+        bar.update("titles written", done as u64, total as u64, "");
         false
     })?;
     bar.finish();

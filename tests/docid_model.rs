@@ -219,6 +219,13 @@ fn a_tiny_model_trained_with_docids_names_its_training_questions_docids() {
     assert!(ok, "{stderr}");
     assert!(run.join("docids.json").is_file());
     assert!(run.join("checkpoint/docid.safetensors").is_file());
+    // run.ron says what embedded the passages (the tree records the same).
+    let manifest = selfret::worker::index::RunManifest::read(&run).unwrap();
+    let embedder = manifest.docid_embedder.expect("run.ron names the docid embedder");
+    assert!(
+        embedder.contains("MiniLM") || embedder.contains("hidden states"),
+        "{embedder}"
+    );
 
     // Most training questions get their gold docid first (chance: 1 in 105).
     let (ok, table, stderr) = selfret(&[

@@ -459,10 +459,11 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
             s.answer_reader(AnswerReader::Auto).unwrap(),
             AnswerReader::Trained
         );
-        let alone = s
+        let (alone, from) = s
             .retriever()
-            .answer_from(q, pidx, AnswerReader::Trained, opts.max_answer_tokens)
+            .answer_from(q, &[pidx], AnswerReader::Trained, opts.max_answer_tokens)
             .unwrap();
+        assert_eq!(from, pidx);
         let answer = trace.answer.unwrap();
         assert_eq!(answer.cited, vec![top.clone()]);
         assert_eq!(answer.text, alone);
@@ -475,9 +476,9 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
         let trace = s.query(q, &instructed, &mut |_| {}).unwrap();
         let top = &trace.ranking[0].passage_id;
         let pidx = corpus.passages.iter().position(|p| &p.id == top).unwrap();
-        let alone = s
+        let (alone, _) = s
             .retriever()
-            .answer_from(q, pidx, AnswerReader::Base, opts.max_answer_tokens)
+            .answer_from(q, &[pidx], AnswerReader::Base, opts.max_answer_tokens)
             .unwrap();
         assert_eq!(trace.answer.unwrap().text, alone);
         // It is words of the cited passage: decoding is constrained to the passage's spans.
@@ -486,6 +487,35 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
             "{alone:?} is not in {}",
             corpus.passages[pidx].id
         );
+        // Read from the top three, the answer is words of the one it cites, among them.
+        let three = RetrieveOptions {
+            answer_passages: 3,
+            ..instructed.clone()
+        };
+        let trace = s.query(q, &three, &mut |_| {}).unwrap();
+        let answer = trace.answer.clone().unwrap();
+        let top3: Vec<String> = trace
+            .ranking
+            .iter()
+            .take(3)
+            .map(|r| r.passage_id.clone())
+            .collect();
+        assert_eq!(answer.read, top3);
+        assert_eq!(answer.cited.len(), 1);
+        assert!(top3.contains(&answer.cited[0]));
+        let cited = corpus.index_of(&answer.cited[0]).unwrap();
+        assert!(
+            corpus.passages[cited].text.contains(&answer.text),
+            "{:?} is not in {}",
+            answer.text,
+            answer.cited[0]
+        );
+        let idx: Vec<usize> = top3.iter().map(|id| corpus.index_of(id).unwrap()).collect();
+        let (alone, from) = s
+            .retriever()
+            .answer_from(q, &idx, AnswerReader::Base, opts.max_answer_tokens)
+            .unwrap();
+        assert_eq!((alone, from), (answer.text, cited));
     }
 }
 
@@ -678,4 +708,59 @@ fn exact_passage_batch_matches_a_full_beam_search() {
             }
         }
     }
+}
+
+/// Each title's prior is its search score after an empty question, recorded for every title a
+/// query reads; weighed in, it reorders the titles before the candidate budget takes them.
+#[test]
+fn title_priors_reorder_titles_before_the_budget() {
+    let corpus = demo_corpus();
+    let s = QuerySession::new(bundle_for(&corpus, TrainMode::Frozen), corpus.clone()).unwrap();
+    let plain = RetrieveOptions {
+        answer: false,
+        likelihood: false,
+        candidates: 6,
+        ..Default::default()
+    };
+    let q = "Who proposed inverse document frequency?";
+    let before = s.query(q, &plain, &mut |_| {}).unwrap();
+    // Every title of the demo is read (35 titles, a beam of 2,500), each with its prior.
+    assert_eq!(before.titles.len(), corpus.titles.len());
+    let priors = s.title_priors().unwrap().to_vec();
+    assert_eq!(priors.len(), corpus.titles.len());
+    for t in &before.titles {
+        assert_eq!(t.prior_logprob, Some(priors[t.title_index]));
+        assert!(t.search_logprob <= 0.0 && priors[t.title_index] <= 0.0);
+    }
+    // Weight 0: the beam order, by search score.
+    assert!(before
+        .titles
+        .windows(2)
+        .all(|w| w[0].search_logprob >= w[1].search_logprob));
+    // The prior of a title is what a search after the empty question scores it by: with the
+    // full weight, the order is by the difference.
+    let weighted = RetrieveOptions {
+        title_prior: 1.0,
+        ..plain.clone()
+    };
+    let after = s.query(q, &weighted, &mut |_| {}).unwrap();
+    let key = |t: &selfret::retrieve::trace::TitleCandidate| {
+        t.search_logprob - t.prior_logprob.unwrap()
+    };
+    assert!(after.titles.windows(2).all(|w| key(&w[0]) >= key(&w[1])));
+    let order = |t: &selfret::retrieve::RetrievalTrace| -> Vec<usize> {
+        t.titles.iter().map(|x| x.title_index).collect()
+    };
+    assert_ne!(order(&before), order(&after), "the prior moved no title");
+    // The budget's candidates follow the new order: the first title's passages are candidates.
+    let first = after.titles[0].title_index;
+    assert!(after
+        .candidates
+        .iter()
+        .any(|c| corpus.title_of[c.passage_index] == first));
+    let bad = RetrieveOptions {
+        title_prior: f64::NAN,
+        ..plain
+    };
+    assert!(s.query(q, &bad, &mut |_| {}).is_err());
 }

@@ -51,6 +51,14 @@ pub struct RankArgs {
     /// asked in its instruction format).
     #[arg(long, value_enum, default_value_t = AnswerReader::Auto)]
     pub answer_reader: AnswerReader,
+    /// How much of each title's prior (its log-probability after an empty question) comes off
+    /// its search score before the candidate budget picks titles (0: the beam order).
+    #[arg(long, default_value_t = 0.0)]
+    pub title_prior: f64,
+    /// Passages the base model reads an answer from (the top ones; it copies the answer from
+    /// one of them). The trained format reads the top passage alone.
+    #[arg(long, default_value_t = 1)]
+    pub answer_passages: usize,
 }
 
 impl RankArgs {
@@ -83,6 +91,8 @@ impl RankArgs {
             likelihood_base: !self.likelihood_tuned,
             assess: self.assess,
             answer_reader: self.answer_reader,
+            title_prior: self.title_prior,
+            answer_passages: self.answer_passages,
             ..Default::default()
         }
     }
@@ -119,7 +129,12 @@ pub fn query(a: QueryArgs) -> Result<()> {
             );
         }
         let max = RetrieveOptions::default().max_answer_tokens;
-        if let Some(trace) = session.docid_query(&a.question, a.rank.docid_beams, Some(max)) {
+        if let Some(trace) = session.docid_query(
+            &a.question,
+            a.rank.docid_beams,
+            Some(max),
+            a.rank.answer_passages,
+        ) {
             return print_docids(&a, &trace?);
         }
     }
@@ -174,6 +189,9 @@ pub fn query(a: QueryArgs) -> Result<()> {
             ans.text,
             ans.cited.join(", ")
         );
+        if ans.read.len() > 1 {
+            println!("read from: {}", ans.read.join(", "));
+        }
     }
     let t = &trace.timings;
     println!(
@@ -281,6 +299,9 @@ fn print_docids(a: &QueryArgs, trace: &crate::retrieve::docid::DocidTrace) -> Re
     }
     if let Some(ans) = &trace.answer {
         println!("answer: {} [{}]", ans.text, ans.passage_id);
+        if ans.read.len() > 1 {
+            println!("read from: {}", ans.read.join(", "));
+        }
     }
     println!("time: {:.0} ms", trace.ms);
     Ok(())

@@ -4,7 +4,7 @@
 use super::{score, QueryResult, SystemResult};
 use crate::corpus::Corpus;
 use crate::error::{Error, Result};
-use crate::retrieve::{RetrievalTrace, RetrieveOptions};
+use crate::retrieve::{AnswerReader, RetrievalTrace, RetrieveOptions};
 use crate::train::Query;
 use crate::worker::session::QuerySession;
 use std::path::PathBuf;
@@ -126,14 +126,21 @@ pub fn run_eval(
                     }
                     results.push(timed(q, || {
                         let top = index.search(&q.question, 10);
-                        let answer = match top.first() {
-                            Some(&p) => Some(r.answer_from(
-                                &q.question,
-                                p,
-                                reader,
-                                plan.retrieve.max_answer_tokens,
-                            )?),
-                            None => None,
+                        let read = match reader {
+                            AnswerReader::Base => plan.retrieve.answer_passages.max(1),
+                            _ => 1,
+                        };
+                        let answer = match top.is_empty() {
+                            false => Some(
+                                r.answer_from(
+                                    &q.question,
+                                    &top[..read.min(top.len())],
+                                    reader,
+                                    plan.retrieve.max_answer_tokens,
+                                )?
+                                .0,
+                            ),
+                            true => None,
                         };
                         Ok((ids(top), answer))
                     })?);
@@ -165,7 +172,12 @@ pub fn run_eval(
                 .then_some(plan.retrieve.max_answer_tokens);
             results.push(timed(q, || {
                 let trace = s
-                    .docid_query(&q.question, plan.docid_beams, answer)
+                    .docid_query(
+                        &q.question,
+                        plan.docid_beams,
+                        answer,
+                        plan.retrieve.answer_passages,
+                    )
                     .ok_or_else(|| Error::invalid("not a docid run"))??;
                 Ok((
                     trace.ranked_ids().into_iter().map(String::from).collect(),

@@ -15,6 +15,12 @@ pub struct TitleRecord {
     pub norm_prob: f64,
     pub logprob: f64,
     pub trie_logprob: f64,
+    /// The title search's score (what orders titles for the candidate budget).
+    #[serde(default)]
+    pub search_logprob: f64,
+    /// The title's prior (log-probability of the same tokens after an empty question).
+    #[serde(default)]
+    pub prior_logprob: Option<f64>,
     /// The title is a gold passage's title.
     pub gold: bool,
 }
@@ -59,6 +65,8 @@ impl RankRecord {
                     norm_prob: t.norm_prob,
                     logprob: t.logprob,
                     trie_logprob: t.trie_logprob,
+                    search_logprob: t.search_logprob,
+                    prior_logprob: t.prior_logprob,
                     gold: gold_titles.contains(&t.title.as_str()),
                 })
                 .collect(),
@@ -248,6 +256,8 @@ mod tests {
             norm_prob,
             logprob: norm_prob.ln() * 3.0,
             trie_logprob: norm_prob.ln(),
+            search_logprob: norm_prob.ln(),
+            prior_logprob: None,
             gold,
         };
         let c = |id: &str, title_rank, p_reject, passage_logprob, gold| CandidateRecord {

@@ -55,21 +55,31 @@ const ANSWER_EXCERPT: usize = 384;
 /// example added, 0.000 without the "Answer:" lead (docs/benchmarks.md, session 21).
 const ANSWER_INSTRUCTION: &str = "Read the passage, then answer the question with a short \
 phrase copied from the passage: a name, a date, a number or a few words. Do not write a sentence.";
+/// The same, for several passages (the answer is copied from one of them).
+const ANSWER_INSTRUCTION_MANY: &str = "Read the passages, then answer the question with a short \
+phrase copied from one of them: a name, a date, a number or a few words. Do not write a sentence.";
 
 impl Retriever<'_> {
     /// The answer to `query` read from passage `pidx` by `reader`: the base model in its
     /// instruction format (`AnswerReader::Base`), or the model in the trained format
     /// (otherwise). The retriever + reader baseline and the docid mode answer through this.
+    ///
+    /// The base model reads every passage of `pidxs` (best first) and copies its answer from
+    /// one of them; the trained format reads the first only. Returns the answer and the passage
+    /// it came from. `pidxs` must not be empty.
     pub fn answer_from(
         &self,
         query: &str,
-        pidx: usize,
+        pidxs: &[usize],
         reader: AnswerReader,
         max_tokens: usize,
-    ) -> Result<String> {
+    ) -> Result<(String, usize)> {
         let mut timings = Timings::default();
+        let Some(&pidx) = pidxs.first() else {
+            return Err(crate::error::Error::invalid("no passage to answer from"));
+        };
         match reader {
-            AnswerReader::Base => self.instructed_answer(query, pidx, max_tokens, &mut timings),
+            AnswerReader::Base => self.instructed_answer(query, pidxs, max_tokens, &mut timings),
             AnswerReader::Auto | AnswerReader::Trained => {
                 let p = &self.corpus.passages[pidx];
                 let mut ids = self.codec.query(self.tokenizer, query)?;
@@ -78,51 +88,77 @@ impl Retriever<'_> {
                 ids.extend_from_slice(&self.codec.assess_cue);
                 ids.extend_from_slice(&self.codec.accept);
                 let mut cache = self.model.new_cache();
-                self.greedy(self.model, &ids, &mut cache, max_tokens, &mut timings)
+                let text = self.greedy(self.model, &ids, &mut cache, max_tokens, &mut timings)?;
+                Ok((text, pidx))
             }
         }
     }
 
     /// The base model's answer (the model itself when there is no base), asked
-    /// [`ANSWER_INSTRUCTION`] in the model's chat format and read as a span of the passage.
+    /// [`ANSWER_INSTRUCTION`] in the model's chat format over the passages `pidxs` and read as a
+    /// span of one of them: the answer and the passage it came from.
     pub(super) fn instructed_answer(
         &self,
         query: &str,
-        pidx: usize,
+        pidxs: &[usize],
         max_tokens: usize,
         timings: &mut Timings,
-    ) -> Result<String> {
-        let (ids, passage) = self.answer_prompt(query, pidx)?;
+    ) -> Result<(String, usize)> {
+        let (ids, bodies) = self.answer_prompt(query, pidxs)?;
+        // The excerpts end to end, a newline between them (it ends a span: no answer runs from
+        // one passage into the next); `owner[k]` is the passage of position k.
+        let newline = encode(self.tokenizer, "\n")?;
+        let mut spans: Vec<u32> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (body, &p) in bodies.iter().zip(pidxs) {
+            if !spans.is_empty() {
+                spans.extend_from_slice(&newline);
+                owner.extend(std::iter::repeat_n(p, newline.len()));
+            }
+            spans.extend_from_slice(body);
+            owner.extend(std::iter::repeat_n(p, body.len()));
+        }
         let reader = self.base.unwrap_or(self.model);
         let mut cache = reader.new_cache();
-        self.extract(reader, &ids, &passage, &mut cache, max_tokens, timings)
+        let (text, start) = self.extract(reader, &ids, &spans, &mut cache, max_tokens, timings)?;
+        let from = start.and_then(|k| owner.get(k).copied()).unwrap_or(pidxs[0]);
+        Ok((text, from))
     }
 
-    /// The instruction the base model answers (title, passage excerpt, question) and the
-    /// excerpt's tokens as they appear in it.
-    pub fn answer_prompt(&self, query: &str, pidx: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+    /// The instruction the base model answers (each passage's title and excerpt, then the
+    /// question) and each excerpt's tokens as they appear in it. One passage is asked
+    /// [`ANSWER_INSTRUCTION`], several [`ANSWER_INSTRUCTION_MANY`].
+    pub fn answer_prompt(&self, query: &str, pidxs: &[usize]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
         const MARK: &str = "\u{1}PASSAGE\u{1}";
-        let p = &self.corpus.passages[pidx];
-        let prompt = instruction_prompt(
-            self.tokenizer,
-            &format!(
-                "{ANSWER_INSTRUCTION}\n\nTitle: {}\nPassage:{MARK}\n\nQuestion: {}",
-                clean(&p.title),
-                clean(query)
-            ),
-            "Answer:",
-        );
-        let (head, tail) = prompt.split_once(MARK).unwrap_or((prompt.as_str(), ""));
-        let mut body = encode(self.tokenizer, &format!(" {}", p.text.trim()))?;
-        body.truncate(ANSWER_EXCERPT);
-        let mut ids = encode(self.tokenizer, head)?;
-        ids.extend_from_slice(&body);
-        ids.extend(encode(self.tokenizer, tail)?);
-        Ok((ids, body))
+        let instruction = if pidxs.len() > 1 {
+            ANSWER_INSTRUCTION_MANY
+        } else {
+            ANSWER_INSTRUCTION
+        };
+        let mut text = instruction.to_string();
+        for &pidx in pidxs {
+            let p = &self.corpus.passages[pidx];
+            text.push_str(&format!("\n\nTitle: {}\nPassage:{MARK}", clean(&p.title)));
+        }
+        text.push_str(&format!("\n\nQuestion: {}", clean(query)));
+        let prompt = instruction_prompt(self.tokenizer, &text, "Answer:");
+        let mut pieces = prompt.split(MARK);
+        let mut ids = encode(self.tokenizer, pieces.next().unwrap_or(""))?;
+        let mut bodies = Vec::with_capacity(pidxs.len());
+        for (&pidx, piece) in pidxs.iter().zip(pieces) {
+            let p = &self.corpus.passages[pidx];
+            let mut body = encode(self.tokenizer, &format!(" {}", p.text.trim()))?;
+            body.truncate(ANSWER_EXCERPT);
+            ids.extend_from_slice(&body);
+            ids.extend(encode(self.tokenizer, piece)?);
+            bodies.push(body);
+        }
+        Ok((ids, bodies))
     }
 
     /// Greedy decoding by `reader` after `ids` constrained to a span of `passage` (token ids):
     /// the answer is always words of the cited passage, as the answers of extractive QA are.
+    /// Returns the answer and where in `passage` the span read starts (None: no span).
     /// Each step takes the likeliest token that continues some occurrence of the span so far;
     /// the span ends when the likeliest way to end it (end of text or of turn, a newline or
     /// punctuation, among the model's top choices) beats every continuation.
@@ -134,7 +170,7 @@ impl Retriever<'_> {
         cache: &mut KvCache,
         max_tokens: usize,
         timings: &mut Timings,
-    ) -> Result<String> {
+    ) -> Result<(String, Option<usize>)> {
         /// How many of the model's top tokens are checked for a way to end the span.
         const END_CHOICES: usize = 20;
         let end_of_turn = self.tokenizer.token_to_id("<|im_end|>");
@@ -197,7 +233,8 @@ impl Retriever<'_> {
             lp = last_logprobs(reader, &[next], cache, timings)?;
         }
         let text = self.tokenizer.decode(&out, true)?;
-        Ok(text.trim().to_string())
+        let start = (!out.is_empty()).then(|| starts.first().copied()).flatten();
+        Ok((text.trim().to_string(), start))
     }
 
     /// Greedy decoding by `reader` after `ids` until end-of-text (or the chat format's end of

@@ -43,7 +43,7 @@ pub struct DocidTrace {
     pub query: String,
     pub beams: Vec<DocidBeam>,
     pub ms: f64,
-    /// The answer read from the top passage (with the pathway closed: the model's own reading).
+    /// The answer read from the top passages (with the pathway closed: the model's own reading).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<DocidAnswer>,
 }
@@ -52,7 +52,11 @@ pub struct DocidTrace {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DocidAnswer {
     pub text: String,
+    /// The passage the answer comes from.
     pub passage_id: String,
+    /// Every passage the reader was given, best first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
 }
 
 impl DocidTrace {

@@ -8,7 +8,9 @@
 use super::trace::{
     PassageCandidate, RetrievalTrace, StepKind, Timings, TitleCandidate, TokenStep,
 };
-use super::{fill_title_scores, rows_to_vecs, trie_logprob, RetrieveOptions, Retriever};
+use super::{
+    fill_title_scores, rows_to_vecs, search_logprob, trie_logprob, RetrieveOptions, Retriever,
+};
 use crate::error::{Error, Result};
 use crate::trie::TokenTrie;
 use candle_core::Tensor;
@@ -179,9 +181,12 @@ impl Retriever<'_> {
             steps: title_steps,
             logprob: 0.0,
             norm_prob: 0.0,
+            search_logprob: 0.0,
+            prior_logprob: self.title_prior.map(|p| p[t_idx]),
             s_t: 0.0,
         };
         fill_title_scores(&mut title);
+        title.search_logprob = search_logprob(&title.steps);
         let title_beam_rank = trace
             .titles
             .iter()

@@ -48,6 +48,8 @@ pub struct Retriever<'a> {
     pub codec: &'a PromptCodec,
     pub corpus: &'a Corpus,
     pub trie: &'a CorpusTrie,
+    /// Each title's prior, by title index ([`Retriever::title_priors`]), when computed.
+    pub title_prior: Option<&'a [f64]>,
 }
 
 /// Groups row indices into right-padded batches of at most `max_rows`, minimising the total
@@ -95,6 +97,49 @@ struct RowBatch {
     lens: Vec<usize>,
 }
 
+impl Retriever<'_> {
+    /// Each title's prior, by title index: log P of the tokens a title search reads for it (up
+    /// to where it is unique) after an empty question, the same tokens its search score sums
+    /// after a real one. A title the model writes readily whatever is asked has a high prior; a
+    /// name the question makes likely, a low one. Read by one title search of `width` beams
+    /// (every title, on a corpus with no more titles than that); a title it does not reach gets
+    /// the lowest prior it found, which bounds its own from above.
+    pub fn title_priors(&self, width: usize) -> Result<Vec<f64>> {
+        let mut timings = Timings::default();
+        let prompt = self.codec.query(self.tokenizer, "")?;
+        let mut cache = self.model.new_cache();
+        let first = self
+            .forward_last(std::slice::from_ref(&prompt), &mut cache, &mut timings)?
+            .remove(0);
+        let beams = self.constrained_search(
+            &self.trie.titles,
+            &cache,
+            first,
+            width.max(1),
+            false,
+            &mut timings,
+        )?;
+        let mut prior = vec![f64::NAN; self.corpus.titles.len()];
+        for b in beams {
+            if let Some(i) = self.trie.titles.find(&b.tokens) {
+                if let Some(p) = prior.get_mut(i as usize) {
+                    *p = b.score;
+                }
+            }
+        }
+        let floor = prior
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .fold(f64::INFINITY, f64::min);
+        let floor = if floor.is_finite() { floor } else { 0.0 };
+        for p in prior.iter_mut().filter(|p| !p.is_finite()) {
+            *p = floor;
+        }
+        Ok(prior)
+    }
+}
+
 impl RowBatch {
     /// Row `i`'s cache without its padding, as if it had run alone.
     fn cut(&self, i: usize) -> Result<KvCache> {
@@ -115,6 +160,16 @@ fn fill_title_scores(t: &mut TitleCandidate) {
         .collect();
     t.logprob = known.iter().sum();
     t.norm_prob = (t.logprob / known.len().max(1) as f64).exp();
+}
+
+/// What a title search scored a title by: the log-probabilities of the tokens it read (the
+/// auto-completed tail, unique under the trie, is not read).
+pub(super) fn search_logprob(steps: &[TokenStep]) -> f64 {
+    steps
+        .iter()
+        .filter(|s| s.kind != trace::StepKind::AutoComplete)
+        .filter_map(|s| s.logprob.map(f64::from))
+        .sum()
 }
 
 /// A sequence's log-probability under the trie: the sum over its tokens.
@@ -199,8 +254,18 @@ impl Retriever<'_> {
                 steps: beam.steps,
                 logprob: beam.score,
                 norm_prob: 0.0,
+                search_logprob: beam.score,
+                prior_logprob: self.title_prior.map(|p| p[title_index]),
                 s_t: 0.0,
             });
+        }
+        // Titles the question makes likelier than they are anyway come first (stable: the
+        // beam order among equals).
+        if opts.title_prior != 0.0 && self.title_prior.is_some() {
+            let key = |t: &TitleCandidate| {
+                t.search_logprob - opts.title_prior * t.prior_logprob.unwrap_or(0.0)
+            };
+            trace.titles.sort_by(|a, b| key(b).total_cmp(&key(a)));
         }
         trace.timings.titles_ms = t0.elapsed().as_secs_f64() * 1e3;
         progress(&trace);
@@ -487,10 +552,21 @@ impl Retriever<'_> {
                     .position(|c| c.passage_id == best)
                     .unwrap_or(0);
                 let c = &trace.candidates[ci];
-                let text = if opts.answer_reader == AnswerReader::Base {
+                // The base model reads the top passages, the trained format the first.
+                let read: Vec<usize> = if opts.answer_reader == AnswerReader::Base {
+                    trace
+                        .ranking
+                        .iter()
+                        .take(opts.answer_passages.max(1))
+                        .filter_map(|r| self.corpus.index_of(&r.passage_id))
+                        .collect()
+                } else {
+                    vec![c.passage_index]
+                };
+                let (text, from) = if opts.answer_reader == AnswerReader::Base {
                     self.instructed_answer(
                         query,
-                        c.passage_index,
+                        &read,
                         opts.max_answer_tokens,
                         &mut trace.timings,
                     )?
@@ -515,17 +591,22 @@ impl Retriever<'_> {
                             }
                         }
                     };
-                    self.greedy(
+                    let text = self.greedy(
                         self.model,
                         &ids,
                         &mut cache,
                         opts.max_answer_tokens,
                         &mut trace.timings,
-                    )?
+                    )?;
+                    (text, c.passage_index)
                 };
                 trace.answer = Some(Answer {
                     text,
-                    cited: vec![best],
+                    cited: vec![self.corpus.passages[from].id.clone()],
+                    read: read
+                        .iter()
+                        .map(|&p| self.corpus.passages[p].id.clone())
+                        .collect(),
                     reader: opts.answer_reader,
                 });
             }

@@ -55,6 +55,21 @@ pub struct RetrieveOptions {
     /// Who reads the answer (see [`AnswerReader`]).
     #[serde(default)]
     pub answer_reader: AnswerReader,
+    /// How much of each title's prior is taken off its search score before the candidate
+    /// budget picks titles (0: none, the beam order). The prior is log P(title) after an empty
+    /// question: how readily the model writes the title whatever is asked, so a title the
+    /// question makes likely though it is rarely written (a name) moves up. See
+    /// [`super::Retriever::title_priors`].
+    #[serde(default)]
+    pub title_prior: f64,
+    /// Passages the base model reads an answer from (the top ones, best first; it copies the
+    /// answer from one of them). The trained format reads the top passage alone.
+    #[serde(default = "one")]
+    pub answer_passages: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The passage term's weight unless set (measured on the dev sets: docs/benchmarks.md).
@@ -116,6 +131,7 @@ impl RetrieveOptions {
         for (name, w) in [
             ("passage weight", self.passage_weight),
             ("query weight", self.query_weight),
+            ("title prior weight", self.title_prior),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(Error::invalid(format!(
@@ -197,6 +213,8 @@ impl Default for RetrieveOptions {
             query_weight: DEFAULT_QUERY_WEIGHT,
             likelihood_base: true,
             assess: false,
+            title_prior: 0.0,
+            answer_passages: 1,
             answer: true,
             max_answer_tokens: 24,
             answer_reader: AnswerReader::Auto,

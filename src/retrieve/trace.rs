@@ -86,6 +86,14 @@ pub struct TitleCandidate {
     /// log P_trie(title | query): the sum of its tokens' log-probabilities under the trie.
     #[serde(default)]
     pub trie_logprob: f64,
+    /// The title search's score: log P of the tokens it read (up to where the title is unique),
+    /// which orders the titles for the candidate budget.
+    #[serde(default)]
+    pub search_logprob: f64,
+    /// log P of the same tokens after an empty question: the title's prior (None when not
+    /// computed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_logprob: Option<f64>,
     pub s_t: f64,
 }
 
@@ -141,7 +149,11 @@ pub struct RankedPassage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub text: String,
+    /// The passage the answer comes from.
     pub cited: Vec<String>,
+    /// Every passage the reader was given, best first (the cited one among them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
     /// Who read it: the trained format or the base model ([`super::AnswerReader`]).
     #[serde(default)]
     pub reader: super::AnswerReader,

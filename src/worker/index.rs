@@ -99,6 +99,10 @@ pub struct RunManifest {
     pub spec: IndexSpec,
     pub corpus_fingerprint: String,
     pub git_commit: Option<String>,
+    /// What embedded the passages for the docid tree (the docid mode): MiniLM, or the model's
+    /// own mean-pooled hidden states when MiniLM was not installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docid_embedder: Option<String>,
 }
 
 impl RunManifest {
@@ -328,6 +332,7 @@ pub fn mine_negatives(
         codec: &codec,
         corpus,
         trie: &trie,
+        title_prior: None,
     };
     let mut out = HashMap::new();
     let asked = queries.iter().filter(|q| !q.question.trim().is_empty());
@@ -392,6 +397,7 @@ impl TrainControl for RetrievalProbe<'_> {
             codec: &codec,
             corpus: self.corpus,
             trie,
+            title_prior: None,
         };
         let (mut h1, mut h5, mut asked) = (0usize, 0usize, 0usize);
         for q in self
@@ -457,6 +463,7 @@ pub fn run_index(
                 codec: &codec,
                 corpus: &corpus,
                 trie: &trie,
+                title_prior: None,
             };
             let mut cancelled = false;
             let qs = crate::train::pseudo::generate_pseudo_queries(
@@ -575,6 +582,7 @@ pub fn run_index(
         spec: spec.clone(),
         corpus_fingerprint: corpus.fingerprint(),
         git_commit: git_commit(),
+        docid_embedder: docid_tree.as_ref().map(|t| t.embedder.clone()),
     };
     let text = ron::ser::to_string_pretty(&manifest, ron::ser::PrettyConfig::default())
         .map_err(|e| Error::invalid(e.to_string()))?;

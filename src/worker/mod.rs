@@ -409,7 +409,7 @@ fn run_job(
             send(Event::Started(format!("query: {text}")));
             let s = loaded(session)?;
             let answer = opts.answer.then_some(opts.max_answer_tokens);
-            if let Some(trace) = s.docid_query(&text, DOCID_BEAMS, answer) {
+            if let Some(trace) = s.docid_query(&text, DOCID_BEAMS, answer, opts.answer_passages) {
                 send(Event::DocidTrace(Box::new(trace?)));
                 return Ok(());
             }

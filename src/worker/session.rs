@@ -24,6 +24,8 @@ pub struct QuerySession {
     /// The base model without adapters (LoRA runs only), made the first time a query asks for
     /// it (about as much memory again as the model).
     base: std::sync::OnceLock<Option<crate::model::Llama>>,
+    /// Each title's prior by title index, read the first time a query needs it.
+    title_priors: std::sync::OnceLock<Vec<f64>>,
     /// The model reads language (a tiny model built from the corpus does not).
     reads_language: bool,
     /// The run trained the reading task (passage -> question), so its own weights read the
@@ -101,6 +103,7 @@ impl QuerySession {
             codec,
             trie,
             base: Default::default(),
+            title_priors: Default::default(),
             bm25: Default::default(),
             reads_language: bundle_reads_language,
             reads_questions: false,
@@ -162,27 +165,40 @@ impl QuerySession {
     }
 
     /// A docid run's answer to `query`: its `beams` best docids and, when the model reads
-    /// language and `answer_tokens` is given, an answer read from the top passage with the
-    /// pathway closed. `None` when the session is not a docid run.
+    /// language and `answer_tokens` is given, an answer read with the pathway closed from the
+    /// top `answer_passages` passages (the base model copies it from one of them; a run that
+    /// trained answers reads the top one). `None` when the session is not a docid run.
     pub fn docid_query(
         &self,
         query: &str,
         beams: usize,
         answer_tokens: Option<usize>,
+        answer_passages: usize,
     ) -> Option<Result<crate::retrieve::docid::DocidTrace>> {
         let r = self.docid_retriever()?;
         Some((|| {
             let started = std::time::Instant::now();
             let mut trace = r.retrieve(query, beams)?;
-            let top = trace
+            let top: Vec<usize> = trace
                 .beams
-                .first()
-                .and_then(|b| self.corpus.index_of(&b.passage_id));
-            if let (Some(max), Some(p), true) = (answer_tokens, top, self.reads_language) {
+                .iter()
+                .take(answer_passages.max(1))
+                .filter_map(|b| self.corpus.index_of(&b.passage_id))
+                .collect();
+            if let (Some(max), false, true) = (answer_tokens, top.is_empty(), self.reads_language) {
                 let reader = self.answer_reader(AnswerReader::Auto)?;
+                let read = match reader {
+                    AnswerReader::Base => &top[..],
+                    _ => &top[..1],
+                };
+                let (text, from) = self.retriever().answer_from(query, read, reader, max)?;
                 trace.answer = Some(crate::retrieve::docid::DocidAnswer {
-                    text: self.retriever().answer_from(query, p, reader, max)?,
-                    passage_id: self.corpus.passages[p].id.clone(),
+                    text,
+                    passage_id: self.corpus.passages[from].id.clone(),
+                    read: read
+                        .iter()
+                        .map(|&p| self.corpus.passages[p].id.clone())
+                        .collect(),
                 });
             }
             trace.ms = started.elapsed().as_secs_f64() * 1e3;
@@ -199,7 +215,21 @@ impl QuerySession {
             codec: &self.codec,
             corpus: &self.corpus,
             trie: &self.trie,
+            title_prior: self.title_priors.get().map(|p| p.as_slice()),
         }
+    }
+
+    /// The titles' priors ([`Retriever::title_priors`]), read once with a title search as wide
+    /// as the default and kept: every query's trace records them, and
+    /// [`RetrieveOptions::title_prior`] weighs them in.
+    pub fn title_priors(&self) -> Result<&[f64]> {
+        if self.title_priors.get().is_none() {
+            let prior = self
+                .retriever()
+                .title_priors(crate::retrieve::options::DEFAULT_TITLES)?;
+            let _ = self.title_priors.set(prior);
+        }
+        Ok(self.title_priors.get().map(|p| p.as_slice()).unwrap_or(&[]))
     }
 
     /// Writes pseudo-queries for this corpus with this model (see [`crate::train::pseudo`]).
@@ -263,6 +293,7 @@ impl QuerySession {
         if opts.likelihood && opts.likelihood_base {
             self.base_model()?;
         }
+        self.title_priors()?;
         if !opts.answer {
             return self.retriever().retrieve(q, opts, progress);
         }
@@ -308,6 +339,7 @@ impl QuerySession {
         if opts.likelihood && opts.likelihood_base {
             self.base_model()?;
         }
+        self.title_priors()?;
         self.retriever().explain(trace, pidx, opts)
     }
 

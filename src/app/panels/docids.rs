@@ -25,6 +25,9 @@ pub fn docid_beams_ui(ui: &mut egui::Ui, trace: &DocidTrace, corpus: Option<&Cor
             ui.strong("Answer:");
             ui.label(&ans.text);
             ui.weak(format!("[{}]", ans.passage_id));
+            if ans.read.len() > 1 {
+                ui.weak(format!("(read from {})", ans.read.join(", ")));
+            }
         });
     }
     for (rank, beam) in trace.beams.iter().enumerate() {

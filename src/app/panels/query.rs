@@ -245,6 +245,9 @@ impl QueryPanel {
                         });
                     }
                 }
+                if ans.read.len() > 1 {
+                    ui.weak(format!("(read from {})", ans.read.join(", ")));
+                }
             });
         }
         let t = &trace.timings;

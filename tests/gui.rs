@@ -559,16 +559,18 @@ fn a_failed_evaluation_keeps_the_previous_table_and_its_error_can_be_dismissed()
     assert!(h.state().shared.errors.is_empty());
 }
 
-/// The ranking's symbols explain themselves: hovering tau or delta shows a plain tooltip that is
-/// not there before.
+/// The ranking's symbols explain themselves: hovering tau, delta, the title prior or the answer
+/// passages shows a plain tooltip that is not there before.
 #[test]
-fn tau_and_delta_have_plain_tooltips() {
+fn the_ranking_sliders_have_plain_tooltips() {
     let mut h = app_with_demo_corpus();
     h.get_by_role_and_label(Role::Button, "Query").click();
     h.run_ok();
     for (slider, words) in [
         ("tau", "lower trusts the model's top title more"),
         ("delta", "verdict (can this passage answer the question?)"),
+        ("title prior", "a title it writes whatever is asked is discounted"),
+        ("answer passages", "it copies the answer from one of them"),
     ] {
         assert!(
             h.query_by_label_contains(words).is_none(),

@@ -90,3 +90,12 @@ pub const PASSAGE_BEAMS_UNUSED: &str = "Used when the candidate budget is 0 (the
 
 pub const RETRIEVER_TITLES: &str = "The model retrieves by writing a passage's title and then its text, each constrained by a token trie, and ranks the candidates by its own scores (Self-Retrieval).";
 pub const RETRIEVER_DOCIDS: &str = "The model retrieves by writing a hierarchical docid (a path down a k-means tree of the passages) through extra retrieval heads, an MLP and a docid head added to every layer. Without LoRA only those new parts train and the base model stays as it is; the tiny model trains whole.";
+
+pub const TITLE_PRIOR: &str = "How much of each title's prior comes off its score before the \
+    candidate budget picks titles (applies to the next question). The prior is how readily the \
+    model writes the title after an empty question: a title it writes whatever is asked is \
+    discounted, and one the question itself makes likely (a rare name) moves up. 0: the plain \
+    beam order.";
+pub const ANSWER_PASSAGES: &str = "How many of the top passages the base model reads the answer \
+    from (applies to the next question); it copies the answer from one of them and cites that \
+    one. A run that trained answers reads the top passage alone.";

@@ -146,6 +146,19 @@ impl QueryPanel {
             .on_hover_text(hints::PASSAGE_BEAM_SEARCH)
             .on_disabled_hover_text(hints::PASSAGE_BEAMS_UNUSED);
         });
+        ui.horizontal(|ui| {
+            ui.add(
+                egui::Slider::new(&mut shared.project.retrieve.title_prior, 0.0..=2.0)
+                    .fixed_decimals(2)
+                    .text("title prior"),
+            )
+            .on_hover_text(hints::TITLE_PRIOR);
+            ui.add(
+                egui::Slider::new(&mut shared.project.retrieve.answer_passages, 1..=5)
+                    .text("answer passages"),
+            )
+            .on_hover_text(hints::ANSWER_PASSAGES);
+        });
         // Each slider in a cell of fixed width, with a fixed number of decimals: moving tau
         // does not shift delta sideways as its number box widens.
         let mut changed = false;
@@ -430,8 +443,12 @@ impl QueryPanel {
                 ui.strong("Title beams and passage expansions");
                 for (tr, title) in trace.titles.iter().enumerate() {
                     let read = trace.candidates.iter().any(|c| c.title_rank == tr);
+                    let prior = title
+                        .prior_logprob
+                        .map(|p| format!(", prior {p:.2}"))
+                        .unwrap_or_default();
                     egui::CollapsingHeader::new(format!(
-                        "{}  (log P {:.2}, S_T {:.3}){}",
+                        "{}  (log P {:.2}{prior}, S_T {:.3}){}",
                         title.title,
                         title.logprob,
                         title.s_t,

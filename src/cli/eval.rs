@@ -89,8 +89,18 @@ pub struct TuneArgs {
 /// Runs `tune`: every setting of the grid scored by its mean MRR@5 over the fitted sets, the
 /// paper's formula and the current defaults beside the best, each also on the check sets.
 pub fn tune(a: TuneArgs) -> Result<()> {
-    use crate::eval::tune::{evaluate, grid, read_records, Setting, TitleTerm, TuneMetrics};
-    let read = |paths: &[PathBuf]| -> Result<Vec<(String, Vec<crate::eval::tune::RankRecord>)>> {
+    use crate::eval::tune::{
+        grid, read_records, Setting, TitleTerm, TuneMetrics, TuneSet, GRID_TEMPERATURES,
+    };
+    use rayon::prelude::*;
+    let defaults = RetrieveOptions::default();
+    // The grid's temperatures, the paper's and the defaults' have their title normalisers ready.
+    let taus: Vec<f64> = GRID_TEMPERATURES
+        .iter()
+        .copied()
+        .chain([0.4, defaults.tau])
+        .collect();
+    let read = |paths: &[PathBuf]| -> Result<Vec<(String, TuneSet)>> {
         paths
             .iter()
             .map(|p| {
@@ -98,13 +108,12 @@ pub fn tune(a: TuneArgs) -> Result<()> {
                 if records.is_empty() {
                     bail!("{}: no records", p.display());
                 }
-                Ok((p.display().to_string(), records))
+                Ok((p.display().to_string(), TuneSet::new(records, &taus)))
             })
             .collect()
     };
     let fitted = read(&a.traces)?;
     let checked = read(&a.check)?;
-    let defaults = RetrieveOptions::default();
     let named = [
         (
             "paper (tau 0.4, delta 0.4)",
@@ -153,25 +162,24 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         ),
     ];
     let mean_mrr = |s: &Setting| {
-        fitted.iter().map(|(_, r)| evaluate(r, s).mrr5).sum::<f64>() / fitted.len() as f64
+        fitted.iter().map(|(_, r)| r.evaluate(s).mrr5).sum::<f64>() / fitted.len() as f64
     };
-    let mut scored: Vec<(Setting, f64)> = grid().into_iter().map(|s| (s, mean_mrr(&s))).collect();
+    let mut scored: Vec<(Setting, f64)> = grid()
+        .into_par_iter()
+        .map(|s| (s, mean_mrr(&s)))
+        .collect();
     scored.sort_by(|x, y| y.1.total_cmp(&x.1));
-    let sets: Vec<(&str, &str, &[crate::eval::tune::RankRecord])> = fitted
+    let sets: Vec<(&str, &str, &TuneSet)> = fitted
         .iter()
-        .map(|(n, r)| ("fit", n.as_str(), r.as_slice()))
-        .chain(
-            checked
-                .iter()
-                .map(|(n, r)| ("check", n.as_str(), r.as_slice())),
-        )
+        .map(|(n, r)| ("fit", n.as_str(), r))
+        .chain(checked.iter().map(|(n, r)| ("check", n.as_str(), r)))
         .collect();
     for (k, (role, name, records)) in sets.iter().enumerate() {
-        let gold = evaluate(records, &named[1].1).in_candidates;
+        let gold = records.evaluate(&named[1].1).in_candidates;
         println!(
             "set {} ({role}): {} queries from {name}, gold in candidates {gold:.3}",
             k + 1,
-            records.len()
+            records.records().len()
         );
     }
     let set_headers: String = (1..=sets.len())
@@ -185,7 +193,7 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         "---|".repeat(3 * sets.len())
     );
     let row = |name: &str, s: &Setting| {
-        let per_set: Vec<TuneMetrics> = sets.iter().map(|(_, _, r)| evaluate(r, s)).collect();
+        let per_set: Vec<TuneMetrics> = sets.iter().map(|(_, _, r)| r.evaluate(s)).collect();
         let cells: String = per_set
             .iter()
             .map(|m| format!(" {:.3} | {:.3} | {:.3} |", m.hits1, m.mrr5, m.title1))

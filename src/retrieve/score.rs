@@ -96,12 +96,28 @@ pub fn combined_scores(
     w: RankWeights,
 ) -> (Vec<f64>, Vec<CandidateScores>) {
     let s_t = title_scores(title_norm_probs, w.tau);
+    let out = scores_under_titles(|t| s_t.get(t).copied(), candidates, w);
+    (s_t, out)
+}
+
+/// Every candidate's terms given its title's S_T (`title_score`; a title it does not know
+/// leaves its candidates at zero). Candidates are grouped by title in one pass, so the cost
+/// follows the candidates, not the titles: a trace scores every title of a large corpus and
+/// reads the passages of a hundred.
+pub fn scores_under_titles(
+    title_score: impl Fn(usize) -> Option<f64>,
+    candidates: &[CandidateInput],
+    w: RankWeights,
+) -> Vec<CandidateScores> {
     let mut out = vec![CandidateScores::default(); candidates.len()];
     let delta = w.delta.max(1e-6);
-    for (t, st) in s_t.iter().enumerate() {
-        let members: Vec<usize> = (0..candidates.len())
-            .filter(|&i| candidates[i].title == t)
-            .collect();
+    // Stable: within a title, candidates keep their order.
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&i| candidates[i].title);
+    for members in order.chunk_by(|&a, &b| candidates[a].title == candidates[b].title) {
+        let Some(st) = title_score(candidates[members[0]].title) else {
+            continue;
+        };
         let rej: Vec<f64> = members.iter().map(|&i| candidates[i].p_reject).collect();
         let gen: Vec<f64> = members
             .iter()
@@ -143,7 +159,7 @@ pub fn combined_scores(
             o.s = s;
         }
     }
-    (s_t, out)
+    out
 }
 
 #[cfg(test)]

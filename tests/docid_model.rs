@@ -221,7 +221,9 @@ fn a_tiny_model_trained_with_docids_names_its_training_questions_docids() {
     assert!(run.join("checkpoint/docid.safetensors").is_file());
     // run.ron says what embedded the passages (the tree records the same).
     let manifest = selfret::worker::index::RunManifest::read(&run).unwrap();
-    let embedder = manifest.docid_embedder.expect("run.ron names the docid embedder");
+    let embedder = manifest
+        .docid_embedder
+        .expect("run.ron names the docid embedder");
     assert!(
         embedder.contains("MiniLM") || embedder.contains("hidden states"),
         "{embedder}"

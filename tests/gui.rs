@@ -569,7 +569,10 @@ fn the_ranking_sliders_have_plain_tooltips() {
     for (slider, words) in [
         ("tau", "lower trusts the model's top title more"),
         ("delta", "verdict (can this passage answer the question?)"),
-        ("title prior", "a title it writes whatever is asked is discounted"),
+        (
+            "title prior",
+            "a title it writes whatever is asked is discounted",
+        ),
         ("answer passages", "it copies the answer from one of them"),
     ] {
         assert!(

@@ -720,6 +720,7 @@ fn title_priors_reorder_titles_before_the_budget() {
         answer: false,
         likelihood: false,
         candidates: 6,
+        title_prior: 0.0,
         ..Default::default()
     };
     let q = "Who proposed inverse document frequency?";
@@ -744,9 +745,8 @@ fn title_priors_reorder_titles_before_the_budget() {
         ..plain.clone()
     };
     let after = s.query(q, &weighted, &mut |_| {}).unwrap();
-    let key = |t: &selfret::retrieve::trace::TitleCandidate| {
-        t.search_logprob - t.prior_logprob.unwrap()
-    };
+    let key =
+        |t: &selfret::retrieve::trace::TitleCandidate| t.search_logprob - t.prior_logprob.unwrap();
     assert!(after.titles.windows(2).all(|w| key(&w[0]) >= key(&w[1])));
     let order = |t: &selfret::retrieve::RetrievalTrace| -> Vec<usize> {
         t.titles.iter().map(|x| x.title_index).collect()

@@ -568,6 +568,12 @@ fn an_exported_smollm2_run_ranks_as_its_run() {
     };
     assert_eq!(ids(&a), ids(&b));
     for (x, y) in a.ranking.iter().zip(&b.ranking) {
-        assert!((x.s - y.s).abs() < 1e-6, "{}: S {} against {}", x.passage_id, x.s, y.s);
+        assert!(
+            (x.s - y.s).abs() < 1e-6,
+            "{}: S {} against {}",
+            x.passage_id,
+            x.s,
+            y.s
+        );
     }
 }

@@ -74,11 +74,15 @@ pub fn bench_export(a: &BenchArgs) -> Result<()> {
     let summary = export_run(run, "checkpoint", &folder, false)?;
     let ours = QuerySession::open_run(run)?;
     let corpus = crate::worker::index::RunManifest::read(run)?.spec.corpus;
-    let exported = QuerySession::open_untrained(&ModelSource::HfFolder(folder.clone()), &corpus, None)?;
+    let exported =
+        QuerySession::open_untrained(&ModelSource::HfFolder(folder.clone()), &corpus, None)?;
     let prompts = prompts(&ours)?;
     let prompt_file = scratch.path().join("prompts.json");
     let ids: Vec<&Vec<u32>> = prompts.iter().map(|(_, ids)| ids).collect();
-    std::fs::write(&prompt_file, serde_json::to_vec(&serde_json::json!({ "prompts": ids }))?)?;
+    std::fs::write(
+        &prompt_file,
+        serde_json::to_vec(&serde_json::json!({ "prompts": ids }))?,
+    )?;
 
     let python = reference_python()?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -100,7 +104,12 @@ pub fn bench_export(a: &BenchArgs) -> Result<()> {
         serde_json::from_str(text.lines().last().unwrap_or("{}")).context("hf_logprobs output")?;
     let floats = |v: &serde_json::Value| -> Vec<f32> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect()
+            })
             .unwrap_or_default()
     };
 
@@ -109,7 +118,11 @@ pub fn bench_export(a: &BenchArgs) -> Result<()> {
         run.display(),
         summary.step,
         summary.parameters,
-        if summary.merged_lora { ", LoRA merged" } else { "" },
+        if summary.merged_lora {
+            ", LoRA merged"
+        } else {
+            ""
+        },
         reference["transformers"].as_str().unwrap_or("?")
     );
     println!(

@@ -94,7 +94,8 @@ pub fn docids(a: DocidsArgs) -> Result<()> {
         let spec = crate::worker::index::IndexSpec::new(a.corpus.clone(), source.clone());
         let device = crate::model::default_device();
         let bundle = crate::worker::index::load_base(&spec, &corpus, &device, None)?;
-        let mut bar = super::progress::Progress::new(corpus.len() as u64, "{bar:30} {pos}/{len} {msg}");
+        let mut bar =
+            super::progress::Progress::new(corpus.len() as u64, "{bar:30} {pos}/{len} {msg}");
         let rows = embed::with_model(
             &bundle.model,
             &bundle.tokenizer,

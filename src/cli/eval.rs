@@ -164,10 +164,8 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     let mean_mrr = |s: &Setting| {
         fitted.iter().map(|(_, r)| r.evaluate(s).mrr5).sum::<f64>() / fitted.len() as f64
     };
-    let mut scored: Vec<(Setting, f64)> = grid()
-        .into_par_iter()
-        .map(|s| (s, mean_mrr(&s)))
-        .collect();
+    let mut scored: Vec<(Setting, f64)> =
+        grid().into_par_iter().map(|s| (s, mean_mrr(&s))).collect();
     scored.sort_by(|x, y| y.1.total_cmp(&x.1));
     let sets: Vec<(&str, &str, &TuneSet)> = fitted
         .iter()
@@ -215,7 +213,54 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     for (k, (s, _)) in scored.iter().take(a.top).enumerate() {
         row(&format!("grid #{}", k + 1), s);
     }
+    print_prior_reach(&sets, defaults.candidates);
     Ok(())
+}
+
+/// The title prior's weight on records that read it: where the gold title lands under each
+/// weight, and whether the candidate budget reaches it.
+fn print_prior_reach(sets: &[(&str, &str, &crate::eval::tune::TuneSet)], budget: usize) {
+    use crate::eval::title_prior::{has_priors, prior_reach, PRIOR_WEIGHTS};
+    let with_priors: Vec<(usize, &crate::eval::tune::TuneSet)> = sets
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, r))| has_priors(r.records()))
+        .map(|(k, (_, _, r))| (k + 1, *r))
+        .collect();
+    if with_priors.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "The title prior (titles ordered by search log-prob minus the weight times the prior, \
+         before a budget of {budget} candidates):"
+    );
+    let headers: String = with_priors
+        .iter()
+        .map(|(k, _)| {
+            format!(
+                " set {k} gold title first | first 10 | first 100 | title mrr@5 | within budget |"
+            )
+        })
+        .collect();
+    println!("| title prior weight |{headers}");
+    println!("|---|{}", "---|".repeat(5 * with_priors.len()));
+    for weight in PRIOR_WEIGHTS {
+        let cells: String = with_priors
+            .iter()
+            .map(|(_, r)| {
+                let m = prior_reach(r.records(), weight, budget);
+                let within = m
+                    .within_budget
+                    .map_or("-".to_string(), |v| format!("{v:.3}"));
+                format!(
+                    " {:.3} | {:.3} | {:.3} | {:.3} | {within} |",
+                    m.first, m.first10, m.first100, m.title_mrr5
+                )
+            })
+            .collect();
+        println!("| {weight} |{cells}");
+    }
 }
 
 /// Runs `eval`.
@@ -275,7 +320,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             eprintln!("a tiny model reads no language: ranking without the query likelihood");
         }
     }
-    let mut bar = super::progress::Progress::new(queries.len() as u64, "{bar:30} {pos}/{len} {msg}");
+    let mut bar =
+        super::progress::Progress::new(queries.len() as u64, "{bar:30} {pos}/{len} {msg}");
     let mut records = String::new();
     let systems = crate::eval::run::run_eval(
         session.as_ref(),

@@ -258,7 +258,8 @@ pub fn index(a: IndexArgs) -> Result<()> {
     } else if let Some(e) = a.epochs {
         spec.train.epochs = Some(e);
     }
-    let mut bar = super::progress::Progress::new(spec.train.steps as u64, "{bar:30} {pos}/{len} {msg}");
+    let mut bar =
+        super::progress::Progress::new(spec.train.steps as u64, "{bar:30} {pos}/{len} {msg}");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     struct CtrlC(std::sync::Arc<std::sync::atomic::AtomicBool>);
     impl crate::train::TrainControl for CtrlC {

@@ -53,7 +53,7 @@ pub struct RankArgs {
     pub answer_reader: AnswerReader,
     /// How much of each title's prior (its log-probability after an empty question) comes off
     /// its search score before the candidate budget picks titles (0: the beam order).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = crate::retrieve::options::DEFAULT_TITLE_PRIOR)]
     pub title_prior: f64,
     /// Passages the base model reads an answer from (the top ones; it copies the answer from
     /// one of them). The trained format reads the top passage alone.

@@ -5,6 +5,7 @@ pub mod bm25;
 pub mod dense;
 pub mod graded;
 pub mod run;
+pub mod title_prior;
 pub mod tune;
 
 use crate::train::Query;

@@ -5,9 +5,9 @@
 
 use crate::corpus::Corpus;
 use crate::retrieve::score::{log_sum_exp, scores_under_titles, CandidateInput, RankWeights};
-use rayon::prelude::*;
 use crate::retrieve::RetrievalTrace;
 use crate::train::Query;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// One title beam's numbers.
@@ -22,6 +22,10 @@ pub struct TitleRecord {
     /// The title's prior (log-probability of the same tokens after an empty question).
     #[serde(default)]
     pub prior_logprob: Option<f64>,
+    /// Passages under the title (what the candidate budget spends on it; 0 in records
+    /// written before it was kept).
+    #[serde(default)]
+    pub passages: usize,
     /// The title is a gold passage's title.
     pub gold: bool,
 }
@@ -68,6 +72,7 @@ impl RankRecord {
                     trie_logprob: t.trie_logprob,
                     search_logprob: t.search_logprob,
                     prior_logprob: t.prior_logprob,
+                    passages: corpus.by_title[t.title_index].len(),
                     gold: gold_titles.contains(&t.title.as_str()),
                 })
                 .collect(),
@@ -143,11 +148,7 @@ fn title_log_norm(r: &RankRecord, term: TitleTerm, tau: f64) -> f64 {
 
 /// The candidates of `r` ranked under `s`: (candidate index, score), best first.
 pub fn rank(r: &RankRecord, s: &Setting) -> Vec<(usize, f64)> {
-    rank_with_norm(
-        r,
-        s,
-        title_log_norm(r, s.title_term, s.weights.tau),
-    )
+    rank_with_norm(r, s, title_log_norm(r, s.title_term, s.weights.tau))
 }
 
 fn rank_with_norm(r: &RankRecord, s: &Setting, log_norm: f64) -> Vec<(usize, f64)> {
@@ -189,11 +190,7 @@ pub fn evaluate(records: &[RankRecord], s: &Setting) -> TuneMetrics {
     })
 }
 
-fn metrics(
-    records: &[RankRecord],
-    s: &Setting,
-    log_norm: impl Fn(usize) -> f64,
-) -> TuneMetrics {
+fn metrics(records: &[RankRecord], s: &Setting, log_norm: impl Fn(usize) -> f64) -> TuneMetrics {
     let mut m = TuneMetrics::default();
     for (k, r) in records.iter().enumerate() {
         let order = rank_with_norm(r, s, log_norm(k));
@@ -341,6 +338,7 @@ mod tests {
             trie_logprob: norm_prob.ln(),
             search_logprob: norm_prob.ln(),
             prior_logprob: None,
+            passages: 1,
             gold,
         };
         let c = |id: &str, title_rank, p_reject, passage_logprob, gold| CandidateRecord {
@@ -412,6 +410,7 @@ mod tests {
                 trie_logprob: -2.0 - k as f64 * 0.1,
                 search_logprob: -2.0,
                 prior_logprob: None,
+                passages: 1,
                 gold: false,
             });
         }

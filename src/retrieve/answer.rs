@@ -121,7 +121,9 @@ impl Retriever<'_> {
         let reader = self.base.unwrap_or(self.model);
         let mut cache = reader.new_cache();
         let (text, start) = self.extract(reader, &ids, &spans, &mut cache, max_tokens, timings)?;
-        let from = start.and_then(|k| owner.get(k).copied()).unwrap_or(pidxs[0]);
+        let from = start
+            .and_then(|k| owner.get(k).copied())
+            .unwrap_or(pidxs[0]);
         Ok((text, from))
     }
 

@@ -198,6 +198,9 @@ fn cancel_then_resume_matches_an_uninterrupted_run() {
     // The cancelled run left a loadable checkpoint at step 10; resume it to the end.
     let mut resumed = ModelBundle::load_checkpoint(&out, None, &Device::Cpu).unwrap();
     assert_eq!(resumed.step, 10);
+    // The learning-curve clock is kept with the checkpoint, and a resume continues it.
+    let clock_at_10 = resumed.training_seconds;
+    assert!(clock_at_10 > 0.0, "the checkpoint keeps the training clock");
     let mut ev2 = Vec::new();
     train(
         &mut resumed,
@@ -208,6 +211,12 @@ fn cancel_then_resume_matches_an_uninterrupted_run() {
         &mut |e| ev2.push(e),
     )
     .unwrap();
+    let finished = ModelBundle::load_checkpoint(&out, None, &Device::Cpu).unwrap();
+    assert!(
+        finished.training_seconds > clock_at_10,
+        "the resume's clock starts at the checkpoint's: {} after {clock_at_10}",
+        finished.training_seconds
+    );
     let l_full = losses_of(&ev_full);
     let mut l_split = losses_of(&ev1);
     l_split.extend(losses_of(&ev2));

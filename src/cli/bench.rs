@@ -288,6 +288,62 @@ fn time_train_step(b: &ModelBundle, batch: &[&Example], reps: usize) -> Result<f
     })
 }
 
+/// A docid run's warm-up step (the base frozen, the retrieval pathway trained) on a real batch
+/// of the demo corpus's docid examples, by the hand-written pass and by autograd.
+fn bench_docid_step(a: &BenchArgs, source: &ModelSource, corpus: &Corpus) -> Result<()> {
+    use crate::docids::{DocidOptions, DocidTree};
+    use crate::worker::docid_run::{docid_examples, open_pathway, DocidRun};
+    let dev = Device::Cpu;
+    let weights = crate::model::source::load_weights(source, &dev, None)?;
+    let mut b = ModelBundle::from_weights(weights, source.clone(), TrainMode::Retrieval, &dev)?;
+    // The tree's shape is all a training step sees of it: seeded vectors make one without
+    // embedding the corpus first.
+    let rows: Vec<Vec<f32>> = (0..corpus.len())
+        .map(|i| {
+            (0..16)
+                .map(|j| ((i * 31 + j * 17) % 97) as f32 / 97.0)
+                .collect()
+        })
+        .collect();
+    let tree = DocidTree::build(corpus, &rows, "bench vectors", DocidOptions::default())?;
+    open_pathway(&mut b, &DocidRun::default(), &tree, 7)?;
+    let queries = crate::train::data::load_queries(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpora/ir_history.queries.jsonl"),
+    )?;
+    let data = crate::train::DataOptions {
+        sentences_per_passage: 1,
+        ..Default::default()
+    };
+    let examples = docid_examples(&b, corpus, &tree, &data, &queries)?;
+    let cfg = crate::train::TrainConfig {
+        batch_tokens: 2048,
+        ..Default::default()
+    };
+    let plan = crate::train::plan_batches(&examples, &cfg);
+    let Some(batch) = plan.first() else {
+        return Ok(());
+    };
+    let refs: Vec<&Example> = batch.iter().map(|&i| &examples[i]).collect();
+    let tokens: usize = refs.iter().map(|e| e.ids.len()).sum();
+    let shape = format!("{} rows, {tokens} tokens", refs.len());
+    let hand = time_train_step(&b, &refs, a.reps.min(2))?;
+    println!(
+        "| train step, docid pathway (base frozen), real docid batch | {shape} | {hand:.2} | {:.0} |",
+        tokens as f64 / hand
+    );
+    let mut opt = AdamW::new(&b.varmap, Default::default())?;
+    let auto = time(a.reps.min(2), || {
+        let (_, g) = crate::train::autograd_grads(&b.model, &refs, b.special.pad, 512, 1.0)?;
+        opt.step(&g, 1e-5, Some(1.0))?;
+        Ok(())
+    })?;
+    println!(
+        "| the same step through autograd | {shape} | {auto:.2} | {:.0} |",
+        tokens as f64 / auto
+    );
+    Ok(())
+}
+
 /// The bench's model source, after printing a section header for it.
 fn model_section(a: &BenchArgs, section: &str) -> Result<ModelSource> {
     let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
@@ -561,6 +617,7 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
             tokens as f64 / s
         );
     }
+    bench_docid_step(a, &source, &corpus)?;
     if let Some(rss) = peak_rss_mb() {
         println!("peak RSS: {rss:.0} MB");
     }

@@ -46,6 +46,9 @@ pub struct ModelBundle {
     pub mode: TrainMode,
     /// Optimiser steps already taken (from a checkpoint).
     pub step: u64,
+    /// Seconds spent training those steps, over every session of the run (the learning-curve
+    /// snapshots' clock, which a resume continues).
+    pub training_seconds: f64,
 }
 
 impl ModelBundle {
@@ -89,6 +92,7 @@ impl ModelBundle {
             source,
             mode,
             step: 0,
+            training_seconds: 0.0,
         })
     }
 
@@ -122,6 +126,7 @@ impl ModelBundle {
             source: self.source.to_string(),
             mode: self.mode.clone(),
             step: self.step,
+            training_seconds: self.training_seconds,
             special: self.special,
             corpus_fingerprint,
             hyperparameters,
@@ -269,6 +274,7 @@ impl ModelBundle {
         }
         if let Some(m) = &manifest {
             bundle.step = m.step;
+            bundle.training_seconds = m.training_seconds;
             if let Ok(src) = m.source.parse() {
                 bundle.source = src;
             }
@@ -314,6 +320,7 @@ impl ModelBundle {
             source: ModelSource::Tiny,
             mode: mode.clone(),
             step: 0,
+            training_seconds: 0.0,
         })
     }
 

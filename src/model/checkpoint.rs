@@ -118,6 +118,9 @@ pub struct Manifest {
     pub mode: TrainMode,
     /// Optimiser steps taken when this was written.
     pub step: u64,
+    /// Seconds of training behind those steps (0 in checkpoints written before it was kept).
+    #[serde(default)]
+    pub training_seconds: f64,
     pub special: SpecialTokens,
     /// Hash of the corpus the model was trained on, to warn when querying another corpus.
     pub corpus_fingerprint: Option<String>,

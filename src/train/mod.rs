@@ -365,6 +365,18 @@ fn batch_grads_here(
         )?;
         return Ok((loss as f64, grads));
     }
+    autograd_grads(model, examples, pad, max_len, seed)
+}
+
+/// [`batch_grads`] through candle's autograd over [`batch_loss`]: the path for other devices
+/// and dtypes, and the reference the hand-written pass is measured against.
+pub fn autograd_grads(
+    model: &Llama,
+    examples: &[&Example],
+    pad: u32,
+    max_len: usize,
+    seed: f64,
+) -> Result<(f64, GradStore)> {
     let loss = batch_loss(model, examples, pad, max_len)?;
     let value = loss.to_scalar::<f32>()? as f64;
     let loss = if seed != 1.0 { (loss * seed)? } else { loss };
@@ -555,6 +567,7 @@ pub fn train(
     });
     let accum = cfg.grad_accum.max(1);
     let t0 = Instant::now();
+    let trained_before = bundle.training_seconds;
     let mut tokens_done = 0usize;
     let save_to = |dir: &std::path::Path,
                    bundle: &ModelBundle,
@@ -688,13 +701,15 @@ pub fn train(
                 });
             }
         }
-        // Learning-curve snapshots: the model as it is after m minutes of training.
+        // Learning-curve snapshots: the model as it is after m minutes of training, counted
+        // over every session of a resumed run.
+        bundle.training_seconds = trained_before + t0.elapsed().as_secs_f64();
         while let (Some(&m), Some(dir)) = (snapshots.last(), out) {
-            if t0.elapsed().as_secs_f64() < m * 60.0 {
+            if bundle.training_seconds < m * 60.0 {
                 break;
             }
             snapshots.pop();
-            // A resumed run's clock starts again: an existing snapshot is kept, not replaced.
+            // An existing snapshot (a resume that repeats steps after it) is kept, not replaced.
             let snap = snapshot_dir(dir, m);
             if !snap.exists() {
                 save_to(&snap, bundle, &opt, on_event)?;

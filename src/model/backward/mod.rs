@@ -9,6 +9,8 @@
 //! gradient exactly once. The autograd path stays for other devices and dtypes, and a test
 //! checks the two agree.
 
+mod pathway;
+
 use super::llama::{Block, Linear, Llama, RmsNorm};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{add_matmul, batched_matmul as bmm, matmul, WeightPacks};
@@ -19,8 +21,7 @@ use std::collections::HashMap;
 
 /// Whether [`loss_and_grads`] handles this model (f32 weights on the CPU).
 pub fn supported(model: &Llama) -> bool {
-    // The retrieval pathway's gradients come from autograd (see `retrieval`).
-    crate::kernels::supported(&model.embed_tokens) && model.retrieval.is_none()
+    crate::kernels::supported(&model.embed_tokens)
 }
 
 /// Gradients keyed by the parameter they belong to, summed when a weight is used twice (tied
@@ -220,6 +221,7 @@ fn layer_bwd(
     sin: &Tensor,
     grads: &mut Grads,
     need_dx: bool,
+    pathway: Option<pathway::IntoBase>,
 ) -> Result<Option<Tensor>> {
     let Dims { b, t, nh, nkv, hd } = *d;
     let rep = nh / nkv;
@@ -242,10 +244,17 @@ fn layer_bwd(
         .contiguous()?
         .reshape((b, nkv, rep * t, hd))?;
     let dp = bmm(&dys, &s.vh, false, true)?;
-    let dvh = bmm(&s.p, &dys, true, false)?;
+    let mut dvh = bmm(&s.p, &dys, true, false)?;
     let ds = attention::causal_softmax_grad(&s.p, &dp, 1.0 / (hd as f64).sqrt())?;
     let dqs = bmm(&ds, &s.kh, false, false)?.reshape((b, nh, t, hd))?;
-    let dkh = bmm(&ds, &s.qs, true, false)?;
+    let mut dkh = bmm(&ds, &s.qs, true, false)?;
+    // The retrieval heads read the same keys and values and the same normed input.
+    let mut dh1_pathway = None;
+    if let Some(from) = pathway {
+        dkh = elementwise::add(&dkh, &from.dkh)?;
+        dvh = elementwise::add(&dvh, &from.dvh)?;
+        dh1_pathway = Some(from.dh1);
+    }
     let dq = elementwise::rope_from_heads(&dqs, cos, sin)?.reshape((b * t, nh * hd))?;
     let dk = elementwise::rope_from_heads(&dkh, cos, sin)?.reshape((b * t, nkv * hd))?;
     let dv = dvh
@@ -259,10 +268,13 @@ fn layer_bwd(
         linear_bwd(&att.k_proj, &s.k, &dk, grads, need_dh1)?,
         linear_bwd(&att.v_proj, &s.v, &dv, grads, need_dh1)?,
     ];
-    let dh1 = match dh1 {
+    let mut dh1 = match dh1 {
         [Some(a), Some(b), Some(c)] => elementwise::add(&elementwise::add(&a, &b)?, &c)?,
         _ => return Ok(None),
     };
+    if let Some(extra) = dh1_pathway {
+        dh1 = elementwise::add(&dh1, &extra)?;
+    }
     let dx_norm = norm_bwd(norm, &s.x, &dh1, grads)?;
     Ok(if need_dx {
         Some(elementwise::add(&dx2, &dx_norm)?)
@@ -287,7 +299,9 @@ fn missing() -> Error {
 
 /// Mean cross-entropy of predicting `targets` at flat `positions` of `ids` (batch, seq), and
 /// the gradient of `seed * loss` for every trainable weight of `model`, keyed as
-/// `loss.backward()` would key them.
+/// `loss.backward()` would key them. Targets from the base vocabulary's size on are docid
+/// tokens: such a batch is read with the retrieval pathway open and scored by its docid head
+/// (as [`crate::train::batch_loss`] reads it).
 pub fn loss_and_grads(
     model: &Llama,
     ids: &Tensor,
@@ -308,45 +322,182 @@ pub fn loss_and_grads(
         nkv: first.self_attn.n_kv_heads,
         hd: first.self_attn.head_dim,
     };
+    let vocab = cfg.vocab_size as u32;
+    let path = match &model.retrieval {
+        Some(p) if targets.iter().any(|&x| x >= vocab) => {
+            if targets.iter().any(|&x| x < vocab) {
+                return Err(Error::invalid(
+                    "a batch mixes docid targets with word targets",
+                ));
+            }
+            Some(p)
+        }
+        _ => None,
+    };
+    let per_kv = path.map_or(0, |p| p.config.heads_per_kv(cfg));
     let dev = model.device();
     let (cos, sin) = model.rotary.tables(0, t)?;
     let flat_ids = ids.flatten_all()?;
     let embed = &model.embed_tokens;
-    let mut x = embed.detach().index_select(&flat_ids, 0)?;
+    let inputs = Inputs::new(&flat_ids, vocab, path.is_some())?;
+    let mut x = inputs.embed(embed, path.map(|p| &p.embed))?;
     let mut saved = Vec::with_capacity(model.layers.len());
-    for layer in &model.layers {
-        let (next, s) = layer_fwd(layer, x, &d, &cos, &sin)?;
-        saved.push(s);
+    for (i, layer) in model.layers.iter().enumerate() {
+        let (mut next, s) = layer_fwd(layer, x, &d, &cos, &sin)?;
+        let path_saved = match path {
+            Some(p) => {
+                let (out, ps) = pathway::path_fwd(
+                    &p.layers[i],
+                    &s.q.x,
+                    &s.kh,
+                    &s.vh,
+                    &d,
+                    per_kv,
+                    (&cos, &sin),
+                )?;
+                next = elementwise::add(&next, &out)?;
+                Some(ps)
+            }
+            None => None,
+        };
+        saved.push((s, path_saved));
         x = next;
     }
     let norm = &model.norm;
     let hn = elementwise::rms_norm(&x, &norm.weight.detach(), norm.eps)?;
     let pos = Tensor::new(positions, dev)?;
     let picked = hn.index_select(&pos, 0)?;
-    let head = model.lm_head.as_ref().unwrap_or(embed);
-    let logits = weight_product(&picked, head, true, &model.head_packs)?;
-    let (loss, dlogits) = loss::cross_entropy_with_grad(&logits, targets, seed)?;
+    let (head, head_packs, head_targets) = match path {
+        Some(p) => (
+            &p.head,
+            None,
+            targets.iter().map(|&x| x - vocab).collect::<Vec<u32>>(),
+        ),
+        None => (
+            model.lm_head.as_ref().unwrap_or(embed),
+            Some(&model.head_packs),
+            targets.to_vec(),
+        ),
+    };
+    let project = |x: &Tensor, trans: bool| -> Result<Tensor> {
+        match head_packs {
+            Some(packs) => weight_product(x, head, trans, packs),
+            None => Ok(matmul(x, &head.detach(), false, trans)?),
+        }
+    };
+    let logits = project(&picked, true)?;
+    let (loss, dlogits) = loss::cross_entropy_with_grad(&logits, &head_targets, seed)?;
     drop(logits);
 
     let mut grads = Grads::default();
-    let dpicked = weight_product(&dlogits, head, false, &model.head_packs)?;
+    let dpicked = project(&dlogits, false)?;
     grads.add(head, || Ok(matmul(&dlogits, &picked, true, false)?))?;
     drop(dlogits);
     let dhn =
         Tensor::zeros((b * t, cfg.hidden_size), x.dtype(), dev)?.index_add(&pos, &dpicked, 0)?;
     let mut dx = norm_bwd(norm, &x, &dhn, &mut grads)?;
-    let need_embed = embed.is_variable();
-    for (i, (layer, s)) in model.layers.iter().zip(saved.iter()).enumerate().rev() {
+    let need_embed = embed.is_variable() || path.is_some_and(|p| p.embed.is_variable());
+    for (i, (layer, (s, ps))) in model.layers.iter().zip(saved.iter()).enumerate().rev() {
         let need_dx = i > 0 || need_embed;
-        match layer_bwd(layer, s, dx, &d, &cos, &sin, &mut grads, need_dx)? {
+        let into_base = match (path, ps) {
+            (Some(p), Some(ps)) => Some(pathway::path_bwd(
+                &p.layers[i],
+                ps,
+                &dx,
+                &s.kh,
+                &s.vh,
+                &d,
+                per_kv,
+                (&cos, &sin),
+                &mut grads,
+            )?),
+            _ => None,
+        };
+        match layer_bwd(layer, s, dx, &d, &cos, &sin, &mut grads, need_dx, into_base)? {
             Some(next) => dx = next,
             None => return grads.into_store(dev).map(|g| (loss, g)),
         }
     }
-    grads.add(embed, || {
-        Ok(Tensor::zeros(embed.shape(), embed.dtype(), dev)?.index_add(&flat_ids, &dx, 0)?)
-    })?;
+    inputs.embed_grads(&dx, embed, path.map(|p| &p.embed), &mut grads)?;
     Ok((loss, grads.into_store(dev)?))
+}
+
+/// Where each input row's embedding comes from: the base table, or (docid tokens and markers,
+/// ids from the base vocabulary's size on, with the pathway open) the pathway's own table.
+struct Inputs {
+    flat_ids: Tensor,
+    /// With the pathway open: row ids into each table and the rows that read the pathway's.
+    mixed: Option<Mixed>,
+}
+
+struct Mixed {
+    base_ids: Tensor,
+    own_ids: Tensor,
+    /// 1 where the row reads the pathway's table (rows, 1).
+    own: Tensor,
+    keep: Tensor,
+}
+
+impl Inputs {
+    fn new(flat_ids: &Tensor, vocab: u32, open: bool) -> Result<Self> {
+        let mixed = if open {
+            let ids = flat_ids.to_vec1::<u32>()?;
+            let dev = flat_ids.device();
+            let n = ids.len();
+            let base: Vec<u32> = ids.iter().map(|&i| if i < vocab { i } else { 0 }).collect();
+            let own: Vec<u32> = ids.iter().map(|&i| i.saturating_sub(vocab)).collect();
+            let is_own: Vec<f32> = ids
+                .iter()
+                .map(|&i| f32::from(u8::from(i >= vocab)))
+                .collect();
+            let own_mask = Tensor::from_vec(is_own, (n, 1), dev)?;
+            Some(Mixed {
+                base_ids: Tensor::new(base.as_slice(), dev)?,
+                own_ids: Tensor::new(own.as_slice(), dev)?,
+                keep: (1.0 - &own_mask)?,
+                own: own_mask,
+            })
+        } else {
+            None
+        };
+        Ok(Inputs {
+            flat_ids: flat_ids.clone(),
+            mixed,
+        })
+    }
+
+    fn embed(&self, base: &Tensor, own: Option<&Tensor>) -> Result<Tensor> {
+        Ok(match (&self.mixed, own) {
+            (Some(m), Some(own)) => {
+                let from_base = base.detach().index_select(&m.base_ids, 0)?;
+                let from_own = own.detach().index_select(&m.own_ids, 0)?;
+                (from_base.broadcast_mul(&m.keep)? + from_own.broadcast_mul(&m.own)?)?
+            }
+            _ => base.detach().index_select(&self.flat_ids, 0)?,
+        })
+    }
+
+    fn embed_grads(
+        &self,
+        dx: &Tensor,
+        base: &Tensor,
+        own: Option<&Tensor>,
+        grads: &mut Grads,
+    ) -> Result<()> {
+        let scatter = |table: &Tensor, rows: &Tensor, d: &Tensor| -> Result<Tensor> {
+            Ok(Tensor::zeros(table.shape(), table.dtype(), table.device())?
+                .index_add(rows, d, 0)?)
+        };
+        match (&self.mixed, own) {
+            (Some(m), Some(own)) => {
+                grads.add(base, || {
+                    scatter(base, &m.base_ids, &dx.broadcast_mul(&m.keep)?)
+                })?;
+                grads.add(own, || scatter(own, &m.own_ids, &dx.broadcast_mul(&m.own)?))
+            }
+            _ => grads.add(base, || scatter(base, &self.flat_ids, dx)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -415,33 +566,7 @@ mod tests {
         let (want_loss, want) = autograd(model, &ids, &pos, &targets);
         let (loss, got) = loss_and_grads(model, &ids, &pos, &targets, 0.5).unwrap();
         assert!((loss - want_loss).abs() < 1e-4, "{loss} vs {want_loss}");
-        assert!(!vars.is_empty());
-        for v in vars {
-            let w = want.get(v.as_tensor()).expect("autograd gradient");
-            let g = got.get(v.as_tensor()).expect("hand-written gradient");
-            assert_eq!(g.dims(), w.dims());
-            let scale = w
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (g - w)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(scale > 1e-6, "gradient is zero: {:?}", v.shape());
-            assert!(
-                diff <= 1e-3 * scale,
-                "{:?}: diff {diff} at scale {scale}",
-                v.shape()
-            );
-        }
+        check_grads(vars, &want, &got);
     }
 
     #[test]
@@ -486,5 +611,134 @@ mod tests {
             }
         }
         compare(&model, &varmap.all_vars());
+    }
+    /// A retrieval pathway of random weights (MLP' down non-zero, so every part carries
+    /// gradient), its tensors trainable in `varmap`.
+    fn open_pathway(model: &mut Llama, varmap: &VarMap, docid_tokens: usize) {
+        use crate::model::retrieval::{RetrievalConfig, RetrievalPath, PREFIX};
+        let cfg = &model.config;
+        let rcfg = RetrievalConfig {
+            heads: 4,
+            mlp_dim: 12,
+            docid_tokens,
+        };
+        let width = cfg.num_kv_heads() * rcfg.heads_per_kv(cfg) * cfg.head_dim();
+        let h = cfg.hidden_size;
+        let dev = Device::Cpu;
+        let mut shapes = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let name = |part: &str| format!("{PREFIX}.layers.{i}.{part}.weight");
+            shapes.push((name("q_proj"), (width, h)));
+            shapes.push((name("gate_proj"), (rcfg.mlp_dim, width)));
+            shapes.push((name("up_proj"), (rcfg.mlp_dim, width)));
+            shapes.push((name("down_proj"), (h, rcfg.mlp_dim)));
+        }
+        shapes.push((format!("{PREFIX}.embed"), (rcfg.embedding_rows(), h)));
+        shapes.push((format!("{PREFIX}.head"), (docid_tokens, h)));
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (name, shape) in shapes {
+                let t = Tensor::randn(0f32, 0.4, shape, &dev).unwrap();
+                data.insert(name, Var::from_tensor(&t).unwrap());
+            }
+        }
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, &dev);
+        model.retrieval = Some(RetrievalPath::load(vb, cfg, &rcfg).unwrap());
+    }
+
+    /// Questions, then the `<retrieve>` marker and docid tokens (ids from the vocabulary's
+    /// size on), docid targets: the pathway's gradients by hand against autograd's, with the
+    /// base frozen (the warm-up) and with LoRA on the base (keys and values then carry the
+    /// retrieval heads' gradient into the adapters).
+    #[test]
+    fn retrieval_pathway_gradients_match_autograd() {
+        let cfg = small_config(true, true);
+        let vocab = cfg.vocab_size as u32;
+        let docid_tokens = 6;
+        let marker = vocab + docid_tokens as u32;
+        let ids = Tensor::new(
+            &[
+                [3u32, 17, 4, marker, vocab + 2, vocab + 4, 9],
+                [5, 41, 30, 2, marker, vocab + 1, vocab + 5],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let pos = [3u32, 4, 5, 11, 12];
+        let targets = [vocab + 2, vocab + 4, vocab + 3, vocab + 1, vocab + 5];
+        let reference = |model: &Llama| {
+            let (b, t) = ids.dims2().unwrap();
+            let hidden = model.hidden_retrieving(&ids, None).unwrap();
+            let h = hidden.dim(2).unwrap();
+            let picked = hidden
+                .reshape((b * t, h))
+                .unwrap()
+                .index_select(&Tensor::new(&pos[..], &Device::Cpu).unwrap(), 0)
+                .unwrap();
+            let path = model.retrieval.as_ref().unwrap();
+            let logits = path.docid_logits(&picked).unwrap();
+            let own: Vec<u32> = targets.iter().map(|t| t - vocab).collect();
+            let tg = Tensor::new(own.as_slice(), &Device::Cpu).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits, &tg).unwrap();
+            let value = loss.to_scalar::<f32>().unwrap();
+            (value, (loss * 0.5).unwrap().backward().unwrap())
+        };
+        for lora in [false, true] {
+            let vb = VarBuilder::from_tensors(weights(&cfg), DType::F32, &Device::Cpu);
+            let mut model = Llama::load(vb, &cfg).unwrap();
+            let varmap = VarMap::new();
+            if lora {
+                let lcfg = LoraConfig {
+                    rank: 3,
+                    alpha: 6.0,
+                    ..Default::default()
+                };
+                model
+                    .add_lora(
+                        &lcfg,
+                        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+                    )
+                    .unwrap();
+                for v in varmap.all_vars() {
+                    v.set(&Tensor::randn(0f32, 0.5, v.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                }
+            }
+            open_pathway(&mut model, &varmap, docid_tokens);
+            let (want_loss, want) = reference(&model);
+            let (loss, got) = loss_and_grads(&model, &ids, &pos, &targets, 0.5).unwrap();
+            assert!((loss - want_loss).abs() < 1e-4, "{loss} vs {want_loss}");
+            check_grads(&varmap.all_vars(), &want, &got);
+        }
+    }
+
+    fn check_grads(vars: &[Var], want: &GradStore, got: &GradStore) {
+        assert!(!vars.is_empty());
+        for v in vars {
+            let w = want.get(v.as_tensor()).expect("autograd gradient");
+            let g = got.get(v.as_tensor()).expect("hand-written gradient");
+            assert_eq!(g.dims(), w.dims());
+            let scale = w
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (g - w)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(scale > 1e-6, "gradient is zero: {:?}", v.shape());
+            assert!(
+                diff <= 1e-3 * scale,
+                "{:?}: diff {diff} at scale {scale}",
+                v.shape()
+            );
+        }
     }
 }

@@ -592,6 +592,13 @@ mod tests {
         let vb = VarBuilder::from_tensors(weights(&cfg), DType::F32, &Device::Cpu);
         let mut model = Llama::load(vb, &cfg).unwrap();
         let varmap = VarMap::new();
+        add_random_lora(&mut model, &varmap);
+        compare(&model, &varmap.all_vars());
+    }
+
+    /// Rank-3 adapters on every projection, trainable in `varmap`, with values everywhere (B
+    /// starts at zero, which would leave A without gradient).
+    fn add_random_lora(model: &mut Llama, varmap: &VarMap) {
         let lcfg = LoraConfig {
             rank: 3,
             alpha: 6.0,
@@ -600,17 +607,13 @@ mod tests {
         model
             .add_lora(
                 &lcfg,
-                VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+                VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu),
             )
             .unwrap();
-        // B starts at zero, which would leave A without gradient; give it values.
         for v in varmap.all_vars() {
-            if v.dims()[1] == 3 {
-                v.set(&Tensor::randn(0f32, 0.5, v.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-            }
+            v.set(&Tensor::randn(0f32, 0.5, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
         }
-        compare(&model, &varmap.all_vars());
     }
     /// A retrieval pathway of random weights (MLP' down non-zero, so every part carries
     /// gradient), its tensors trainable in `varmap`.
@@ -688,21 +691,7 @@ mod tests {
             let mut model = Llama::load(vb, &cfg).unwrap();
             let varmap = VarMap::new();
             if lora {
-                let lcfg = LoraConfig {
-                    rank: 3,
-                    alpha: 6.0,
-                    ..Default::default()
-                };
-                model
-                    .add_lora(
-                        &lcfg,
-                        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-                    )
-                    .unwrap();
-                for v in varmap.all_vars() {
-                    v.set(&Tensor::randn(0f32, 0.5, v.shape(), &Device::Cpu).unwrap())
-                        .unwrap();
-                }
+                add_random_lora(&mut model, &varmap);
             }
             open_pathway(&mut model, &varmap, docid_tokens);
             let (want_loss, want) = reference(&model);
@@ -718,21 +707,16 @@ mod tests {
             let w = want.get(v.as_tensor()).expect("autograd gradient");
             let g = got.get(v.as_tensor()).expect("hand-written gradient");
             assert_eq!(g.dims(), w.dims());
-            let scale = w
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (g - w)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let largest = |t: &Tensor| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let scale = largest(w);
+            let diff = largest(&(g - w).unwrap());
             assert!(scale > 1e-6, "gradient is zero: {:?}", v.shape());
             assert!(
                 diff <= 1e-3 * scale,

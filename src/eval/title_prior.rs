@@ -5,6 +5,7 @@
 
 use super::tune::{RankRecord, TitleRecord};
 use crate::retrieve::options::RetrieveOptions;
+use crate::retrieve::score::title_order_key;
 use serde::{Deserialize, Serialize};
 
 /// The weights `selfret tune` tries.
@@ -36,7 +37,7 @@ pub fn has_priors(records: &[RankRecord]) -> bool {
 /// The titles of `r` in the order the retriever gives them under prior weight `weight`
 /// (stable: the search order among equals).
 pub fn ordered(r: &RankRecord, weight: f64) -> Vec<&TitleRecord> {
-    let key = |t: &TitleRecord| t.search_logprob - weight * t.prior_logprob.unwrap_or(0.0);
+    let key = |t: &TitleRecord| title_order_key(t.search_logprob, t.prior_logprob, weight);
     let mut titles: Vec<&TitleRecord> = r.titles.iter().collect();
     titles.sort_by(|a, b| key(b).total_cmp(&key(a)));
     titles

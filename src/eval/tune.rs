@@ -42,6 +42,18 @@ pub struct CandidateRecord {
     pub gold: bool,
 }
 
+impl CandidateRecord {
+    /// The numbers the ranking reads.
+    pub fn input(&self) -> CandidateInput {
+        CandidateInput {
+            title: self.title_rank,
+            p_reject: self.p_reject,
+            passage_logprob: self.passage_logprob,
+            query_logprob: self.query_logprob,
+        }
+    }
+}
+
 /// What the ranking of one query can be recomputed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankRecord {
@@ -158,16 +170,7 @@ fn rank_with_norm(r: &RankRecord, s: &Setting, log_norm: f64) -> Vec<(usize, f64
             .get(i)
             .map(|x| (s.title_term.value(x) / t - log_norm).exp())
     };
-    let inputs: Vec<CandidateInput> = r
-        .candidates
-        .iter()
-        .map(|c| CandidateInput {
-            title: c.title_rank,
-            p_reject: c.p_reject,
-            passage_logprob: c.passage_logprob,
-            query_logprob: c.query_logprob,
-        })
-        .collect();
+    let inputs: Vec<CandidateInput> = r.candidates.iter().map(CandidateRecord::input).collect();
     let scores = scores_under_titles(title_score, &inputs, s.weights);
     let delta = s.weights.delta.max(1e-6);
     let mut out: Vec<(usize, f64)> = scores
@@ -427,16 +430,7 @@ mod tests {
             ..grid()[100]
         };
         let values: Vec<f64> = r.titles.iter().map(|t| t.norm_prob).collect();
-        let inputs: Vec<CandidateInput> = r
-            .candidates
-            .iter()
-            .map(|c| CandidateInput {
-                title: c.title_rank,
-                p_reject: c.p_reject,
-                passage_logprob: c.passage_logprob,
-                query_logprob: c.query_logprob,
-            })
-            .collect();
+        let inputs: Vec<CandidateInput> = r.candidates.iter().map(CandidateRecord::input).collect();
         let (_, product) = combined_scores(&values, &inputs, s.weights);
         for (i, score) in rank(&r, &s) {
             let want = product[i].s.max(1e-300).ln();

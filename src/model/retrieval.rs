@@ -303,10 +303,9 @@ impl RetrievalPath {
         Ok(p)
     }
 
-    /// Input embeddings for ids that mix base tokens (below `vocab`) and the pathway's own
-    /// (docid tokens and markers, from `vocab` on): (rows, hidden).
-    pub fn embed_mixed(&self, base: &Tensor, ids: &[u32], vocab: u32) -> Result<Tensor> {
-        let dev = base.device();
+    /// Where each of `ids` reads its embedding: ids below `vocab` from the base table, the
+    /// others (docid tokens and markers) from the pathway's own; an id past both is an error.
+    pub fn mixed_rows(&self, ids: &[u32], vocab: u32, dev: &Device) -> Result<MixedRows> {
         let own_row = |&i: &u32| i.checked_sub(vocab);
         let too_far = ids
             .iter()
@@ -322,14 +321,20 @@ impl RetrievalPath {
         let base_ids: Vec<u32> = ids.iter().map(|&i| if i < vocab { i } else { 0 }).collect();
         let own_ids: Vec<u32> = ids.iter().map(|i| own_row(i).unwrap_or(0)).collect();
         let is_own: Vec<f32> = ids.iter().map(|&i| (i >= vocab) as u8 as f32).collect();
-        let n = ids.len();
-        let from_base = base.index_select(&Tensor::new(base_ids.as_slice(), dev)?, 0)?;
-        let from_own = self
-            .embed
-            .index_select(&Tensor::new(own_ids.as_slice(), dev)?, 0)?;
-        let own = Tensor::from_vec(is_own, (n, 1), dev)?;
-        let keep = (1.0 - &own)?;
-        Ok((from_base.broadcast_mul(&keep)? + from_own.broadcast_mul(&own)?)?)
+        let own = Tensor::from_vec(is_own, (ids.len(), 1), dev)?;
+        Ok(MixedRows {
+            base_ids: Tensor::new(base_ids.as_slice(), dev)?,
+            own_ids: Tensor::new(own_ids.as_slice(), dev)?,
+            keep: (1.0 - &own)?,
+            own,
+        })
+    }
+
+    /// Input embeddings for ids that mix base tokens (below `vocab`) and the pathway's own
+    /// (docid tokens and markers, from `vocab` on): (rows, hidden).
+    pub fn embed_mixed(&self, base: &Tensor, ids: &[u32], vocab: u32) -> Result<Tensor> {
+        self.mixed_rows(ids, vocab, base.device())?
+            .embed(base, &self.embed)
     }
 
     /// Docid logits for final-norm hidden states (rows, hidden): (rows, docid tokens).
@@ -343,6 +348,27 @@ impl RetrievalPath {
             .iter()
             .map(|(_, t)| t.elem_count())
             .sum()
+    }
+}
+
+/// Input rows split between the base embedding table and the pathway's
+/// ([`RetrievalPath::mixed_rows`]).
+pub struct MixedRows {
+    /// Row of the base table (0 where the pathway's is read).
+    pub base_ids: Tensor,
+    /// Row of the pathway's table (0 where the base's is read).
+    pub own_ids: Tensor,
+    /// (rows, 1): 1 where the pathway's table is read, and its complement.
+    pub own: Tensor,
+    pub keep: Tensor,
+}
+
+impl MixedRows {
+    /// The rows' embeddings from the two tables.
+    pub fn embed(&self, base: &Tensor, own: &Tensor) -> Result<Tensor> {
+        let from_base = base.index_select(&self.base_ids, 0)?;
+        let from_own = own.index_select(&self.own_ids, 0)?;
+        Ok((from_base.broadcast_mul(&self.keep)? + from_own.broadcast_mul(&self.own)?)?)
     }
 }
 

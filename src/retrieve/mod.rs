@@ -263,7 +263,7 @@ impl Retriever<'_> {
         // beam order among equals).
         if opts.title_prior != 0.0 && self.title_prior.is_some() {
             let key = |t: &TitleCandidate| {
-                t.search_logprob - opts.title_prior * t.prior_logprob.unwrap_or(0.0)
+                score::title_order_key(t.search_logprob, t.prior_logprob, opts.title_prior)
             };
             trace.titles.sort_by(|a, b| key(b).total_cmp(&key(a)));
         }

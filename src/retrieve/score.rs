@@ -63,6 +63,12 @@ pub struct RankWeights {
     pub query_weight: f64,
 }
 
+/// What orders titles for the candidate budget: the title search's log-probability less
+/// `weight` times the title's prior (how readily it is written after an empty question).
+pub fn title_order_key(search_logprob: f64, prior_logprob: Option<f64>, weight: f64) -> f64 {
+    search_logprob - weight * prior_logprob.unwrap_or(0.0)
+}
+
 /// What the ranking needs of one candidate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CandidateInput {

@@ -12,6 +12,7 @@
 mod pathway;
 
 use super::llama::{Block, Linear, Llama, RmsNorm};
+use super::retrieval::{MixedRows, RetrievalPath};
 use crate::error::{Error, Result};
 use crate::kernels::matmul::{add_matmul, batched_matmul as bmm, matmul, WeightPacks};
 use crate::kernels::{attention, elementwise, loss};
@@ -339,8 +340,8 @@ pub fn loss_and_grads(
     let (cos, sin) = model.rotary.tables(0, t)?;
     let flat_ids = ids.flatten_all()?;
     let embed = &model.embed_tokens;
-    let inputs = Inputs::new(&flat_ids, vocab, path.is_some())?;
-    let mut x = inputs.embed(embed, path.map(|p| &p.embed))?;
+    let inputs = Inputs::new(&flat_ids, vocab, path)?;
+    let mut x = inputs.embed(embed)?;
     let mut saved = Vec::with_capacity(model.layers.len());
     for (i, layer) in model.layers.iter().enumerate() {
         let (mut next, s) = layer_fwd(layer, x, &d, &cos, &sin)?;
@@ -418,47 +419,29 @@ pub fn loss_and_grads(
             None => return grads.into_store(dev).map(|g| (loss, g)),
         }
     }
-    inputs.embed_grads(&dx, embed, path.map(|p| &p.embed), &mut grads)?;
+    inputs.embed_grads(&dx, embed, &mut grads)?;
     Ok((loss, grads.into_store(dev)?))
 }
 
 /// Where each input row's embedding comes from: the base table, or (docid tokens and markers,
-/// ids from the base vocabulary's size on, with the pathway open) the pathway's own table.
+/// with the pathway open) the pathway's own table.
 struct Inputs {
     flat_ids: Tensor,
-    /// With the pathway open: row ids into each table and the rows that read the pathway's.
-    mixed: Option<Mixed>,
-}
-
-struct Mixed {
-    base_ids: Tensor,
-    own_ids: Tensor,
-    /// 1 where the row reads the pathway's table (rows, 1).
-    own: Tensor,
-    keep: Tensor,
+    /// With the pathway open: its table and each row's source.
+    mixed: Option<(Tensor, MixedRows)>,
 }
 
 impl Inputs {
-    fn new(flat_ids: &Tensor, vocab: u32, open: bool) -> Result<Self> {
-        let mixed = if open {
-            let ids = flat_ids.to_vec1::<u32>()?;
-            let dev = flat_ids.device();
-            let n = ids.len();
-            let base: Vec<u32> = ids.iter().map(|&i| if i < vocab { i } else { 0 }).collect();
-            let own: Vec<u32> = ids.iter().map(|&i| i.saturating_sub(vocab)).collect();
-            let is_own: Vec<f32> = ids
-                .iter()
-                .map(|&i| f32::from(u8::from(i >= vocab)))
-                .collect();
-            let own_mask = Tensor::from_vec(is_own, (n, 1), dev)?;
-            Some(Mixed {
-                base_ids: Tensor::new(base.as_slice(), dev)?,
-                own_ids: Tensor::new(own.as_slice(), dev)?,
-                keep: (1.0 - &own_mask)?,
-                own: own_mask,
-            })
-        } else {
-            None
+    fn new(flat_ids: &Tensor, vocab: u32, path: Option<&RetrievalPath>) -> Result<Self> {
+        let mixed = match path {
+            Some(p) => {
+                let ids = flat_ids.to_vec1::<u32>()?;
+                Some((
+                    p.embed.clone(),
+                    p.mixed_rows(&ids, vocab, flat_ids.device())?,
+                ))
+            }
+            None => None,
         };
         Ok(Inputs {
             flat_ids: flat_ids.clone(),
@@ -466,36 +449,28 @@ impl Inputs {
         })
     }
 
-    fn embed(&self, base: &Tensor, own: Option<&Tensor>) -> Result<Tensor> {
-        Ok(match (&self.mixed, own) {
-            (Some(m), Some(own)) => {
-                let from_base = base.detach().index_select(&m.base_ids, 0)?;
-                let from_own = own.detach().index_select(&m.own_ids, 0)?;
-                (from_base.broadcast_mul(&m.keep)? + from_own.broadcast_mul(&m.own)?)?
-            }
-            _ => base.detach().index_select(&self.flat_ids, 0)?,
+    fn embed(&self, base: &Tensor) -> Result<Tensor> {
+        Ok(match &self.mixed {
+            Some((own, rows)) => rows.embed(&base.detach(), &own.detach())?,
+            None => base.detach().index_select(&self.flat_ids, 0)?,
         })
     }
 
-    fn embed_grads(
-        &self,
-        dx: &Tensor,
-        base: &Tensor,
-        own: Option<&Tensor>,
-        grads: &mut Grads,
-    ) -> Result<()> {
+    fn embed_grads(&self, dx: &Tensor, base: &Tensor, grads: &mut Grads) -> Result<()> {
         let scatter = |table: &Tensor, rows: &Tensor, d: &Tensor| -> Result<Tensor> {
             Ok(Tensor::zeros(table.shape(), table.dtype(), table.device())?
                 .index_add(rows, d, 0)?)
         };
-        match (&self.mixed, own) {
-            (Some(m), Some(own)) => {
+        match &self.mixed {
+            Some((own, rows)) => {
                 grads.add(base, || {
-                    scatter(base, &m.base_ids, &dx.broadcast_mul(&m.keep)?)
+                    scatter(base, &rows.base_ids, &dx.broadcast_mul(&rows.keep)?)
                 })?;
-                grads.add(own, || scatter(own, &m.own_ids, &dx.broadcast_mul(&m.own)?))
+                grads.add(own, || {
+                    scatter(own, &rows.own_ids, &dx.broadcast_mul(&rows.own)?)
+                })
             }
-            _ => grads.add(base, || scatter(base, &self.flat_ids, dx)),
+            None => grads.add(base, || scatter(base, &self.flat_ids, dx)),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The docid mode's model side (issue 18) on tiny models built in the test: the retrieval
 //! pathway closed is the base model bit for bit, a fresh one adds nothing, its weights survive a
 //! checkpoint exactly (and corrupt ones are refused), and a tiny model trained with
-//! `--retriever docids` names the docids of its training questions through the trie.
+//! `--retriever docids` names the docids of its training questions through the trie, and its
+//! stage 2 draws docids, rewards those whose passage answers and learns to answer.
 
 use candle_core::{Device, Tensor};
 use selfret::corpus::{load_path, Corpus, LoadOptions};
@@ -287,6 +288,136 @@ fn a_tiny_model_trained_with_docids_names_its_training_questions_docids() {
         before,
         "two more steps moved the pathway"
     );
+
+    stage_two_draws_rewards_and_answers(&run, &table);
+}
+
+/// The number under `column` in the row of `system` of an eval table ("-": `None`).
+fn cell(table: &str, system: &str, column: &str) -> Option<f64> {
+    let cells = |l: &str| -> Vec<String> { l.split('|').map(|c| c.trim().to_string()).collect() };
+    let header = cells(
+        table
+            .lines()
+            .find(|l| l.starts_with("| system |"))
+            .expect("a header"),
+    );
+    let at = header
+        .iter()
+        .position(|c| c == column)
+        .unwrap_or_else(|| panic!("no {column} column in\n{table}"));
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {system} |")))
+        .unwrap_or_else(|| panic!("no {system} row in\n{table}"));
+    cells(line)[at].parse().ok()
+}
+
+/// Stage 2 from the stage-1 run `first` (whose eval on its training questions is
+/// `first_table`): the pathway draws three docids per question, each rewarded exactly when its
+/// passage holds an answer; training goes on from the stage-1 pathway; afterwards the run
+/// answers its training questions (stage 1 trains no answer) and still finds their passages.
+fn stage_two_draws_rewards_and_answers(first: &Path, first_table: &str) {
+    let queries = "corpora/ir_history.queries.jsonl";
+    let first_s = first.to_str().unwrap();
+    // Stage 2 needs its stage-1 run, and writes a run of its own.
+    let (ok, _, stderr) = selfret(&[
+        "index",
+        "--corpus",
+        "corpora/ir_history.jsonl",
+        "--out",
+        "x",
+        "--docid-stage",
+        "2",
+    ]);
+    assert!(!ok && stderr.contains("--from"), "{stderr}");
+    let (ok, _, stderr) = selfret(&[
+        "index",
+        "--corpus",
+        "corpora/ir_history.jsonl",
+        "--out",
+        first_s,
+        "--docid-stage",
+        "2",
+        "--from",
+        first_s,
+        "--steps",
+        "5",
+    ]);
+    assert!(!ok && stderr.contains("new run"), "{stderr}");
+
+    let second = first.with_file_name("stage2");
+    let second_s = second.to_str().unwrap();
+    let (ok, _, stderr) = selfret(&[
+        "index",
+        "--corpus",
+        "corpora/ir_history.jsonl",
+        "--out",
+        second_s,
+        "--docid-stage",
+        "2",
+        "--from",
+        first_s,
+        "--steps",
+        "300",
+        "--mix",
+        "assessment=2",
+        "--checkpoint-every",
+        "0",
+    ]);
+    assert!(ok, "{stderr}");
+    let manifest = selfret::worker::index::RunManifest::read(&second).unwrap();
+    let stage2 = manifest
+        .spec
+        .docids
+        .and_then(|d| d.stage2)
+        .expect("a stage-2 run");
+    assert_eq!(stage2.from, first);
+    assert_eq!(manifest.spec.queries.as_deref(), Some(Path::new(queries)));
+
+    let corpus = demo_corpus();
+    let qs = selfret::train::data::load_queries(&root().join(queries)).unwrap();
+    let drawn = selfret::worker::docid_run::read_drawn(&second)
+        .unwrap()
+        .expect("the drawn docids are kept in the run");
+    assert_eq!(drawn.len(), qs.len(), "every training question has answers");
+    let mut rewarded = 0;
+    for d in &drawn {
+        let q = qs.iter().find(|q| q.question == d.question).unwrap();
+        assert_eq!(d.drawn.len(), 3, "{}", d.question);
+        assert!(d.drawn.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        for p in &d.drawn {
+            let i = corpus.index_of(&p.passage_id).expect("a corpus passage");
+            let text = corpus.passages[i].text.to_lowercase();
+            let holds = q.answers.iter().any(|a| text.contains(&a.to_lowercase()));
+            assert_eq!(p.reward == 1, holds, "{} / {}", d.question, p.passage_id);
+            rewarded += usize::from(holds);
+        }
+    }
+    assert!(rewarded > qs.len() / 2, "{rewarded} rewarded draws");
+    // The tree is the stage-1 run's.
+    assert_eq!(
+        std::fs::read(second.join("docids.json")).unwrap(),
+        std::fs::read(first.join("docids.json")).unwrap()
+    );
+
+    let (ok, table, stderr) = selfret(&[
+        "eval",
+        "--run",
+        second_s,
+        "--queries",
+        queries,
+        "--baselines",
+        "",
+    ]);
+    assert!(ok, "{stderr}");
+    let before = cell(first_table, "semantic-docids", "hits@1").unwrap();
+    let hits = cell(&table, "semantic-docids", "hits@1").unwrap();
+    assert!(
+        hits >= before,
+        "hits@1 {hits} after stage 2, {before} before\n{table}"
+    );
+    let em = cell(&table, "semantic-docids", "answer_em").expect("stage 2 answers");
+    assert!(em > 0.2, "answer EM {em}\n{table}");
 }
 
 #[test]

@@ -708,4 +708,28 @@ fn a_docid_run_trains_from_the_train_panel_and_answers_with_docid_paths() {
         .query_by_label_contains(&format!("1. {}  {}", first.docid, first.passage_id))
         .is_some());
     assert!(h.query_all_by_label_contains("level 0 index").count() >= 3);
+
+    // Stage 2 continues the stage-1 run from the Train panel into a run of its own.
+    h.get_by_role_and_label(Role::Button, "Train").click();
+    h.run_ok();
+    h.get_by_label("2: LoRA + answers from drawn docids").click();
+    h.run_ok();
+    assert!(h.state().shared.project.docid_stage2);
+    assert!(h
+        .query_by_role_and_label(Role::Button, "Browse stage-1 run")
+        .is_some());
+    {
+        let p = &mut h.state_mut().shared.project;
+        p.docid_stage1_run = run_dir.path().join("docids").display().to_string();
+        p.run_dir = run_dir.path().join("stage2").display().to_string();
+        p.steps = 10;
+    }
+    h.get_by_role_and_label(Role::Button, "Start").click();
+    h.run_ok();
+    wait_until(&mut h, "the stage-2 run", 900, |a| {
+        !a.is_busy() && run_dir.path().join("stage2/checkpoint/manifest.ron").is_file()
+    });
+    assert!(run_dir.path().join("stage2/drawn_docids.json").is_file());
+    let m = selfret::worker::index::RunManifest::read(&run_dir.path().join("stage2")).unwrap();
+    assert!(m.spec.docids.and_then(|d| d.stage2).is_some());
 }

@@ -445,11 +445,26 @@ impl SelfretApp {
         if self.shared.project.retrieve_by_docids {
             spec.docids = Some(Default::default());
         }
-        spec.train.checkpoint_every = 50;
-        spec.train.eval_every = 25;
         if !self.shared.project.queries_path.trim().is_empty() {
             spec.queries = Some(PathBuf::from(self.shared.project.queries_path.trim()));
         }
+        if self.shared.project.retrieve_by_docids && self.shared.project.docid_stage2 {
+            let from = self.shared.project.docid_stage1_run.trim();
+            if from.is_empty() {
+                return Err(
+                    "docid stage 2 continues a stage-1 run: choose it (Stage-1 run)".into(),
+                );
+            }
+            crate::worker::docid_run::continue_stage1(
+                &mut spec,
+                std::path::Path::new(from),
+                std::path::Path::new(self.shared.project.run_dir.trim()),
+                crate::worker::docid_run::DEFAULT_DRAWS,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        spec.train.checkpoint_every = 50;
+        spec.train.eval_every = 25;
         Ok(spec)
     }
 
@@ -460,6 +475,7 @@ impl SelfretApp {
             PathField::ModelFile | PathField::ModelFolder => &mut self.shared.project.model_source,
             PathField::QueriesFile => &mut self.shared.project.queries_path,
             PathField::RunDir => &mut self.shared.project.run_dir,
+            PathField::Stage1Run => &mut self.shared.project.docid_stage1_run,
             PathField::EvalQueries => &mut self.shared.project.eval.queries_path,
             PathField::OpenProject | PathField::SaveProject => &mut self.project_file,
             PathField::ExportTrace => &mut self.panels.query.export_path,

@@ -14,6 +14,8 @@ pub enum PathField {
     ModelFolder,
     QueriesFile,
     RunDir,
+    /// The stage-1 docid run a stage-2 run continues.
+    Stage1Run,
     EvalQueries,
     OpenProject,
     SaveProject,
@@ -31,6 +33,7 @@ impl PathField {
             PathField::ModelFolder => "Browse model folder",
             PathField::QueriesFile => "Browse query file",
             PathField::RunDir => "Browse run directory",
+            PathField::Stage1Run => "Browse stage-1 run",
             PathField::EvalQueries => "Browse evaluation queries",
             PathField::OpenProject => "Open project...",
             PathField::SaveProject => "Save project as...",
@@ -61,7 +64,10 @@ impl PathField {
     fn picks_folder(self) -> bool {
         matches!(
             self,
-            PathField::CorpusFolder | PathField::ModelFolder | PathField::RunDir
+            PathField::CorpusFolder
+                | PathField::ModelFolder
+                | PathField::RunDir
+                | PathField::Stage1Run
         )
     }
 

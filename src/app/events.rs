@@ -187,6 +187,7 @@ impl SelfretApp {
             | PathField::ModelFolder
             | PathField::QueriesFile
             | PathField::RunDir
+            | PathField::Stage1Run
             | PathField::EvalQueries
             | PathField::ExportTrace
             | PathField::PseudoQueries => {}

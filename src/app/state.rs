@@ -86,6 +86,12 @@ pub struct Project {
     /// and passages.
     #[serde(default)]
     pub retrieve_by_docids: bool,
+    /// Docid stage 2 (modes 1 + 2) instead of the warm-up: continues `docid_stage1_run`.
+    #[serde(default)]
+    pub docid_stage2: bool,
+    /// The stage-1 docid run stage 2 continues.
+    #[serde(default)]
+    pub docid_stage1_run: String,
 }
 
 /// Where a new run goes: `wanted` if nothing is there yet, else the first free `wanted-2`,
@@ -146,6 +152,11 @@ impl Project {
         self.sentences_per_passage = spec.data.sentences_per_passage;
         self.pseudo_per_passage = spec.pseudo.as_ref().map(|p| p.per_passage).unwrap_or(0);
         self.retrieve_by_docids = spec.docids.is_some();
+        let stage2 = spec.docids.as_ref().and_then(|d| d.stage2.as_ref());
+        self.docid_stage2 = stage2.is_some();
+        if let Some(s) = stage2 {
+            self.docid_stage1_run = s.from.display().to_string();
+        }
     }
 }
 
@@ -204,6 +215,8 @@ impl Default for Project {
             preset: None,
             guide_hidden: false,
             retrieve_by_docids: false,
+            docid_stage2: false,
+            docid_stage1_run: String::new(),
         };
         // The demo: SmolLM2 with the quick preset, trained on the demo's queries and evaluated
         // on its dev questions (never trained on).
@@ -287,6 +300,8 @@ mod tests {
             "preset",
             "guide_hidden",
             "retrieve_by_docids",
+            "docid_stage2",
+            "docid_stage1_run",
         ];
         names.sort_unstable();
         expected.sort_unstable();

@@ -314,7 +314,7 @@ fn bench_docid_step(a: &BenchArgs, source: &ModelSource, corpus: &Corpus) -> Res
         sentences_per_passage: 1,
         ..Default::default()
     };
-    let examples = docid_examples(&b, corpus, &tree, &data, &queries)?;
+    let examples = docid_examples(&b, corpus, &tree, &data, &queries, &[])?;
     let cfg = crate::train::TrainConfig {
         batch_tokens: 2048,
         ..Default::default()

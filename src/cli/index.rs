@@ -107,6 +107,19 @@ pub struct IndexArgs {
     /// key/value heads).
     #[arg(long, default_value_t = 4)]
     pub retrieval_heads: usize,
+    /// Docid training stage: 1 warms the pathway up (on a pretrained model its base stays
+    /// frozen); 2 continues a stage-1 run (`--from`) with LoRA on the base and adds mode 2:
+    /// the pathway draws docids for each training question, the passages holding its answer
+    /// are rewarded, and the answer is trained on the passages drawn. Stage 2 takes the
+    /// stage-1 run's model, tree and questions (unless --queries is given).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub docid_stage: u8,
+    /// The stage-1 docid run stage 2 continues.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Docids the pathway draws per training question in stage 2.
+    #[arg(long, default_value_t = crate::worker::docid_run::DEFAULT_DRAWS)]
+    pub docid_draws: usize,
 }
 
 /// The two retrieval modes.
@@ -153,7 +166,22 @@ fn parse_mix(s: &str, base: crate::train::TaskMix) -> Result<crate::train::TaskM
 
 /// Runs `index`.
 pub fn index(a: IndexArgs) -> Result<()> {
-    let source: ModelSource = a.model.parse().map_err(anyhow::Error::msg)?;
+    let first = match (a.docid_stage, &a.from) {
+        (2, Some(from)) if !a.resume => Some(
+            crate::worker::index::RunManifest::read(from)
+                .with_context(|| format!("{}: no stage-1 run to continue", from.display()))?,
+        ),
+        (2, None) if !a.resume => {
+            bail!("--docid-stage 2 continues a stage-1 run: give it with --from RUN")
+        }
+        (1, Some(_)) => bail!("--from names the stage-1 run of --docid-stage 2"),
+        _ => None,
+    };
+    // Stage 2 goes on with the stage-1 run's model.
+    let source: ModelSource = match &first {
+        Some(m) => m.spec.model.clone(),
+        None => a.model.parse().map_err(anyhow::Error::msg)?,
+    };
     let mut spec = IndexSpec::new(a.corpus.clone(), source);
     if let Some(p) = a.preset {
         p.apply(&mut spec);
@@ -168,7 +196,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
     if a.full {
         spec.lora = None;
     }
-    if a.retriever == Retriever::Docids {
+    if a.retriever == Retriever::Docids && first.is_none() {
         let mut d = crate::worker::docid_run::DocidRun {
             heads: a.retrieval_heads,
             ..Default::default()
@@ -186,6 +214,9 @@ pub fn index(a: IndexArgs) -> Result<()> {
         spec.train.lr = spec.train.lr.max(1e-3);
     }
     spec.queries = a.queries.clone();
+    if let (Some(_), Some(from)) = (&first, &a.from) {
+        crate::worker::docid_run::continue_stage1(&mut spec, from, &a.out, a.docid_draws)?;
+    }
     if let Some(lr) = a.lr {
         spec.train.lr = lr;
     }

@@ -178,6 +178,23 @@ impl DataOptions {
     }
 }
 
+/// What a self-assessment example teaches about a question and a passage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    /// The passage answers the question: the acceptance verdict, then the answer when known.
+    Accept(Option<&'a str>),
+    /// It does not: the rejection verdict.
+    Reject,
+}
+
+/// Whether `text` holds one of `answers` (case-insensitive): the passage can answer.
+pub fn holds_answer(text: &str, answers: &[String]) -> bool {
+    let t = text.to_lowercase();
+    answers
+        .iter()
+        .any(|a| !a.trim().is_empty() && t.contains(&a.to_lowercase()))
+}
+
 /// Builds examples with one tokenizer and codec.
 pub struct DataBuilder<'a> {
     pub tokenizer: &'a Tokenizer,
@@ -280,6 +297,33 @@ impl DataBuilder<'_> {
         Ok(out)
     }
 
+    /// A self-assessment example: `question` and the passage `pidx` -> the verdict (and, on
+    /// acceptance, the answer when one is known). The prompt is the one the trained reader
+    /// answers from ([`crate::retrieve::answer::AnswerReader::Trained`]).
+    pub fn verdict(&self, question: &str, pidx: usize, verdict: Verdict<'_>) -> Result<Example> {
+        let p = &self.corpus.passages[pidx];
+        let mut prompt = self.codec.query(self.tokenizer, question)?;
+        prompt.extend(self.codec.title(self.tokenizer, &p.title)?);
+        prompt.extend(self.codec.passage(self.tokenizer, &p.text)?);
+        prompt.extend_from_slice(&self.codec.assess_cue);
+        let target = match verdict {
+            Verdict::Accept(answer) => {
+                let mut t = self.codec.accept.clone();
+                match answer {
+                    Some(a) => t.extend(self.codec.answer(self.tokenizer, a)?),
+                    None => t.push(self.codec.eos),
+                }
+                t
+            }
+            Verdict::Reject => {
+                let mut t = self.codec.reject.clone();
+                t.push(self.codec.eos);
+                t
+            }
+        };
+        Ok(self.example(Task::Assessment, prompt, target))
+    }
+
     /// Self-assessment: the gold passage -> "can answer" + answer; as negatives ("cannot
     /// answer"), passages without an answer string: first those the model itself retrieved
     /// wrongly for the query (`mined`, keyed by question), then same-title ones, then random.
@@ -294,27 +338,10 @@ impl DataBuilder<'_> {
             let Some(gold) = q.positive_ids.iter().find_map(|p| self.corpus.index_of(p)) else {
                 continue;
             };
-            let prompt_for = |pidx: usize| -> Result<Vec<u32>> {
-                let p = &self.corpus.passages[pidx];
-                let mut ids = self.codec.query(self.tokenizer, &q.question)?;
-                ids.extend(self.codec.title(self.tokenizer, &p.title)?);
-                ids.extend(self.codec.passage(self.tokenizer, &p.text)?);
-                ids.extend_from_slice(&self.codec.assess_cue);
-                Ok(ids)
-            };
-            let mut accept = self.codec.accept.clone();
-            if let Some(a) = q.answers.first() {
-                accept.extend(self.codec.answer(self.tokenizer, a)?);
-            } else {
-                accept.push(self.codec.eos);
-            }
-            out.push(self.example(Task::Assessment, prompt_for(gold)?, accept));
-            let has_answer = |pidx: usize| {
-                let t = self.corpus.passages[pidx].text.to_lowercase();
-                q.answers
-                    .iter()
-                    .any(|a| !a.is_empty() && t.contains(&a.to_lowercase()))
-            };
+            let answer = q.answers.first().map(String::as_str);
+            out.push(self.verdict(&q.question, gold, Verdict::Accept(answer))?);
+            let has_answer =
+                |pidx: usize| holds_answer(&self.corpus.passages[pidx].text, &q.answers);
             let positives: Vec<usize> = q
                 .positive_ids
                 .iter()
@@ -356,9 +383,7 @@ impl DataBuilder<'_> {
                 }
             }
             for &n in negatives.iter().take(self.opts.negatives) {
-                let mut reject = self.codec.reject.clone();
-                reject.push(self.codec.eos);
-                out.push(self.example(Task::Assessment, prompt_for(n)?, reject));
+                out.push(self.verdict(&q.question, n, Verdict::Reject)?);
             }
         }
         Ok(out)

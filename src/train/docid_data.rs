@@ -1,14 +1,17 @@
 //! Training examples of the docid mode: a question (or, for indexing, a passage's sentence or
 //! title) in the docid prompt, the `<retrieve>` marker, then the passage's docid tokens, with
 //! the loss on the docid. The same prompt is what [`crate::retrieve::docid`] decodes from.
+//! Stage 2 adds mode 2: docids the pathway draws, rewarded by whether their passage answers,
+//! and the answer read from them.
 
-use super::data::{DataOptions, Example, Query, Task};
+use super::data::{holds_answer, DataBuilder, DataOptions, Example, Query, Task, Verdict};
 use crate::corpus::Corpus;
 use crate::docids::{DocidTree, DocidVocab};
 use crate::error::Result;
 use crate::prompts::PromptCodec;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 /// Where the docid mode's tokens sit in the model's input ids.
@@ -87,4 +90,64 @@ impl DocidData<'_> {
         }
         Ok(out)
     }
+}
+
+/// A passage the retrieval pathway drew for a training question in stage 2, and its reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrawnPassage {
+    pub passage_id: String,
+    /// Log-probability of its docid under the pathway that drew it.
+    pub logprob: f64,
+    /// 1 when the passage leads to the right answer (it holds one of the question's answer
+    /// strings, which the trained reader copies out), else 0.
+    pub reward: u8,
+}
+
+/// The passages the pathway drew for one training question (best first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrawnDocids {
+    pub question: String,
+    pub drawn: Vec<DrawnPassage>,
+}
+
+/// Stage 2's mode-2 examples from the drawn passages. The reward is 0 or 1, so the policy
+/// gradient of the expected reward over the drawn docids is the log-likelihood gradient of
+/// the rewarded ones: each becomes a question -> docid example (one already a gold passage
+/// of the question is trained by mode 1 and not repeated). The answer loss is trained
+/// conditioned on every drawn passage: a rewarded one -> "can answer" + the answer, the
+/// others -> "cannot answer", so the reader learns to answer from what the pathway brings.
+pub fn mode2_examples(
+    docids: &DocidData<'_>,
+    words: &DataBuilder<'_>,
+    queries: &[Query],
+    drawn: &[DrawnDocids],
+) -> Result<Vec<Example>> {
+    let by_question: std::collections::HashMap<&str, &Query> =
+        queries.iter().map(|q| (q.question.as_str(), q)).collect();
+    let mut out = Vec::new();
+    for d in drawn {
+        let Some(q) = by_question.get(d.question.as_str()) else {
+            continue;
+        };
+        let answer = q.answers.first().map(String::as_str);
+        for p in &d.drawn {
+            let Some(pidx) = docids.corpus.index_of(&p.passage_id) else {
+                continue;
+            };
+            if p.reward > 0 {
+                if !q.positive_ids.contains(&p.passage_id) {
+                    out.push(docids.example(Task::Retrieval, &q.question, pidx)?);
+                }
+                out.push(words.verdict(&q.question, pidx, Verdict::Accept(answer))?);
+            } else {
+                out.push(words.verdict(&q.question, pidx, Verdict::Reject)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The reward of a drawn passage for a question: whether it holds an answer string.
+pub fn reward(corpus: &Corpus, passage: usize, q: &Query) -> u8 {
+    u8::from(holds_answer(&corpus.passages[passage].text, &q.answers))
 }

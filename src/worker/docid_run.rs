@@ -8,11 +8,12 @@ use crate::error::{Error, Result};
 use crate::model::retrieval::RetrievalConfig;
 use crate::model::ModelBundle;
 use crate::prompts::PromptCodec;
+use crate::train::data::DataBuilder;
 use crate::train::data::{DataOptions, Query};
-use crate::train::docid_data::{DocidData, DocidIds};
+use crate::train::docid_data::{mode2_examples, DocidData, DocidIds, DrawnDocids, DrawnPassage};
 use crate::train::Example;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How a docid run's tree and pathway are made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,7 +28,78 @@ pub struct DocidRun {
     /// frozen unless LoRA is asked for; the tiny model always trains whole).
     #[serde(default)]
     pub full: bool,
+    /// Stage 2 (modes 1 + 2), continuing a stage-1 run; `None`: stage 1, the warm-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage2: Option<Stage2>,
 }
+
+/// Stage 2 of a docid run: LoRA on the base (the tiny model trains whole) and the pathway go on
+/// from a stage-1 run's checkpoint, and mode 2 trains on the docids the pathway draws.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage2 {
+    /// The stage-1 run (its checkpoint, tree and pathway).
+    pub from: PathBuf,
+    /// Docids the pathway draws per training question (its best beams).
+    pub draws: usize,
+}
+
+/// Makes `spec` a stage-2 run continuing the stage-1 run `from`: its model, tree and pathway
+/// settings, and its questions when `spec` names none. Adapters or full training stay as
+/// `spec` says.
+pub fn continue_stage1(
+    spec: &mut super::index::IndexSpec,
+    from: &Path,
+    run: &Path,
+    draws: usize,
+) -> Result<()> {
+    if same_folder(from, run) {
+        return Err(same_run(run));
+    }
+    let first = super::index::RunManifest::read(from)?;
+    let Some(mut d) = first.spec.docids.clone() else {
+        return Err(Error::bad_file(
+            from.join(super::index::RunManifest::FILE),
+            "not a docid run: stage 2 continues a run trained with the docid retriever",
+        ));
+    };
+    d.stage2 = Some(Stage2 {
+        from: from.to_path_buf(),
+        draws: draws.max(1),
+    });
+    spec.docids = Some(d);
+    spec.model = first.spec.model.clone();
+    spec.tiny = first.spec.tiny.clone();
+    if spec.queries.is_none() {
+        spec.queries = first.spec.queries.clone();
+    }
+    if spec.queries.is_none() {
+        return Err(Error::invalid(
+            "stage 2 trains on questions with answers: give a query file (the stage-1 run had none)",
+        ));
+    }
+    Ok(())
+}
+
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn same_run(run: &Path) -> Error {
+    Error::invalid(format!(
+        "{}: stage 2 writes a new run; give another output folder than the stage-1 run",
+        run.display()
+    ))
+}
+
+/// Where a stage-2 run keeps the docids its starting model drew (a resume reuses them).
+pub const DRAWN_FILE: &str = "drawn_docids.json";
+
+/// Docids drawn per training question in stage 2 unless asked otherwise: the paper's reader
+/// takes two or three passages.
+pub const DEFAULT_DRAWS: usize = 3;
 
 impl Default for DocidRun {
     fn default() -> Self {
@@ -36,6 +108,7 @@ impl Default for DocidRun {
             heads: 4,
             minilm: true,
             full: false,
+            stage2: None,
         }
     }
 }
@@ -123,13 +196,14 @@ pub fn open_pathway(
 }
 
 /// The run's examples: indexing (sentences and titles -> docid) and retrieval (questions ->
-/// docid, supplied and written).
+/// docid, supplied and written); in stage 2 also mode 2's, from the docids drawn.
 pub fn docid_examples(
     bundle: &ModelBundle,
     corpus: &Corpus,
     tree: &DocidTree,
     data: &DataOptions,
     queries: &[Query],
+    drawn: &[DrawnDocids],
 ) -> Result<Vec<Example>> {
     let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
     let builder = DocidData {
@@ -142,5 +216,143 @@ pub fn docid_examples(
     };
     let mut out = builder.indexing()?;
     out.extend(builder.retrieval(queries)?);
+    if !drawn.is_empty() {
+        let words = DataBuilder {
+            tokenizer: &bundle.tokenizer,
+            codec: &codec,
+            corpus,
+            opts: data.clone(),
+        };
+        out.extend(mode2_examples(&builder, &words, queries, drawn)?);
+    }
     Ok(out)
+}
+
+/// The model a stage-2 run starts from: the stage-1 run's checkpoint, pathway included, with
+/// fresh adapters when `spec` asks for LoRA (else every weight trains), at step 0. The stage-1
+/// run must be a docid run over this corpus; its tree is copied into `run`.
+pub fn start_stage2(
+    spec: &super::index::IndexSpec,
+    stage2: &Stage2,
+    run: &Path,
+    corpus: &Corpus,
+    device: &candle_core::Device,
+) -> Result<ModelBundle> {
+    let from = &stage2.from;
+    let first = super::index::RunManifest::read(from)?;
+    let manifest = from.join(super::index::RunManifest::FILE);
+    if first.spec.docids.is_none() {
+        return Err(Error::bad_file(
+            &manifest,
+            "not a docid run: stage 2 continues a run trained with the docid retriever",
+        ));
+    }
+    if first.corpus_fingerprint != corpus.fingerprint() {
+        return Err(Error::bad_file(
+            &manifest,
+            format!(
+                "trained on another corpus (fingerprint {}) than {}: its docids name other \
+                 passages",
+                first.corpus_fingerprint,
+                spec.corpus.display()
+            ),
+        ));
+    }
+    if same_folder(from, run) {
+        return Err(same_run(run));
+    }
+    let tree = run.join(docids::FILE_NAME);
+    if !tree.is_file() {
+        let source = from.join(docids::FILE_NAME);
+        let bytes = std::fs::read(&source).map_err(|e| Error::io(&source, e))?;
+        crate::model::checkpoint::write_atomic(&tree, &bytes)?;
+    }
+    let mode = match &spec.lora {
+        Some(l) => crate::model::TrainMode::Lora(l.clone()),
+        None => crate::model::TrainMode::Full,
+    };
+    let mut bundle =
+        ModelBundle::load_checkpoint(&super::index::checkpoint_dir(from), Some(mode), device)?;
+    if bundle.model.retrieval.is_none() {
+        return Err(Error::bad_file(
+            super::index::checkpoint_dir(from),
+            "the checkpoint has no retrieval pathway",
+        ));
+    }
+    bundle.step = 0;
+    bundle.training_seconds = 0.0;
+    Ok(bundle)
+}
+
+/// Mode 2's draws: for each training question with an answer string, the pathway's `draws`
+/// best docids (constrained to real passages), each rewarded by whether its passage holds an
+/// answer. `progress(done, total)` returning true cancels (`Ok(None)`).
+pub fn draw_docids(
+    bundle: &ModelBundle,
+    corpus: &Corpus,
+    tree: &DocidTree,
+    queries: &[Query],
+    draws: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Option<Vec<DrawnDocids>>> {
+    let codec = PromptCodec::new(&bundle.tokenizer, bundle.special.eos)?;
+    let model = bundle.inference()?;
+    model.prepare_products()?;
+    let trie = tree.trie(0);
+    let retriever = crate::retrieve::docid::DocidRetriever {
+        model: &model,
+        tokenizer: &bundle.tokenizer,
+        codec: &codec,
+        corpus,
+        tree,
+        trie: &trie,
+        ids: docid_ids(bundle, tree)?,
+    };
+    let answerable: Vec<&Query> = queries
+        .iter()
+        .filter(|q| !q.question.trim().is_empty() && q.answers.iter().any(|a| !a.trim().is_empty()))
+        .collect();
+    let mut out = Vec::with_capacity(answerable.len());
+    for (i, q) in answerable.iter().enumerate() {
+        if progress(i, answerable.len()) {
+            return Ok(None);
+        }
+        let trace = retriever.retrieve(&q.question, draws.max(1))?;
+        let drawn = trace
+            .beams
+            .iter()
+            .filter_map(|b| {
+                let pidx = corpus.index_of(&b.passage_id)?;
+                Some(DrawnPassage {
+                    passage_id: b.passage_id.clone(),
+                    logprob: b.logprob,
+                    reward: crate::train::docid_data::reward(corpus, pidx, q),
+                })
+            })
+            .collect();
+        out.push(DrawnDocids {
+            question: q.question.clone(),
+            drawn,
+        });
+    }
+    progress(answerable.len(), answerable.len());
+    Ok(Some(out))
+}
+
+/// Reads a stage-2 run's drawn docids (`None`: not drawn yet).
+pub fn read_drawn(run: &Path) -> Result<Option<Vec<DrawnDocids>>> {
+    let path = run.join(DRAWN_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::bad_file(&path, format!("not a list of drawn docids: {e}")))
+}
+
+/// Keeps the drawn docids in the run.
+pub fn save_drawn(run: &Path, drawn: &[DrawnDocids]) -> Result<()> {
+    let json = serde_json::to_string_pretty(drawn).map_err(|e| Error::invalid(e.to_string()))?;
+    crate::model::checkpoint::write_atomic(&run.join(DRAWN_FILE), json.as_bytes())
 }

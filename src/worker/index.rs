@@ -59,10 +59,12 @@ impl IndexSpec {
     }
 
     /// Whether the run trains the answer: self-assessment with a weight, on supplied or written
-    /// questions (their answer strings follow the acceptance verdict). A docid run trains no
-    /// answer.
+    /// questions (their answer strings follow the acceptance verdict). A docid run trains
+    /// answers in stage 2 (mode 2), from the passages its pathway draws.
     pub fn trains_answers(&self) -> bool {
-        self.train.mix.assessment > 0.0 && self.queries.is_some() && self.docids.is_none()
+        self.train.mix.assessment > 0.0
+            && self.queries.is_some()
+            && self.docids.as_ref().is_none_or(|d| d.stage2.is_some())
     }
 
     /// Defaults for a corpus and a model source: full training for the tiny model, LoRA otherwise.
@@ -423,6 +425,42 @@ impl TrainControl for RetrievalProbe<'_> {
     }
 }
 
+/// Mode 2's drawn docids of a stage-2 run: read from the run, or drawn now by the model the
+/// run starts from and kept (so a resume trains on the same examples).
+#[allow(clippy::too_many_arguments)]
+fn stage2_draws(
+    run: &Path,
+    bundle: &ModelBundle,
+    corpus: &Corpus,
+    tree: &crate::docids::DocidTree,
+    queries: &[Query],
+    stage2: &super::docid_run::Stage2,
+    control: &mut dyn TrainControl,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<Vec<crate::train::docid_data::DrawnDocids>> {
+    if let Some(drawn) = super::docid_run::read_drawn(run)? {
+        return Ok(drawn);
+    }
+    let drawn = super::docid_run::draw_docids(
+        bundle,
+        corpus,
+        tree,
+        queries,
+        stage2.draws,
+        &mut |done, total| {
+            on_event(TrainEvent::Preparing {
+                stage: "drawing docids (mode 2)".into(),
+                done,
+                total,
+            });
+            control.should_cancel()
+        },
+    )?
+    .ok_or(Error::Cancelled)?;
+    super::docid_run::save_drawn(run, &drawn)?;
+    Ok(drawn)
+}
+
 /// Runs (or resumes) indexing into `run`. Every event is also appended to `metrics.jsonl`.
 pub fn run_index(
     spec: &IndexSpec,
@@ -446,6 +484,8 @@ pub fn run_index(
             ));
         }
         ModelBundle::load_checkpoint(&ckpt, None, &device)?
+    } else if let Some(stage2) = spec.docids.as_ref().and_then(|d| d.stage2.as_ref()) {
+        super::docid_run::start_stage2(spec, stage2, run, &corpus, &device)?
     } else {
         load_base(spec, &corpus, &device, progress)?
     };
@@ -534,7 +574,13 @@ pub fn run_index(
         Some(tree) => {
             let mut queries = train_queries.clone();
             queries.extend(pseudo_queries.iter().cloned());
-            super::docid_run::docid_examples(&bundle, &corpus, tree, &spec.data, &queries)?
+            let drawn = match spec.docids.as_ref().and_then(|d| d.stage2.as_ref()) {
+                Some(stage2) => stage2_draws(
+                    run, &bundle, &corpus, tree, &queries, stage2, control, on_event,
+                )?,
+                None => Vec::new(),
+            };
+            super::docid_run::docid_examples(&bundle, &corpus, tree, &spec.data, &queries, &drawn)?
         }
         None => build_run_examples(
             spec,

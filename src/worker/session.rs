@@ -165,7 +165,7 @@ impl QuerySession {
     }
 
     /// A docid run's answer to `query`: its `beams` best docids and, when the model reads
-    /// language and `answer_tokens` is given, an answer read with the pathway closed from the
+    /// language or its run trained answers and `answer_tokens` is given, an answer read with the pathway closed from the
     /// top `answer_passages` passages (the base model copies it from one of them; a run that
     /// trained answers reads the top one). `None` when the session is not a docid run.
     pub fn docid_query(
@@ -185,7 +185,10 @@ impl QuerySession {
                 .take(answer_passages.max(1))
                 .filter_map(|b| self.corpus.index_of(&b.passage_id))
                 .collect();
-            if let (Some(max), false, true) = (answer_tokens, top.is_empty(), self.reads_language) {
+            // A model that reads language answers; one that only memorised the corpus answers
+            // when its run trained answers (stage 2 of a docid run).
+            let answers = self.reads_language || self.trains_answers;
+            if let (Some(max), false, true) = (answer_tokens, top.is_empty(), answers) {
                 let reader = self.answer_reader(AnswerReader::Auto)?;
                 let read = match reader {
                     AnswerReader::Base => &top[..],

@@ -91,6 +91,9 @@ pub const PASSAGE_BEAMS_UNUSED: &str = "Used when the candidate budget is 0 (the
 pub const RETRIEVER_TITLES: &str = "The model retrieves by writing a passage's title and then its text, each constrained by a token trie, and ranks the candidates by its own scores (Self-Retrieval).";
 pub const RETRIEVER_DOCIDS: &str = "The model retrieves by writing a hierarchical docid (a path down a k-means tree of the passages) through extra retrieval heads, an MLP and a docid head added to every layer. Without LoRA only those new parts train and the base model stays as it is; the tiny model trains whole.";
 
+pub const DOCID_STAGE1: &str = "Stage 1, the warm-up: the retrieval pathway learns questions and passage sentences -> docids; on a pretrained model the base stays frozen unless LoRA is on.";
+pub const DOCID_STAGE2: &str = "Stage 2 goes on from a finished stage-1 run (its model, tree and pathway) into the run directory above, with LoRA on the base. Besides stage 1's examples it trains mode 2: for each training question the pathway draws its best docids, those whose passage holds the answer are rewarded (trained as its docids), and the answer is trained on every drawn passage (\"can answer\" + the answer, or \"cannot answer\"). The assessment weight of the task mix balances mode 2's answers.";
+
 pub const TITLE_PRIOR: &str = "How much of each title's prior comes off its score before the \
     candidate budget picks titles (applies to the next question). The prior is how readily the \
     model writes the title after an empty question: a title it writes whatever is asked is \

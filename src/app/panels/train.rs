@@ -249,6 +249,27 @@ impl TrainPanel {
                 shared.project.lr = shared.project.lr.max(1e-3);
             }
         });
+        if shared.project.retrieve_by_docids {
+            ui.horizontal(|ui| {
+                ui.label("Docid stage");
+                let stage2 = &mut shared.project.docid_stage2;
+                ui.radio_value(stage2, false, "1: warm up the pathway")
+                    .on_hover_text(hints::DOCID_STAGE1);
+                ui.radio_value(stage2, true, "2: LoRA + answers from drawn docids")
+                    .on_hover_text(hints::DOCID_STAGE2);
+            });
+            if shared.project.docid_stage2 {
+                path_row(
+                    ui,
+                    "Stage-1 run",
+                    &mut shared.project.docid_stage1_run,
+                    "runs/my-docid-run",
+                    &[PathField::Stage1Run],
+                    dialogs,
+                    cmds,
+                );
+            }
+        }
         ui.add(
             egui::Slider::new(&mut shared.project.lr, 1e-5..=1e-2)
                 .logarithmic(true)

@@ -712,7 +712,8 @@ fn a_docid_run_trains_from_the_train_panel_and_answers_with_docid_paths() {
     // Stage 2 continues the stage-1 run from the Train panel into a run of its own.
     h.get_by_role_and_label(Role::Button, "Train").click();
     h.run_ok();
-    h.get_by_label("2: LoRA + answers from drawn docids").click();
+    h.get_by_label("2: LoRA + answers from drawn docids")
+        .click();
     h.run_ok();
     assert!(h.state().shared.project.docid_stage2);
     assert!(h
@@ -727,7 +728,11 @@ fn a_docid_run_trains_from_the_train_panel_and_answers_with_docid_paths() {
     h.get_by_role_and_label(Role::Button, "Start").click();
     h.run_ok();
     wait_until(&mut h, "the stage-2 run", 900, |a| {
-        !a.is_busy() && run_dir.path().join("stage2/checkpoint/manifest.ron").is_file()
+        !a.is_busy()
+            && run_dir
+                .path()
+                .join("stage2/checkpoint/manifest.ron")
+                .is_file()
     });
     assert!(run_dir.path().join("stage2/drawn_docids.json").is_file());
     let m = selfret::worker::index::RunManifest::read(&run_dir.path().join("stage2")).unwrap();

@@ -1012,3 +1012,37 @@ fn a_checkpoint_asked_for_while_paused_is_written_before_the_next_step() {
         ]
     );
 }
+
+/// A periodic checkpoint that falls on the last step is the run's final one: written once.
+#[test]
+fn the_last_step_is_checkpointed_once() {
+    let corpus = demo_corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tiny_bundle(&corpus);
+    let ex = examples(&corpus, &b);
+    let cfg = TrainConfig {
+        steps: 4,
+        lr: 2e-3,
+        batch_tokens: 512,
+        checkpoint_every: 2,
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    train(
+        &mut b,
+        &ex,
+        &cfg,
+        Some(&dir.path().join("run")),
+        &mut NoControl,
+        &mut |e| events.push(e),
+    )
+    .unwrap();
+    let saved: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Checkpoint { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved, [2, 4]);
+}

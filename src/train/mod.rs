@@ -590,6 +590,8 @@ pub fn train(
         });
         Ok(())
     };
+    // The step of the last checkpoint this session wrote.
+    let mut saved_at: Option<u64> = None;
     let mut snapshots: Vec<f64> = cfg.snapshot_minutes.clone();
     snapshots.sort_by(|a, b| b.total_cmp(a));
     let save =
@@ -611,6 +613,7 @@ pub fn train(
             }
             if control.save_requested() {
                 save(bundle, &opt, on_event)?;
+                saved_at = Some(bundle.step);
             }
         };
         if cancel {
@@ -718,9 +721,13 @@ pub fn train(
         let periodic = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
         if periodic || control.save_requested() {
             save(bundle, &opt, on_event)?;
+            saved_at = Some(bundle.step);
         }
     }
-    save(bundle, &opt, on_event)?;
+    // The last step's checkpoint is written once (a periodic one may already hold it).
+    if saved_at != Some(bundle.step) {
+        save(bundle, &opt, on_event)?;
+    }
     on_event(TrainEvent::Finished {
         step: bundle.step as usize,
         cancelled,

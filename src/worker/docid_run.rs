@@ -69,8 +69,16 @@ pub fn continue_stage1(
     spec.docids = Some(d);
     spec.model = first.spec.model.clone();
     spec.tiny = first.spec.tiny.clone();
+    // The questions stage 1 wrote are reused (copied into the new run), not written again.
+    spec.pseudo = first.spec.pseudo.clone();
     if spec.queries.is_none() {
-        spec.queries = first.spec.queries.clone();
+        // Not the questions stage 1 wrote itself (they have no answers, and come with
+        // `pseudo`).
+        spec.queries = first
+            .spec
+            .queries
+            .clone()
+            .filter(|q| q.file_name() != Some(std::ffi::OsStr::new(super::index::PSEUDO_FILE)));
     }
     if spec.queries.is_none() {
         return Err(Error::invalid(
@@ -230,7 +238,8 @@ pub fn docid_examples(
 
 /// The model a stage-2 run starts from: the stage-1 run's checkpoint, pathway included, with
 /// fresh adapters when `spec` asks for LoRA (else every weight trains), at step 0. The stage-1
-/// run must be a docid run over this corpus; its tree is copied into `run`.
+/// run must be a docid run over this corpus; its tree and written questions are copied into
+/// `run`.
 pub fn start_stage2(
     spec: &super::index::IndexSpec,
     stage2: &Stage2,
@@ -261,11 +270,17 @@ pub fn start_stage2(
     if same_folder(from, run) {
         return Err(same_run(run));
     }
-    let tree = run.join(docids::FILE_NAME);
-    if !tree.is_file() {
-        let source = from.join(docids::FILE_NAME);
+    // The tree, and the questions the stage-1 model wrote when it wrote any.
+    for (name, needed) in [
+        (docids::FILE_NAME, true),
+        (super::index::PSEUDO_FILE, false),
+    ] {
+        let (source, target) = (from.join(name), run.join(name));
+        if target.is_file() || (!needed && !source.is_file()) {
+            continue;
+        }
         let bytes = std::fs::read(&source).map_err(|e| Error::io(&source, e))?;
-        crate::model::checkpoint::write_atomic(&tree, &bytes)?;
+        crate::model::checkpoint::write_atomic(&target, &bytes)?;
     }
     let mode = match &spec.lora {
         Some(l) => crate::model::TrainMode::Lora(l.clone()),

@@ -734,7 +734,16 @@ fn a_docid_run_trains_from_the_train_panel_and_answers_with_docid_paths() {
                 .join("stage2/checkpoint/manifest.ron")
                 .is_file()
     });
-    assert!(run_dir.path().join("stage2/drawn_docids.json").is_file());
+    let drawn = selfret::worker::docid_run::read_drawn(&run_dir.path().join("stage2"))
+        .unwrap()
+        .expect("the draws are kept in the run");
+    // Every training question has answers; the panel's runs hold 8 out for the live probe.
+    assert_eq!(drawn.len(), 52);
+    assert!(drawn.iter().all(|d| d.drawn.len() == 3));
     let m = selfret::worker::index::RunManifest::read(&run_dir.path().join("stage2")).unwrap();
-    assert!(m.spec.docids.and_then(|d| d.stage2).is_some());
+    let stage2 = m.spec.docids.and_then(|d| d.stage2).expect("a stage-2 run");
+    assert_eq!(
+        stage2.from,
+        std::path::absolute(run_dir.path().join("docids")).unwrap()
+    );
 }

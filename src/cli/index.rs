@@ -174,7 +174,7 @@ pub fn index(a: IndexArgs) -> Result<()> {
         (2, None) if !a.resume => {
             bail!("--docid-stage 2 continues a stage-1 run: give it with --from RUN")
         }
-        (1, Some(_)) => bail!("--from names the stage-1 run of --docid-stage 2"),
+        (1, Some(_)) if !a.resume => bail!("--from names the stage-1 run of --docid-stage 2"),
         _ => None,
     };
     // Stage 2 goes on with the stage-1 run's model.

@@ -189,10 +189,16 @@ pub enum Verdict<'a> {
 
 /// Whether `text` holds one of `answers` (case-insensitive): the passage can answer.
 pub fn holds_answer(text: &str, answers: &[String]) -> bool {
+    answer_in(text, answers).is_some()
+}
+
+/// The first of `answers` that `text` holds (case-insensitive; an empty answer never counts).
+pub fn answer_in<'a>(text: &str, answers: &'a [String]) -> Option<&'a str> {
     let t = text.to_lowercase();
     answers
         .iter()
-        .any(|a| !a.trim().is_empty() && t.contains(&a.to_lowercase()))
+        .find(|a| !a.is_empty() && t.contains(&a.to_lowercase()))
+        .map(String::as_str)
 }
 
 /// Builds examples with one tokenizer and codec.

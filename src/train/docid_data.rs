@@ -4,7 +4,9 @@
 //! Stage 2 adds mode 2: docids the pathway draws, rewarded by whether their passage answers,
 //! and the answer read from them.
 
-use super::data::{holds_answer, DataBuilder, DataOptions, Example, Query, Task, Verdict};
+use super::data::{
+    answer_in, holds_answer, DataBuilder, DataOptions, Example, Query, Task, Verdict,
+};
 use crate::corpus::Corpus;
 use crate::docids::{DocidTree, DocidVocab};
 use crate::error::Result;
@@ -98,8 +100,8 @@ pub struct DrawnPassage {
     pub passage_id: String,
     /// Log-probability of its docid under the pathway that drew it.
     pub logprob: f64,
-    /// 1 when the passage leads to the right answer (it holds one of the question's answer
-    /// strings, which the trained reader copies out), else 0.
+    /// 1 when the passage leads to the right answer (a gold passage of the question, or one
+    /// holding one of its answer strings, which the trained reader copies out), else 0.
     pub reward: u8,
 }
 
@@ -112,24 +114,26 @@ pub struct DrawnDocids {
 
 /// Stage 2's mode-2 examples from the drawn passages. The reward is 0 or 1, so the policy
 /// gradient of the expected reward over the drawn docids is the log-likelihood gradient of
-/// the rewarded ones: each becomes a question -> docid example (one already a gold passage
-/// of the question is trained by mode 1 and not repeated). The answer loss is trained
-/// conditioned on every drawn passage: a rewarded one -> "can answer" + the answer, the
-/// others -> "cannot answer", so the reader learns to answer from what the pathway brings.
+/// the rewarded ones: each becomes a question -> docid example (a gold passage of the question
+/// is trained by mode 1 already and not repeated). The answer loss is trained conditioned on
+/// every drawn passage: a rewarded one -> "can answer" + the answer it holds, the others ->
+/// "cannot answer", so the reader learns to answer from what the pathway brings.
 pub fn mode2_examples(
     docids: &DocidData<'_>,
     words: &DataBuilder<'_>,
     queries: &[Query],
     drawn: &[DrawnDocids],
 ) -> Result<Vec<Example>> {
-    let by_question: std::collections::HashMap<&str, &Query> =
-        queries.iter().map(|q| (q.question.as_str(), q)).collect();
+    // The first question with answers of each text (written questions have none).
+    let mut by_question: std::collections::HashMap<&str, &Query> = Default::default();
+    for q in queries.iter().filter(|q| answerable(q)) {
+        by_question.entry(q.question.as_str()).or_insert(q);
+    }
     let mut out = Vec::new();
     for d in drawn {
         let Some(q) = by_question.get(d.question.as_str()) else {
             continue;
         };
-        let answer = q.answers.first().map(String::as_str);
         for p in &d.drawn {
             let Some(pidx) = docids.corpus.index_of(&p.passage_id) else {
                 continue;
@@ -138,6 +142,8 @@ pub fn mode2_examples(
                 if !q.positive_ids.contains(&p.passage_id) {
                     out.push(docids.example(Task::Retrieval, &q.question, pidx)?);
                 }
+                let text = &docids.corpus.passages[pidx].text;
+                let answer = answer_in(text, &q.answers).or(q.answers.first().map(String::as_str));
                 out.push(words.verdict(&q.question, pidx, Verdict::Accept(answer))?);
             } else {
                 out.push(words.verdict(&q.question, pidx, Verdict::Reject)?);
@@ -147,7 +153,14 @@ pub fn mode2_examples(
     Ok(out)
 }
 
-/// The reward of a drawn passage for a question: whether it holds an answer string.
+/// Whether a question can train mode 2: it has a text and an answer string.
+pub fn answerable(q: &Query) -> bool {
+    !q.question.trim().is_empty() && q.answers.iter().any(|a| !a.trim().is_empty())
+}
+
+/// The reward of a drawn passage for a question: 1 for a gold passage or one holding an
+/// answer string.
 pub fn reward(corpus: &Corpus, passage: usize, q: &Query) -> u8 {
-    u8::from(holds_answer(&corpus.passages[passage].text, &q.answers))
+    let gold = q.positive_ids.contains(&corpus.passages[passage].id);
+    u8::from(gold || holds_answer(&corpus.passages[passage].text, &q.answers))
 }

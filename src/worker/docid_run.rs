@@ -63,22 +63,27 @@ pub fn continue_stage1(
         ));
     };
     d.stage2 = Some(Stage2 {
-        from: from.to_path_buf(),
+        from: std::path::absolute(from).map_err(|e| Error::io(from, e))?,
         draws: draws.max(1),
     });
     spec.docids = Some(d);
     spec.model = first.spec.model.clone();
     spec.tiny = first.spec.tiny.clone();
+    // Adapters stage 1 trained go on training (with their own rank and targets); fresh ones
+    // are added only where stage 1 had none.
+    if first.spec.lora.is_some() {
+        spec.lora = first.spec.lora.clone();
+    }
     // The questions stage 1 wrote are reused (copied into the new run), not written again.
     spec.pseudo = first.spec.pseudo.clone();
     if spec.queries.is_none() {
         // Not the questions stage 1 wrote itself (they have no answers, and come with
         // `pseudo`).
-        spec.queries = first
-            .spec
-            .queries
-            .clone()
-            .filter(|q| q.file_name() != Some(std::ffi::OsStr::new(super::index::PSEUDO_FILE)));
+        spec.queries = first.spec.queries.clone().filter(|q| {
+            let written = q.file_name() == Some(std::ffi::OsStr::new(super::index::PSEUDO_FILE))
+                && q.parent().is_some_and(|dir| same_folder(dir, from));
+            !written
+        });
     }
     if spec.queries.is_none() {
         return Err(Error::invalid(
@@ -275,17 +280,36 @@ pub fn start_stage2(
         (docids::FILE_NAME, true),
         (super::index::PSEUDO_FILE, false),
     ] {
+        // A fresh start replaces what an earlier run left in the folder.
         let (source, target) = (from.join(name), run.join(name));
-        if target.is_file() || (!needed && !source.is_file()) {
+        if !needed && !source.is_file() {
             continue;
         }
         let bytes = std::fs::read(&source).map_err(|e| Error::io(&source, e))?;
         crate::model::checkpoint::write_atomic(&target, &bytes)?;
     }
+    // Draws an earlier run left were made by another model: this one draws its own.
+    let stale = run.join(DRAWN_FILE);
+    if stale.is_file() {
+        std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+    }
     let mode = match &spec.lora {
         Some(l) => crate::model::TrainMode::Lora(l.clone()),
         None => crate::model::TrainMode::Full,
     };
+    // Adapters of stage 1 are loaded as they were made: another rank or set of targets would
+    // not fit them (`continue_stage1` carries them over).
+    let saved = crate::model::checkpoint::Manifest::read(&super::index::checkpoint_dir(from))?;
+    if let crate::model::TrainMode::Lora(had) = &saved.mode {
+        if mode != saved.mode {
+            return Err(Error::invalid(format!(
+                "the stage-1 run {} trained LoRA adapters (rank {}); stage 2 goes on with them, \
+                 so it needs the same LoRA settings",
+                from.display(),
+                had.rank
+            )));
+        }
+    }
     let mut bundle =
         ModelBundle::load_checkpoint(&super::index::checkpoint_dir(from), Some(mode), device)?;
     if bundle.model.retrieval.is_none() {
@@ -325,7 +349,7 @@ pub fn draw_docids(
     };
     let answerable: Vec<&Query> = queries
         .iter()
-        .filter(|q| !q.question.trim().is_empty() && q.answers.iter().any(|a| !a.trim().is_empty()))
+        .filter(|q| crate::train::docid_data::answerable(q))
         .collect();
     let mut out = Vec::with_capacity(answerable.len());
     for (i, q) in answerable.iter().enumerate() {

@@ -98,7 +98,7 @@ impl SelfretApp {
                     Err(e) => self.shared.errors.set(JobKind::LoadCorpus.place(), e),
                 }
             }
-            AppCommand::StartTraining { resume } => match self.spec() {
+            AppCommand::StartTraining { resume } => match self.spec(resume) {
                 Ok(spec) => {
                     if !resume {
                         self.panels.train.view = TrainView::default();
@@ -415,8 +415,9 @@ impl SelfretApp {
         self.jobs.front().copied()
     }
 
-    /// The training job the project's settings describe.
-    pub(super) fn spec(&self) -> Result<IndexSpec, String> {
+    /// The training job the project's settings describe (`resume`: to go on with the run in
+    /// the run directory).
+    pub(super) fn spec(&self, resume: bool) -> Result<IndexSpec, String> {
         let source: ModelSource = self.shared.project.model_source.parse()?;
         let mut spec = IndexSpec::new(PathBuf::from(&self.shared.project.corpus_path), source);
         spec.lora = self.shared.project.lora.then(|| crate::model::LoraConfig {
@@ -448,7 +449,21 @@ impl SelfretApp {
         if !self.shared.project.queries_path.trim().is_empty() {
             spec.queries = Some(PathBuf::from(self.shared.project.queries_path.trim()));
         }
-        if self.shared.project.retrieve_by_docids && self.shared.project.docid_stage2 {
+        let stage2 = self.shared.project.retrieve_by_docids && self.shared.project.docid_stage2;
+        // A stage-2 run resumed goes on from its own checkpoint with its own settings: its
+        // stage-1 run is not needed again (it may have moved).
+        let own = match resume && stage2 {
+            true => run_settings(std::path::Path::new(self.shared.project.run_dir.trim()))
+                .filter(|s| s.docids.as_ref().is_some_and(|d| d.stage2.is_some())),
+            false => None,
+        };
+        if let Some(own) = own {
+            spec.model = own.model;
+            spec.lora = own.lora;
+            spec.queries = own.queries;
+            spec.pseudo = own.pseudo;
+            spec.docids = own.docids;
+        } else if stage2 {
             let from = self.shared.project.docid_stage1_run.trim();
             if from.is_empty() {
                 return Err(

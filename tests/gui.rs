@@ -46,8 +46,11 @@ fn corpus_train_cancel_query_and_rerank() {
         .with_max_steps(8)
         .build_eframe(|cc| SelfretApp::new(cc));
 
-    // First start: the demo corpus loads by itself.
-    wait_until(&mut h, "the demo corpus", 60, |a| a.shared.corpus.is_some());
+    // First start: the demo corpus loads by itself. (Its passages arrive before the job ends:
+    // until then the busy app keeps the guide's demo button disabled.)
+    wait_until(&mut h, "the demo corpus", 60, |a| {
+        a.shared.corpus.is_some() && !a.is_busy()
+    });
     assert!(h.state().shared.corpus.as_ref().unwrap().len() >= 60);
     h.get_by_label_contains("passages,").hover();
     // The guide shows the order of work: the corpus step is ticked, querying is not yet.

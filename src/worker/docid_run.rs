@@ -8,8 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::retrieval::RetrievalConfig;
 use crate::model::ModelBundle;
 use crate::prompts::PromptCodec;
-use crate::train::data::DataBuilder;
-use crate::train::data::{DataOptions, Query};
+use crate::train::data::{DataBuilder, DataOptions, Query};
 use crate::train::docid_data::{mode2_examples, DocidData, DocidIds, DrawnDocids, DrawnPassage};
 use crate::train::Example;
 use serde::{Deserialize, Serialize};
@@ -55,13 +54,7 @@ pub fn continue_stage1(
     if same_folder(from, run) {
         return Err(same_run(run));
     }
-    let first = super::index::RunManifest::read(from)?;
-    let Some(mut d) = first.spec.docids.clone() else {
-        return Err(Error::bad_file(
-            from.join(super::index::RunManifest::FILE),
-            "not a docid run: stage 2 continues a run trained with the docid retriever",
-        ));
-    };
+    let (first, mut d) = read_stage1(from)?;
     d.stage2 = Some(Stage2 {
         from: std::path::absolute(from).map_err(|e| Error::io(from, e))?,
         draws: draws.max(1),
@@ -91,6 +84,18 @@ pub fn continue_stage1(
         ));
     }
     Ok(())
+}
+
+/// A stage-1 run's manifest and docid settings; refused when it is not a docid run.
+fn read_stage1(from: &Path) -> Result<(super::index::RunManifest, DocidRun)> {
+    let first = super::index::RunManifest::read(from)?;
+    match first.spec.docids.clone() {
+        Some(d) => Ok((first, d)),
+        None => Err(Error::bad_file(
+            from.join(super::index::RunManifest::FILE),
+            "not a docid run: stage 2 continues a run trained with the docid retriever",
+        )),
+    }
 }
 
 fn same_folder(a: &Path, b: &Path) -> bool {
@@ -253,17 +258,10 @@ pub fn start_stage2(
     device: &candle_core::Device,
 ) -> Result<ModelBundle> {
     let from = &stage2.from;
-    let first = super::index::RunManifest::read(from)?;
-    let manifest = from.join(super::index::RunManifest::FILE);
-    if first.spec.docids.is_none() {
-        return Err(Error::bad_file(
-            &manifest,
-            "not a docid run: stage 2 continues a run trained with the docid retriever",
-        ));
-    }
+    let (first, _) = read_stage1(from)?;
     if first.corpus_fingerprint != corpus.fingerprint() {
         return Err(Error::bad_file(
-            &manifest,
+            from.join(super::index::RunManifest::FILE),
             format!(
                 "trained on another corpus (fingerprint {}) than {}: its docids name other \
                  passages",
@@ -356,7 +354,7 @@ pub fn draw_docids(
         if progress(i, answerable.len()) {
             return Ok(None);
         }
-        let trace = retriever.retrieve(&q.question, draws.max(1))?;
+        let trace = retriever.retrieve(&q.question, draws)?;
         let drawn = trace
             .beams
             .iter()

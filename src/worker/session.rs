@@ -165,9 +165,10 @@ impl QuerySession {
     }
 
     /// A docid run's answer to `query`: its `beams` best docids and, when the model reads
-    /// language or its run trained answers and `answer_tokens` is given, an answer read with the pathway closed from the
-    /// top `answer_passages` passages (the base model copies it from one of them; a run that
-    /// trained answers reads the top one). `None` when the session is not a docid run.
+    /// language or its run trained answers and `answer_tokens` is given, an answer read with
+    /// the pathway closed from the top `answer_passages` passages (the base model copies it
+    /// from one of them; a run that trained answers reads the top one). `None` when the session
+    /// is not a docid run.
     pub fn docid_query(
         &self,
         query: &str,

@@ -21,7 +21,7 @@ pub struct IndexArgs {
     /// Run directory (checkpoint, run.ron, metrics.jsonl).
     #[arg(long)]
     pub out: PathBuf,
-    /// A whole training recipe: `quick` (about a hundred passages, ~10 min on 2 cores) or
+    /// A whole training recipe: `quick` (about a hundred passages, ~12 min on 2 cores) or
     /// `thorough` (thousands of passages, ~2 h). Flags given with it override single values.
     #[arg(long, value_enum)]
     pub preset: Option<crate::worker::preset::Preset>,

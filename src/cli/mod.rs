@@ -54,7 +54,7 @@ pub enum Command {
     Tune(TuneArgs),
     /// Print performance tables (model, trie, query, train, eval).
     Bench(bench::BenchArgs),
-    /// Let a model write questions for passages (kept when its own retrieval finds them).
+    /// Let a model write questions for passages (kept when BM25 finds their passage from them).
     PseudoQueries(PseudoArgs),
     /// Let a model write titles for passages that have none; writes a new JSONL corpus.
     Titles(TitlesArgs),

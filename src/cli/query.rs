@@ -13,8 +13,9 @@ pub struct RankArgs {
     /// Passage beams per title when the candidate budget is 0 (the paper's j).
     #[arg(long, default_value_t = 10)]
     pub passages: usize,
-    /// Candidate budget: every passage of each title beam is a candidate, titles in beam order
-    /// while their passages fit (the first always). 0: --passages beams per title instead.
+    /// Candidate budget: every passage of each title beam is a candidate, titles in the order
+    /// of --title-prior while their passages fit (the first always). 0: --passages beams per
+    /// title instead.
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_CANDIDATES)]
     pub candidates: usize,
     #[arg(long, default_value_t = crate::retrieve::DEFAULT_TAU)]

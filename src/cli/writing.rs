@@ -18,7 +18,7 @@ pub struct PseudoArgs {
     /// Passages to write for, spread over the corpus (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
-    /// Keep a question when its passage is within this many retrieved passages.
+    /// Keep a question when BM25 ranks its passage within this many.
     #[arg(long, default_value_t = 3)]
     pub keep_top: usize,
     /// Also write the rejected questions, with their rank, to OUT.all.jsonl.

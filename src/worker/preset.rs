@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 /// A named training recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Preset {
-    /// A corpus of about a hundred passages (the demo): about 10 minutes on a 2-core CPU.
+    /// A corpus of about a hundred passages (the demo): about 12 minutes on a 2-core CPU, questions
+    /// written included (11m37s measured in session 22).
     Quick,
     /// Thousands of passages: about 2 hours on a 2-core CPU.
     Thorough,
@@ -32,7 +33,7 @@ impl Preset {
     /// One line on what it is for.
     pub fn describe(self) -> &'static str {
         match self {
-            Preset::Quick => "about a hundred passages, ~10 minutes on a 2-core CPU",
+            Preset::Quick => "about a hundred passages, ~12 minutes on a 2-core CPU",
             Preset::Thorough => "thousands of passages, ~2 hours on a 2-core CPU",
         }
     }

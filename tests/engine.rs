@@ -97,6 +97,65 @@ fn kv_cache_decoding_matches_full_forward_for_reordered_beams() {
     assert!(max_abs_diff(&a, &b) < 1e-4);
 }
 
+/// Rows cached to different lengths, stacked with padding and continued in one batch, read
+/// their new tokens exactly as each full row read alone (the query likelihood's reading
+/// cache relies on it), also after the caches were kept in f16.
+#[test]
+fn ragged_caches_continue_as_each_row_alone() {
+    let corpus = demo_corpus();
+    let bundle = tiny_bundle(&corpus, TrainMode::Frozen);
+    let model = bundle.inference().unwrap();
+    let dev = Device::Cpu;
+    let prefixes: [Vec<u32>; 3] = [
+        vec![5, 17, 42],
+        vec![9, 8, 7, 6, 5, 4, 3],
+        vec![100, 200, 300, 400, 500],
+    ];
+    let tail: Vec<u32> = vec![11, 22, 33, 44];
+    let caches: Vec<selfret::model::KvCache> = prefixes
+        .iter()
+        .map(|p| {
+            let mut c = model.new_cache();
+            let ids = Tensor::new(p.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            model.hidden(&ids, Some(&mut c)).unwrap();
+            c
+        })
+        .collect();
+    for dtype in [DType::F32, DType::F16] {
+        let kept: Vec<_> = caches.iter().map(|c| c.to_dtype(dtype).unwrap()).collect();
+        let (mut stacked, lens) = selfret::model::KvCache::stack(&kept).unwrap();
+        assert_eq!(lens, vec![3, 7, 5]);
+        assert_eq!(stacked.seq_len(), 7);
+        let flat: Vec<u32> = (0..3).flat_map(|_| tail.iter().copied()).collect();
+        let ids = Tensor::from_vec(flat, (3, tail.len()), &dev).unwrap();
+        let ragged = model.hidden_ragged(&ids, &mut stacked, &lens).unwrap();
+        for (r, p) in prefixes.iter().enumerate() {
+            let full: Vec<u32> = p.iter().chain(&tail).copied().collect();
+            let n = full.len();
+            let ids = Tensor::from_vec(full, (1, n), &dev).unwrap();
+            let alone = model
+                .hidden(&ids, None)
+                .unwrap()
+                .narrow(1, p.len(), tail.len())
+                .unwrap();
+            let row = ragged.narrow(0, r, 1).unwrap();
+            let d = max_abs_diff(&row, &alone);
+            let tolerance = if dtype == DType::F32 { 1e-4 } else { 2e-2 };
+            assert!(
+                d < tolerance,
+                "row {r} ({dtype:?}): ragged and alone differ by {d}"
+            );
+        }
+    }
+    // One cached length per row, or a clear error.
+    let (mut stacked, _) = selfret::model::KvCache::stack(&caches).unwrap();
+    let ids = Tensor::new(&[[1u32], [2], [3]], &dev).unwrap();
+    assert!(model.hidden_ragged(&ids, &mut stacked, &[1, 2]).is_err());
+}
+
 fn one_example(bundle: &ModelBundle) -> Example {
     let ids = bundle
         .tokenizer

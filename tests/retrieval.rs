@@ -517,6 +517,8 @@ fn check_against_reading_alone(s: &QuerySession, corpus: &Corpus) {
             .unwrap();
         assert_eq!((alone, from), (answer.text, cited));
     }
+    // The second question continued passages the first had read (and matched reading alone).
+    assert!(s.reading.stats().hits > 0, "{:?}", s.reading.stats());
 }
 
 /// One evaluation runs BM25, the retriever + reader baseline (BM25's top passage answered by the

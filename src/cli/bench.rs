@@ -218,6 +218,9 @@ fn bench_query(a: &BenchArgs) -> Result<()> {
         );
         totals.push((format!("({i}, {j})"), total));
     }
+    if session.reads_language() {
+        bench_reading(&session, &queries[..a.queries.clamp(1, queries.len())])?;
+    }
     if a.reference {
         let ModelSource::Gguf(path) = a.model.parse().map_err(anyhow::Error::msg)? else {
             anyhow::bail!("the reference pipeline needs a GGUF model");
@@ -864,6 +867,45 @@ fn time_jsonl_load(corpus: &Corpus) -> Result<(u64, f64)> {
 
 /// The pipeline `bench/hf_reference.py` replays (the paper's: titles, passages, self-assessment,
 /// answer; no query likelihood), so the two timings compare the same work.
+/// The query likelihood over a question's 100 candidates (BM25's top 100 stand in for the
+/// pipeline's): read from scratch, then continuing the kept readings for the same question
+/// and for the next question over the same passages (another question on the same topic).
+fn bench_reading(
+    session: &crate::worker::session::QuerySession,
+    queries: &[crate::train::data::Query],
+) -> Result<()> {
+    const PASSAGES: usize = 100;
+    println!("\n## query likelihood over {PASSAGES} passages (reading cache)");
+    println!("| question | read from scratch ms | same question, readings kept ms | next question, same passages ms | tokens from scratch | tokens kept | kept MB |");
+    println!("|---|---|---|---|---|---|---|");
+    let r = session.retriever();
+    for (k, q) in queries.iter().enumerate() {
+        let passages = session.bm25_top(&q.question, PASSAGES);
+        let next = &queries[(k + 1) % queries.len()].question;
+        session.reading.clear();
+        let mut cold = crate::retrieve::Timings::default();
+        let start = Instant::now();
+        r.query_logprobs(&session.model, &q.question, &passages, &mut cold)?;
+        let cold_ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut warm = crate::retrieve::Timings::default();
+        let start = Instant::now();
+        r.query_logprobs(&session.model, &q.question, &passages, &mut warm)?;
+        let warm_ms = start.elapsed().as_secs_f64() * 1e3;
+        let start = Instant::now();
+        r.query_logprobs(&session.model, next, &passages, &mut Default::default())?;
+        let next_ms = start.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "| {} | {cold_ms:.0} | {warm_ms:.0} | {next_ms:.0} | {} | {} | {} |",
+            k + 1,
+            cold.tokens_forwarded,
+            warm.tokens_forwarded,
+            session.reading.stats().bytes >> 20
+        );
+    }
+    session.reading.clear();
+    Ok(())
+}
+
 fn paper_pipeline(titles: usize, passages: usize) -> crate::retrieve::RetrieveOptions {
     crate::retrieve::RetrieveOptions {
         titles,

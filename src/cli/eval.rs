@@ -67,6 +67,10 @@ pub struct EvalArgs {
     /// Folder of the dense model (default models/all-MiniLM-L6-v2).
     #[arg(long)]
     pub dense_model: Option<PathBuf>,
+    /// Memory for passages the query likelihood has read, kept for later questions (MB;
+    /// SmolLM2-135M takes about 5 MB a passage; 0 reads each passage for every question).
+    #[arg(long, default_value_t = crate::retrieve::reading::DEFAULT_READING_CACHE_MB)]
+    pub reading_cache_mb: usize,
 }
 
 /// Arguments of `tune`.
@@ -283,6 +287,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         }
         _ => None,
     };
+    if let Some(s) = &session {
+        s.reading.set_capacity_mb(a.reading_cache_mb);
+    }
     let corpus = match (&a.corpus, &session) {
         (Some(c), _) => crate::corpus::load_path(c, &Default::default())?,
         (None, Some(s)) => s.corpus.clone(),
@@ -347,6 +354,18 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     bar.finish_and_clear();
+    if let Some(s) = &session {
+        let r = s.reading.stats();
+        if r.hits + r.misses > 0 {
+            eprintln!(
+                "query likelihood: {} of {} passage readings reused; {} passages kept ({} MB)",
+                r.hits,
+                r.hits + r.misses,
+                r.passages,
+                r.bytes >> 20
+            );
+        }
+    }
     println!("{}", crate::eval::table(&systems));
     if let Some(out) = &a.json {
         let json = serde_json::json!({

@@ -195,10 +195,7 @@ pub fn query(a: QueryArgs) -> Result<()> {
         }
     }
     let t = &trace.timings;
-    println!(
-        "time: titles {:.0} ms, passages {:.0} ms, assessment {:.0} ms, query likelihood {:.0} ms, answer {:.0} ms ({} forward passes over {} token positions)",
-        t.titles_ms, t.passages_ms, t.assess_ms, t.likelihood_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
-    );
+    println!("time: {}", t.summary(", "));
     if let Some(e) = &explanation {
         print_explanation(e, trace.candidates.len());
     }

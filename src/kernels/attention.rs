@@ -82,7 +82,8 @@ pub fn causal_mask(t: usize, offset: usize, device: &Device) -> CResult<Tensor> 
 }
 
 /// Attention from candle's products and its softmax over added mask values: the reference the
-/// kernels are tested against, and the path of devices without them. Shapes as [`attention`].
+/// kernels are tested against, and the path of devices without them. Shapes as [`attention`];
+/// `mask` is (t, s), or (b, 1, 1, t, s) for a mask of each batch row.
 pub fn attention_slow(
     q: &Tensor,
     k: &Tensor,

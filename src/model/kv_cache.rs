@@ -1,8 +1,8 @@
 //! The key/value cache of decoding: per layer, the keys and values of every position so far,
 //! which a beam search forks, reorders and cuts.
 
-use crate::error::Result;
-use candle_core::Tensor;
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
 
 /// Per-layer key/value tensors of shape (batch, kv_heads, seq, head_dim).
 #[derive(Clone, Debug)]
@@ -75,6 +75,64 @@ impl KvCache {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(KvCache { layers })
+    }
+
+    /// One cache holding `caches` (each of one row) as its rows, each right-padded with zeros
+    /// to the longest, and each row's own length: the input of [`crate::model::Llama::hidden_ragged`],
+    /// which continues every row as if it had run alone. Stored in another dtype (a reading
+    /// cache keeps f16), the rows come back as f32.
+    pub fn stack(caches: &[KvCache]) -> Result<(KvCache, Vec<usize>)> {
+        let lens: Vec<usize> = caches.iter().map(KvCache::seq_len).collect();
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let n_layers = caches.first().map(|c| c.layers.len()).unwrap_or(0);
+        if caches
+            .iter()
+            .any(|c| c.layers.len() != n_layers || c.batch_size() != 1)
+        {
+            return Err(Error::invalid(
+                "stacked caches must come from one model and hold one row each",
+            ));
+        }
+        let mut layers = Vec::with_capacity(n_layers);
+        for layer in 0..n_layers {
+            let mut keys = Vec::with_capacity(caches.len());
+            let mut values = Vec::with_capacity(caches.len());
+            for (c, &len) in caches.iter().zip(&lens) {
+                let (k, v) = c.layers[layer]
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("a stacked cache is empty"))?;
+                let pad = |x: &Tensor| -> Result<Tensor> {
+                    Ok(x.to_dtype(DType::F32)?
+                        .pad_with_zeros(2, 0, longest - len)?)
+                };
+                keys.push(pad(k)?);
+                values.push(pad(v)?);
+            }
+            layers.push(Some((Tensor::cat(&keys, 0)?, Tensor::cat(&values, 0)?)));
+        }
+        Ok((KvCache { layers }, lens))
+    }
+
+    /// The same cache with its tensors in `dtype` (f16 halves what a kept cache costs).
+    pub fn to_dtype(&self, dtype: DType) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.to_dtype(dtype)?, v.to_dtype(dtype)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
+    /// Bytes the keys and values take.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
     }
 
     pub(crate) fn append(

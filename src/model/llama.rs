@@ -221,6 +221,49 @@ impl Rotary {
         let (cos, sin) = self.tables(offset, x.dim(1)?)?;
         Ok(elementwise::rope_to_heads(x, &cos, &sin)?)
     }
+
+    /// [`Rotary::apply_to_heads`] with each batch row's positions starting at its own offset.
+    fn apply_to_heads_by_row(&self, x: &Tensor, offsets: &[usize]) -> Result<Tensor> {
+        let rows = offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &offset)| self.apply_to_heads(&x.narrow(0, i, 1)?, offset))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+}
+
+/// Where a batch's new positions go.
+#[derive(Clone, Copy, Debug)]
+enum Positions<'a> {
+    /// After a cache whose rows all hold this many positions.
+    After(usize),
+    /// After a stacked cache ([`KvCache::stack`]) whose row `i` holds `lens[i]` positions and
+    /// then padding up to the longest: each row continues from its own length.
+    Ragged(&'a [usize]),
+}
+
+/// Additive mask (batch, 1, 1, t, longest + t) of a ragged continuation: row `r`'s position
+/// `i` sees the row's own `lens[r]` cached keys and the new positions up to itself, never the
+/// padding between.
+fn ragged_mask(lens: &[usize], t: usize, device: &Device) -> Result<Tensor> {
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let s = longest + t;
+    let data: Vec<f32> = lens
+        .iter()
+        .flat_map(|&len| {
+            (0..t).flat_map(move |i| {
+                (0..s).map(move |j| {
+                    if j < len || (j >= longest && j <= longest + i) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (lens.len(), 1, 1, t, s), device)?)
 }
 
 /// Grouped-query self-attention.
@@ -262,7 +305,7 @@ impl Attention {
         &self,
         x: &Tensor,
         rotary: &Rotary,
-        offset: usize,
+        positions: Positions,
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
@@ -272,8 +315,16 @@ impl Attention {
         let q = q.reshape((b, t, nh, hd))?;
         let k = k.reshape((b, t, nkv, hd))?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let q = rotary.apply_to_heads(&q, offset)?;
-        let k = rotary.apply_to_heads(&k, offset)?;
+        let (q, k) = match positions {
+            Positions::After(offset) => (
+                rotary.apply_to_heads(&q, offset)?,
+                rotary.apply_to_heads(&k, offset)?,
+            ),
+            Positions::Ragged(lens) => (
+                rotary.apply_to_heads_by_row(&q, lens)?,
+                rotary.apply_to_heads_by_row(&k, lens)?,
+            ),
+        };
         let v = v.contiguous()?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v)?,
@@ -284,7 +335,14 @@ impl Attention {
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = attention::attention(&q, &k, &v, scale, t, mask)?;
+        let y = match (positions, mask) {
+            // The padding inside a ragged cache is masked per row, which only the reference
+            // path does (a few new positions: its products are small).
+            (Positions::Ragged(_), Some(mask)) => {
+                attention::attention_slow(&q, &k, &v, scale, t, mask)?
+            }
+            _ => attention::attention(&q, &k, &v, scale, t, mask)?,
+        };
         Ok((self.o_proj.forward(&y)?, k, v))
     }
 
@@ -455,7 +513,25 @@ impl Llama {
     /// Final-norm hidden states (batch, seq, hidden) for token ids (batch, seq). With a cache, the
     /// ids continue the cached sequences (all rows have the same cached length).
     pub fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        crate::kernels::on_pool(|| self.hidden_here(ids, cache, None))
+        crate::kernels::on_pool(|| self.hidden_here(ids, cache, None, None))
+    }
+
+    /// [`Llama::hidden`] continuing rows of different cached lengths: `cache` stacks them
+    /// ([`KvCache::stack`]), row `i` holding `lens[i]` positions, and each row reads `ids` as
+    /// if it had run alone (its positions from `lens[i]` on, the padding unseen). Many cached
+    /// contexts, each continued by a few tokens, then share one batch.
+    pub fn hidden_ragged(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        lens: &[usize],
+    ) -> Result<Tensor> {
+        if lens.len() != ids.dim(0)? || lens.len() != cache.batch_size() {
+            return Err(crate::error::Error::invalid(
+                "a ragged continuation needs one cached length per row",
+            ));
+        }
+        crate::kernels::on_pool(|| self.hidden_here(ids, Some(cache), None, Some(lens)))
     }
 
     /// [`Llama::hidden`] with the retrieval pathway open: every layer adds MLP'(Attn'(H)) to
@@ -466,7 +542,7 @@ impl Llama {
             .retrieval
             .as_ref()
             .ok_or_else(|| crate::error::Error::invalid("this model has no retrieval pathway"))?;
-        crate::kernels::on_pool(|| self.hidden_here(ids, cache, Some(path)))
+        crate::kernels::on_pool(|| self.hidden_here(ids, cache, Some(path), None))
     }
 
     /// Log-probabilities over the docid vocabulary after the last position of each row
@@ -489,9 +565,19 @@ impl Llama {
         ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         path: Option<&RetrievalPath>,
+        ragged: Option<&[usize]>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
+        if ragged.is_some() && path.is_some() {
+            return Err(crate::error::Error::invalid(
+                "the retrieval pathway does not continue ragged caches",
+            ));
+        }
+        let positions = match ragged {
+            Some(lens) => Positions::Ragged(lens),
+            None => Positions::After(offset),
+        };
         let flat = ids.flatten_all()?;
         let mut x = match path {
             None => self.embed_tokens.index_select(&flat, 0)?,
@@ -502,10 +588,12 @@ impl Llama {
             )?,
         }
         .reshape((b, t, self.config.hidden_size))?;
-        let mask = if t > 1 && attention::needs_mask(&x) {
-            Some(attention::causal_mask(t, offset, self.device())?)
-        } else {
-            None
+        let mask = match ragged {
+            Some(lens) => Some(ragged_mask(lens, t, self.device())?),
+            None if t > 1 && attention::needs_mask(&x) => {
+                Some(attention::causal_mask(t, offset, self.device())?)
+            }
+            None => None,
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
@@ -513,7 +601,7 @@ impl Llama {
             let (a, keys, values) =
                 layer
                     .self_attn
-                    .forward(&h, &self.rotary, offset, mask.as_ref(), c)?;
+                    .forward(&h, &self.rotary, positions, mask.as_ref(), c)?;
             x = elementwise::add(&x, &a)?;
             let h2 = layer.post_attention_layernorm.forward(&x)?;
             x = elementwise::add(&x, &layer.mlp.forward(&h2)?)?;

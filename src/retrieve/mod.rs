@@ -14,6 +14,7 @@ pub mod docid;
 pub mod explain;
 pub mod likelihood;
 pub mod options;
+pub mod reading;
 pub mod score;
 pub mod trace;
 
@@ -50,6 +51,8 @@ pub struct Retriever<'a> {
     pub trie: &'a CorpusTrie,
     /// Each title's prior, by title index ([`Retriever::title_priors`]), when computed.
     pub title_prior: Option<&'a [f64]>,
+    /// Passages read for the query likelihood, kept between queries (`None`: read each time).
+    pub reading: Option<&'a reading::ReadingCache>,
 }
 
 /// Groups row indices into right-padded batches of at most `max_rows`, minimising the total

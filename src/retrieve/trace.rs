@@ -176,6 +176,9 @@ pub struct Timings {
     pub assess_ms: f64,
     #[serde(default)]
     pub likelihood_ms: f64,
+    /// Passages whose query likelihood continued a reading kept from an earlier question.
+    #[serde(default)]
+    pub likelihood_reused: usize,
     pub answer_ms: f64,
     /// Model forward passes (batched) over all stages.
     pub forward_calls: usize,
@@ -189,6 +192,26 @@ pub struct Timings {
 }
 
 impl Timings {
+    /// One line of where the time went, its parts joined by `sep`.
+    pub fn summary(&self, sep: &str) -> String {
+        let reused = match self.likelihood_reused {
+            0 => String::new(),
+            n => format!(" ({n} passages read before)"),
+        };
+        [
+            format!("titles {:.0} ms", self.titles_ms),
+            format!("passages {:.0} ms", self.passages_ms),
+            format!("assessment {:.0} ms", self.assess_ms),
+            format!("query likelihood {:.0} ms{reused}", self.likelihood_ms),
+            format!("answer {:.0} ms", self.answer_ms),
+            format!(
+                "{} forward passes over {} token positions",
+                self.forward_calls, self.tokens_forwarded
+            ),
+        ]
+        .join(sep)
+    }
+
     pub(super) fn count_pass(&mut self, rows: usize, logit_rows: usize) {
         self.forward_calls += 1;
         self.tokens_forwarded += rows;

@@ -335,6 +335,7 @@ pub fn mine_negatives(
         corpus,
         trie: &trie,
         title_prior: None,
+        reading: None,
     };
     let mut out = HashMap::new();
     let asked = queries.iter().filter(|q| !q.question.trim().is_empty());
@@ -400,6 +401,7 @@ impl TrainControl for RetrievalProbe<'_> {
             corpus: self.corpus,
             trie,
             title_prior: None,
+            reading: None,
         };
         let (mut h1, mut h5, mut asked) = (0usize, 0usize, 0usize);
         for q in self
@@ -504,6 +506,7 @@ pub fn run_index(
                 corpus: &corpus,
                 trie: &trie,
                 title_prior: None,
+                reading: None,
             };
             let mut cancelled = false;
             let qs = crate::train::pseudo::generate_pseudo_queries(

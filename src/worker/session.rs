@@ -26,6 +26,8 @@ pub struct QuerySession {
     base: std::sync::OnceLock<Option<crate::model::Llama>>,
     /// Each title's prior by title index, read the first time a query needs it.
     title_priors: std::sync::OnceLock<Vec<f64>>,
+    /// Passages the query likelihood has read, kept for later questions.
+    pub reading: crate::retrieve::reading::ReadingCache,
     /// The model reads language (a tiny model built from the corpus does not).
     reads_language: bool,
     /// The run trained the reading task (passage -> question), so its own weights read the
@@ -104,6 +106,9 @@ impl QuerySession {
             trie,
             base: Default::default(),
             title_priors: Default::default(),
+            reading: crate::retrieve::reading::ReadingCache::new(
+                crate::retrieve::reading::DEFAULT_READING_CACHE_MB,
+            ),
             bm25: Default::default(),
             reads_language: bundle_reads_language,
             reads_questions: false,
@@ -220,6 +225,7 @@ impl QuerySession {
             corpus: &self.corpus,
             trie: &self.trie,
             title_prior: self.title_priors.get().map(|p| p.as_slice()),
+            reading: Some(&self.reading),
         }
     }
 

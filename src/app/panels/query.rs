@@ -264,10 +264,7 @@ impl QueryPanel {
             });
         }
         let t = &trace.timings;
-        ui.weak(format!(
-        "titles {:.0} ms | passages {:.0} ms | assessment {:.0} ms | query likelihood {:.0} ms | answer {:.0} ms | {} forward passes over {} token positions",
-        t.titles_ms, t.passages_ms, t.assess_ms, t.likelihood_ms, t.answer_ms, t.forward_calls, t.tokens_forwarded
-    ));
+        ui.weak(t.summary(" | "));
         ui.horizontal(|ui| {
             let l = ui.label("Passage id");
             let r = ui

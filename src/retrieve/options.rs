@@ -106,12 +106,14 @@ pub const DEFAULT_TITLES: usize = 2500;
 /// The title temperature unless set (the paper's is 0.4; tuned with the query likelihood).
 pub const DEFAULT_TAU: f64 = 0.2;
 
-/// The candidate budget unless set (see [`RetrieveOptions::candidates`]): 100. NQ dev, 120
-/// questions with every title scored: MRR@5 0.863 at 100 and 0.882 at 200 (BM25 0.842) for
-/// one run, but 0.847 and 0.842 for another (four written questions a passage), while 200
-/// doubles the query likelihood's reading (about 17 s a query against 9 s here;
-/// docs/benchmarks.md, session 19).
-pub const DEFAULT_CANDIDATES: usize = 100;
+/// The candidate budget unless set (see [`RetrieveOptions::candidates`]): 300. SQuAD dev, the
+/// 300 spread questions: MRR@5 0.790 at 100 and 0.845 at 300 (BM25 0.817), the gold paragraph
+/// among the candidates for 0.883 and 0.950: an article of dozens of paragraphs fills a
+/// budget of 100 with one to three articles. NQ dev, 120 questions: 0.864 at 100 and 0.908 at
+/// 300 (BM25 0.842), gold in candidates 0.908 and 0.958. A passage is
+/// read in full once a session (the reading cache), so the larger budget costs a question
+/// 12.7 s on SQuAD once its passages are kept (docs/benchmarks.md, session 26).
+pub const DEFAULT_CANDIDATES: usize = 300;
 
 fn default_candidates() -> usize {
     DEFAULT_CANDIDATES

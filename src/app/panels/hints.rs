@@ -83,8 +83,9 @@ pub const CANDIDATE_BUDGET: &str = "How many passages the model reads per questi
     passage of each title beam is a candidate, titles in order of likelihood while their \
     passages fit (the most likely title always): a corpus of one-passage titles reads as many \
     titles as the budget, one of long articles a few. More finds the gold passage more often \
-    and takes longer: the model reads each candidate again for the query likelihood. 0: the \
-    paper's passage beams per title instead.";
+    and takes longer: the model reads each candidate for the query likelihood, the first time \
+    in full and later only the question (the session keeps what it read, see the timings \
+    line). 0: the paper's passage beams per title instead.";
 pub const PASSAGE_BEAMS_UNUSED: &str = "Used when the candidate budget is 0 (the paper's search): \
     with a budget, every passage of each title read is a candidate.";
 

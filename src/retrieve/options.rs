@@ -242,7 +242,10 @@ mod tests {
     /// no budget, the paper's j beams per title.
     #[test]
     fn the_candidate_budget_reads_whole_titles_in_beam_order() {
-        let o = RetrieveOptions::default();
+        let o = RetrieveOptions {
+            candidates: 100,
+            ..Default::default()
+        };
         assert_eq!(
             o.passage_searches(&[1, 4, 3]),
             vec![(1, false), (4, false), (3, false)]
